@@ -1,0 +1,187 @@
+"""Conformal calibration of anomaly scores (design contract 4).
+
+Scores are ``-log p(x)``: higher = more anomalous. With ``n`` calibration scores of held-out
+normal data and a target false-positive rate ``alpha``, the threshold is the
+``ceil((n + 1) * (1 - alpha))``-th smallest calibration score (``+inf`` if that exceeds ``n``)
+and a score ``s`` is flagged when ``s > threshold``. The p-value of ``s`` is
+``(1 + #{cal >= s}) / (n + 1)``. If calibration and new normal scores are exchangeable, the
+false-positive rate is at most ``alpha``, and ``s > threshold`` exactly when ``p(s) <= alpha``.
+
+The sorted calibration scores are kept as the reference distribution for drift monitoring.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from fractions import Fraction
+from typing import Any, Self
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+__all__ = ["Calibrator", "binomial_interval", "conformal_threshold", "p_values"]
+
+_FORMAT_VERSION = 1
+
+
+def _check_alpha(alpha: float, name: str = "alpha") -> float:
+    alpha = float(alpha)
+    if not 0.0 < alpha < 1.0:  # also rejects NaN
+        raise ValueError(f"{name} must be strictly between 0 and 1, got {alpha!r}")
+    return alpha
+
+
+def _calibration_scores(scores: ArrayLike) -> NDArray[np.float64]:
+    """Calibration scores as a 1-D float64 array; they must be finite and non-empty."""
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim != 1:
+        raise ValueError(f"calibration scores must be 1-D, got shape {s.shape}")
+    if s.size == 0:
+        raise ValueError("calibration scores are empty")
+    bad = ~np.isfinite(s)
+    if bad.any():
+        raise ValueError(f"{int(bad.sum())}/{s.size} calibration scores are not finite")
+    return s
+
+
+def _new_scores(scores: ArrayLike) -> NDArray[np.float64]:
+    """Scores to test: +-inf are meaningful (zero / infinite density), NaN is not."""
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim != 1:
+        raise ValueError(f"scores must be 1-D, got shape {s.shape}")
+    nan = np.isnan(s)
+    if nan.any():
+        raise ValueError(f"{int(nan.sum())}/{s.size} scores are NaN")
+    return s
+
+
+def _rank_k(n: int, alpha: float) -> int:
+    # Fraction(str(alpha)) takes alpha as the decimal the user wrote: float arithmetic gets k
+    # wrong for e.g. alpha = 0.41, n = 99 ((n + 1) * (1 - 0.41) = 59.00000000000001).
+    return math.ceil((n + 1) * (1 - Fraction(str(alpha))))
+
+
+def conformal_threshold(scores: ArrayLike, alpha: float) -> float:
+    """The ``ceil((n+1)(1-alpha))``-th smallest score, or ``+inf`` if that rank exceeds ``n``."""
+    alpha = _check_alpha(alpha)
+    s = _calibration_scores(scores)
+    k = _rank_k(s.size, alpha)
+    if k > s.size:
+        return math.inf
+    return float(np.partition(s, k - 1)[k - 1])
+
+
+def _p_values_sorted(sorted_ref: NDArray[np.float64], scores: NDArray[np.float64]) -> NDArray:
+    n = sorted_ref.size
+    # side="left" gives #{ref < s}, so n - that = #{ref >= s}, ties counted as the definition says.
+    n_ge = n - np.searchsorted(sorted_ref, scores, side="left")
+    return (1.0 + n_ge) / (n + 1.0)
+
+
+def p_values(reference_scores: ArrayLike, scores: ArrayLike) -> NDArray[np.float64]:
+    """Conformal p-values ``(1 + #{ref >= s}) / (n + 1)``, in ``[1/(n+1), 1]``."""
+    ref = np.sort(_calibration_scores(reference_scores))
+    return _p_values_sorted(ref, _new_scores(scores))
+
+
+def binomial_interval(n: int, p: float, level: float = 0.99) -> tuple[float, float]:
+    """Central ``level`` interval of the proportion ``K / n`` for ``K ~ Binomial(n, p)``.
+
+    Used to judge a realised false-positive rate on ``n`` normal records against its nominal
+    rate ``p``.
+    """
+    from scipy.stats import binom  # scipy comes with scikit-learn; imported lazily (slow import)
+
+    if n <= 0:
+        raise ValueError(f"n must be positive, got {n}")
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"p must be in [0, 1], got {p}")
+    _check_alpha(level, "level")
+    lo, hi = binom.interval(level, n, p)
+    return float(lo) / n, float(hi) / n
+
+
+class Calibrator:
+    """Conformal threshold and p-values from calibration scores of normal data.
+
+    ``Calibrator(target_fpr=0.01).fit(cal_scores)`` sets ``threshold_``, ``reference_scores_``
+    (sorted float64) and ``n_``. All reference scores are kept (not quantiles), so p-values are
+    exact and ``to_dict`` / ``from_dict`` round-trips bit for bit.
+    """
+
+    threshold_: float
+    reference_scores_: NDArray[np.float64]
+    n_: int
+
+    def __init__(self, target_fpr: float = 0.01) -> None:
+        self.target_fpr = target_fpr
+
+    def fit(self, cal_scores: ArrayLike) -> Self:
+        """Store the sorted calibration scores and compute the conformal threshold."""
+        alpha = _check_alpha(self.target_fpr, "target_fpr")
+        ref = np.sort(_calibration_scores(cal_scores))
+        self.reference_scores_ = ref
+        self.n_ = int(ref.size)
+        k = _rank_k(self.n_, alpha)
+        self.threshold_ = math.inf if k > self.n_ else float(ref[k - 1])
+        return self
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "reference_scores_"):
+            raise RuntimeError("Calibrator is not fitted; call fit(cal_scores) first")
+
+    def p_values(self, scores: ArrayLike) -> NDArray[np.float64]:
+        """Conformal p-values of ``scores`` against the reference scores."""
+        self._check_fitted()
+        return _p_values_sorted(self.reference_scores_, _new_scores(scores))
+
+    def predict(self, scores: ArrayLike) -> NDArray[np.bool_]:
+        """True where a score is anomalous (``score > threshold_``)."""
+        self._check_fitted()
+        return _new_scores(scores) > self.threshold_
+
+    def quantiles(self, probs: ArrayLike) -> NDArray[np.float64]:
+        """Reference-score quantiles (linear interpolation), e.g. as drift histogram buckets.
+
+        Ties in the reference can make neighbouring quantiles equal; deduplicate before using
+        them as bucket bounds.
+        """
+        self._check_fitted()
+        q = np.asarray(probs, dtype=np.float64)
+        if np.any(~((q >= 0.0) & (q <= 1.0))):
+            raise ValueError("probs must lie in [0, 1]")
+        return np.quantile(self.reference_scores_, q)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe state (strict JSON: an infinite threshold is written as the string "inf")."""
+        self._check_fitted()
+        return {
+            "format_version": _FORMAT_VERSION,
+            "method": "conformal",
+            "target_fpr": float(self.target_fpr),
+            "n": self.n_,
+            "threshold": "inf" if math.isinf(self.threshold_) else self.threshold_,
+            # Python floats: json writes them with repr, which round-trips float64 exactly.
+            "reference_scores": self.reference_scores_.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, state: Mapping[str, Any]) -> Calibrator:
+        """Rebuild a fitted Calibrator from ``to_dict`` output, checking it is consistent."""
+        version = state.get("format_version")
+        if version != _FORMAT_VERSION:
+            raise ValueError(f"unsupported calibrator format_version {version!r}")
+        cal = cls(target_fpr=state["target_fpr"]).fit(state["reference_scores"])
+        # Refitting recomputes the threshold; a mismatch means the state was edited or corrupted.
+        if cal.n_ != state["n"] or cal.threshold_ != float(state["threshold"]):
+            raise ValueError(
+                f"inconsistent calibrator state: stored n={state['n']}, "
+                f"threshold={state['threshold']!r}; recomputed n={cal.n_}, "
+                f"threshold={cal.threshold_!r}"
+            )
+        return cal
+
+    def __repr__(self) -> str:
+        fitted = f", n_={self.n_}, threshold_={self.threshold_!r}" if hasattr(self, "n_") else ""
+        return f"Calibrator(target_fpr={self.target_fpr!r}{fitted})"

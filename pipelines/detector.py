@@ -1,0 +1,213 @@
+"""``Detector``: encoder + flow + conformal calibrator, in scikit-learn style."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
+
+from flowmodels import Flow, build_flow
+from pipelines.calibration import Calibrator
+from pipelines.encoder import TabularEncoder
+from pipelines.schema import SchemaError
+from pipelines.training import TrainResult, default_train_config, train_flow
+
+SCORE_BATCH_ROWS = 8192
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` is CUDA when present, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def default_flow_options(model: str, n_rows: int) -> dict[str, Any]:
+    """Architecture scaled to the data: wider and deeper only when there are rows to fit it."""
+    if model == "realnvp":
+        large = n_rows >= 200_000
+        return {"n_layers": 10 if large else 8, "hidden": 256 if large else 128}
+    return {}
+
+
+def split_rows(n: int, fractions: tuple[float, float], seed: int) -> tuple[np.ndarray, ...]:
+    """Seeded split of row positions into (train, validation, calibration)."""
+    validation_fraction, calibration_fraction = fractions
+    order = np.random.default_rng(seed).permutation(n)
+    n_cal = int(round(calibration_fraction * n))
+    n_val = int(round(validation_fraction * (n - n_cal)))
+    return order[n_cal + n_val :], order[n_cal : n_cal + n_val], order[:n_cal]
+
+
+class Detector(BaseEstimator):
+    """Anomaly detector scoring records by their exact negative log-likelihood.
+
+    ``fit`` splits the rows into train / validation / calibration, fits a
+    :class:`~pipelines.encoder.TabularEncoder` on train, trains a flow by maximum likelihood
+    (early stopping on validation NLL) and calibrates a conformal threshold on the calibration
+    rows. Scores are ``-log p(record)`` in the units of the raw data (higher = more anomalous).
+
+    Arguments:
+        model: ``"realnvp"`` or ``"ffjord"``.
+        target_fpr: the false-positive rate the threshold guarantees on exchangeable data.
+        scaling: continuous-column scaling of the encoder (standard, robust or quantile).
+        exclude: columns to ignore (ids, timestamps, labels).
+        flow_options: overrides of the flow's constructor options.
+        train_options: overrides of :class:`~pipelines.training.TrainConfig` fields.
+        validation_fraction: share of non-calibration rows held out for early stopping.
+        calibration_fraction: share of rows held out for the threshold and p-values; 0 skips
+            calibration (for benchmarks, which calibrate on a split of their own).
+        random_state: seeds the split, initialisation, batching and dequantisation noise.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        progress: show a progress bar while training.
+    """
+
+    def __init__(
+        self,
+        model: str = "realnvp",
+        *,
+        target_fpr: float = 0.01,
+        scaling: str = "standard",
+        exclude: tuple[str, ...] | list[str] = (),
+        flow_options: dict[str, Any] | None = None,
+        train_options: dict[str, Any] | None = None,
+        validation_fraction: float = 0.15,
+        calibration_fraction: float = 0.2,
+        random_state: int = 0,
+        device: str = "auto",
+        progress: bool = True,
+    ) -> None:
+        self.model = model
+        self.target_fpr = target_fpr
+        self.scaling = scaling
+        self.exclude = exclude
+        self.flow_options = flow_options
+        self.train_options = train_options
+        self.validation_fraction = validation_fraction
+        self.calibration_fraction = calibration_fraction
+        self.random_state = random_state
+        self.device = device
+        self.progress = progress
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, data: pd.DataFrame, calibration_data: pd.DataFrame | None = None) -> Detector:
+        """Fits encoder, flow and calibrator on normal records; returns ``self``.
+
+        Arguments:
+            data: normal records.
+            calibration_data: optional separate calibration records; when given, ``data`` is
+                only split into train and validation.
+        """
+        if len(data) == 0:
+            raise SchemaError("empty input: the training frame has 0 rows")
+        start = time.perf_counter()
+        data = data.reset_index(drop=True)
+        cal_fraction = 0.0 if calibration_data is not None else self.calibration_fraction
+        train_rows, val_rows, cal_rows = split_rows(
+            len(data), (self.validation_fraction, cal_fraction), self.random_state
+        )
+        if min(len(train_rows), len(val_rows)) < 2:
+            raise ValueError(f"too few rows to train and validate: {len(data)}")
+        train, val = data.iloc[train_rows], data.iloc[val_rows]
+        calibration = data.iloc[cal_rows] if calibration_data is None else calibration_data
+        if len(calibration) == 0 and self.calibration_fraction > 0:
+            raise ValueError("no calibration rows: pass more data or calibration_data")
+
+        self.device_ = resolve_device(self.device)
+        self.encoder_ = TabularEncoder(scaling=self.scaling, exclude=tuple(self.exclude)).fit(train)
+        self.n_features_in_ = self.encoder_.n_features_out_
+        self.flow_options_ = {
+            **default_flow_options(self.model, len(train)),
+            **(self.flow_options or {}),
+        }
+        torch.manual_seed(self.random_state)
+        self.flow_ = build_flow(self.model, self.n_features_in_, **self.flow_options_)
+        self.flow_.to(self.device_)
+
+        train_lower, train_log_jacobian = self.encoder_.transform(train, offset=0.0)
+        val_x, val_log_jacobian = self.encoder_.transform(val)
+        config = default_train_config(
+            len(train), seed=self.random_state, progress=self.progress, **(self.train_options or {})
+        )
+        self.train_config_ = asdict(config)
+        result: TrainResult = train_flow(
+            self.flow_,
+            self._tensor(train_lower),
+            self._tensor(self.encoder_.dequantization_width_),
+            self._tensor(val_x),
+            self._tensor(val_log_jacobian),
+            config,
+            train_log_jacobian_mean=float(np.mean(train_log_jacobian)),
+        )
+        self.history_ = result.history
+        self.calibrator_, self.threshold_ = None, float("nan")
+        if len(calibration):
+            self.calibrator_ = Calibrator(target_fpr=self.target_fpr)
+            self.calibrator_.fit(self.score_samples(calibration))
+            self.threshold_ = self.calibrator_.threshold_
+        self.metrics_ = {
+            "n_train": len(train),
+            "n_validation": len(val),
+            "n_calibration": len(calibration),
+            "best_epoch": result.best_epoch,
+            "epochs": len(result.history),
+            "val_nll": result.best_val_nll,
+            "recovered_nonfinite": result.recovered_nonfinite,
+            "fit_seconds": time.perf_counter() - start,
+        }
+        return self
+
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(array), dtype=torch.float32, device=self.device_)
+
+    # ------------------------------------------------------------------ scoring
+    def log_likelihood(self, data: pd.DataFrame) -> np.ndarray:
+        """Exact log-likelihood of each record (nats, raw-data units)."""
+        check_is_fitted(self, "flow_")
+        x, log_jacobian = self.encoder_.transform(data)
+        flow: Flow = self.flow_.eval()
+        out = np.empty(len(x), dtype=np.float64)
+        with torch.inference_mode():
+            for start in range(0, len(x), SCORE_BATCH_ROWS):
+                batch = self._tensor(x[start : start + SCORE_BATCH_ROWS])
+                out[start : start + len(batch)] = flow.log_prob(batch).double().cpu().numpy()
+        return out + log_jacobian
+
+    def score_samples(self, data: pd.DataFrame) -> np.ndarray:
+        """Anomaly score ``-log p(record)``; higher = more anomalous."""
+        return -self.log_likelihood(data)
+
+    def _calibrator(self) -> Calibrator:
+        check_is_fitted(self, "calibrator_")
+        if self.calibrator_ is None:
+            raise ValueError("this detector was fitted with calibration_fraction=0")
+        return self.calibrator_
+
+    def p_values(self, data: pd.DataFrame) -> np.ndarray:
+        """Conformal p-values against the calibration scores, in (0, 1]."""
+        return self._calibrator().p_values(self.score_samples(data))
+
+    def predict(self, data: pd.DataFrame) -> np.ndarray:
+        """True where the score exceeds the calibrated threshold."""
+        return self._calibrator().predict(self.score_samples(data))
+
+    def verdicts(self, data: pd.DataFrame) -> pd.DataFrame:
+        """``score, log_likelihood, p_value, is_anomaly`` per record, in input order."""
+        calibrator = self._calibrator()
+        log_likelihood = self.log_likelihood(data)
+        scores = -log_likelihood
+        return pd.DataFrame(
+            {
+                "score": scores,
+                "log_likelihood": log_likelihood,
+                "p_value": calibrator.p_values(scores),
+                "is_anomaly": calibrator.predict(scores),
+            },
+            index=data.index,
+        )

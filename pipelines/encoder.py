@@ -1,0 +1,436 @@
+"""``TabularEncoder``: a pandas frame -> float64 matrix for a flow, with the log-Jacobian.
+
+Layout of the output, in this order: continuous columns; discrete and binary codes; one-hot
+codes of categorical columns; missing indicators of numeric columns that had missing values in
+training (names in ``feature_names_out_``).
+
+Scores stay exact densities (design contracts 3 and 5). ``transform`` returns ``(X, log_jac)``
+with ``log_jac = log|det d(encoded)/d(raw)|`` per record, so ``-(flow.log_prob(X) + log_jac)``
+is ``-log p`` of the record in raw units, where for discrete parts the "raw unit" is one cell:
+
+* Continuous columns: ``standard`` (StandardScaler), ``robust`` (RobustScaler: median / IQR,
+  an IQR of 0 counts as 1) or ``quantile`` (see below). Standard and robust contribute the
+  constant ``-sum(log scale)``.
+* Codes: a discrete or binary value ``x`` becomes ``c = (x - min) / step``, integer-valued on the
+  training data (one unit cell per level); one-hot and missing-indicator entries are 0/1 codes.
+  ``transform(df, offset)`` returns ``c + offset`` after standard scaling, so training uses
+  ``offset=0`` plus ``U(0, 1)`` noise per cell (``dequantization_width_`` is a cell's width in
+  encoded units, 0 for continuous coordinates) and scoring the midpoint ``offset=0.5``. The flow
+  then models a density whose integral over a cell is the level's probability: finite, unit-free.
+  Codes are scaled by ``sqrt(var(c) + 1/12)``, the standard deviation of the dequantised code
+  ``c + U(0, 1)``: unit-variance inputs, and never a zero scale.
+* ``quantile``: ``z = Phi^-1(F(x))`` with ``F`` the piecewise-linear CDF through a fitted
+  QuantileTransformer's ``quantiles_`` / ``references_``, tied quantiles (point masses) merged
+  into one knot at their mean reference so that ``F`` is strictly increasing, and the end
+  references moved from 0 and 1 to ``0.5 / n`` and ``1 - 0.5 / n`` (half a training record) so
+  that ``z`` is finite. Beyond the training range ``z`` continues as a straight line with the
+  slope (in ``z``) of the outermost segment: an extreme value stays extreme, never clipped.
+  ``log_jac`` is ``log F'(x) - log phi(z)`` inside, ``log(slope)`` outside.
+* A constant column is discrete with step 1 (one cell), never an infinite density.
+
+Policies:
+
+* Unseen categories are scored, not rejected: they go to the column's "<unknown>" one-hot slot
+  (a slot never seen in training, so they score as unlikely). When a column has more than
+  ``max_categories`` levels, the rarest levels and the unknown slot share OneHotEncoder's
+  infrequent slot. :meth:`TabularEncoder.unknown_counts` counts them per column.
+* Missing values are allowed only where training had some. Categorical: their own category
+  ("<missing>"). Numeric: imputed (median for continuous, most frequent level for discrete) and
+  flagged by a missing-indicator code. The log-Jacobian treats an imputed value as observed.
+  Imputed continuous values are a point mass the flow may overfit (per-record dequantisation
+  would need per-record widths). Infinite values are always an error.
+* Input checks: :meth:`pipelines.schema.Schema.check` (missing / unexpected columns, dtypes,
+  non-numbers, NaN, inf); rows in messages are 0-based positions.
+
+Saved with skops (no pickle); loading accepts only the allow-listed types in ``TRUSTED_TYPES``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from os import PathLike
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import skops.io as sio
+from numpy.typing import NDArray
+from scipy.special import ndtri
+from sklearn.base import BaseEstimator
+from sklearn.impute import MissingIndicator, SimpleImputer
+from sklearn.preprocessing import (
+    OneHotEncoder,
+    QuantileTransformer,
+    RobustScaler,
+    StandardScaler,
+)
+from sklearn.utils.validation import check_is_fitted
+
+from pipelines.schema import NUMERIC_KINDS, ColumnSpec, Schema, SchemaError, infer_schema
+
+Scaling = Literal["standard", "robust", "quantile"]
+MISSING = "<missing>"
+UNKNOWN = "<unknown>"
+N_QUANTILES = 1000
+LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+_FORMAT = "flowad.TabularEncoder/1"
+
+# Every type a saved encoder may contain beyond skops' built-in defaults; anything else in a file
+# is refused before loading. The scikit-learn classes are listed too in case skops stops
+# trusting them by default.
+TRUSTED_TYPES = frozenset(
+    {
+        "numpy.dtype",
+        "numpy.ndarray",
+        "sklearn.impute._base.MissingIndicator",
+        "sklearn.impute._base.SimpleImputer",
+        "sklearn.preprocessing._data.QuantileTransformer",
+        "sklearn.preprocessing._data.RobustScaler",
+        "sklearn.preprocessing._data.StandardScaler",
+        "sklearn.preprocessing._encoders.OneHotEncoder",
+    }
+)
+
+# Fitted sub-transformers, all saved by name (None where a group of columns is absent).
+_PARTS = ("cont_imputer_", "cont_scaler_", "code_imputer_", "onehot_", "indicator_", "code_scaler_")
+
+
+class TabularEncoder(BaseEstimator):
+    """Encodes a table for a normalizing flow, with dequantised codes and a log-Jacobian.
+
+    See the module docstring for the encoding, the policies and the log-Jacobian.
+
+    Arguments:
+        scaling: continuous columns: "standard", "robust" or "quantile" (codes are always
+            standardised).
+        exclude: columns ignored at fit and transform (ids, timestamps, labels), present or not.
+        max_discrete_levels: numeric columns with at most this many distinct values are discrete.
+        max_categories: most one-hot slots per categorical column (rarer levels and the unknown
+            slot share one).
+
+    Fitted attributes: ``schema_``, ``feature_names_in_``, ``n_features_in_``,
+    ``feature_names_out_``, ``n_features_out_``, ``dequantization_width_`` and the
+    scikit-learn parts ``cont_imputer_``, ``cont_scaler_``, ``code_imputer_``, ``onehot_``,
+    ``indicator_``, ``code_scaler_``, ``quantile_knots_``.
+    """
+
+    def __init__(
+        self,
+        *,
+        scaling: Scaling = "standard",
+        exclude: tuple[str, ...] = (),
+        max_discrete_levels: int = 20,
+        max_categories: int = 50,
+    ) -> None:
+        self.scaling = scaling
+        self.exclude = exclude
+        self.max_discrete_levels = max_discrete_levels
+        self.max_categories = max_categories
+
+    # ---------------------------------------------------------------------------------- fit
+    def fit(self, df: pd.DataFrame, y: Any = None) -> TabularEncoder:
+        """Infers the schema and fits the scalers on training records; returns ``self``.
+
+        Arguments:
+            df: training records (excluded columns may be present).
+            y: ignored.
+
+        Raises:
+            SchemaError: empty frame, an all-missing column, inf, an unsupported dtype.
+        """
+        if self.scaling not in ("standard", "robust", "quantile"):
+            raise ValueError(f"scaling must be standard, robust or quantile, got {self.scaling!r}")
+        if isinstance(self.exclude, str):
+            raise TypeError(f"exclude must be a sequence of names, got the string {self.exclude!r}")
+        if self.max_discrete_levels < 2 or self.max_categories < 2:
+            raise ValueError("max_discrete_levels and max_categories must be >= 2")
+        schema = infer_schema(
+            df, exclude=self.exclude, max_discrete_levels=self.max_discrete_levels
+        )
+        values = schema.check(df)
+        self.schema_ = schema
+        cont = self._continuous(values)
+        self.cont_imputer_ = self.cont_scaler_ = None
+        if cont.shape[1]:
+            # Scalers ignore NaN when fitting, so imputed values do not shrink the spread.
+            self.cont_imputer_ = SimpleImputer(strategy="median").fit(cont)
+            n_observed = int((~np.isnan(cont)).sum(axis=0).min())
+            self.cont_scaler_ = self._new_scaler(n_observed).fit(cont)
+
+        discrete = self._discrete_codes(values)
+        self.code_imputer_ = None
+        if discrete.shape[1]:
+            self.code_imputer_ = SimpleImputer(strategy="most_frequent").fit(discrete)
+        categorical = self.schema_.of_kind("categorical")
+        self.onehot_ = None
+        if categorical:
+            self.onehot_ = OneHotEncoder(
+                categories=[self._slots(spec) for spec in categorical],
+                max_categories=self.max_categories,
+                handle_unknown="error",  # unknowns are mapped to the UNKNOWN slot beforehand
+                sparse_output=False,
+                dtype=np.float64,
+            ).fit(self._tokens(values))
+        with_missing = self._with_missing()
+        self.indicator_ = None
+        if with_missing:
+            self.indicator_ = MissingIndicator(features="all").fit(
+                np.column_stack([values[name] for name in with_missing])
+            )
+
+        self.code_scaler_ = None
+        codes = self._codes(values)
+        if codes.shape[1]:
+            self.code_scaler_ = StandardScaler().fit(codes + 0.5)
+            # The flow sees c + U(0, 1): mean c + 1/2 and variance var(c) + 1/12.
+            self.code_scaler_.scale_ = np.sqrt(self.code_scaler_.var_ + 1.0 / 12.0)
+        self._finish()
+        return self
+
+    def _new_scaler(self, n_observed: int) -> StandardScaler | RobustScaler | QuantileTransformer:
+        """The continuous scaler; ``n_observed``: fewest non-missing values of a column."""
+        if self.scaling == "standard":
+            return StandardScaler()
+        if self.scaling == "robust":
+            return RobustScaler()
+        return QuantileTransformer(
+            n_quantiles=min(N_QUANTILES, n_observed), output_distribution="normal", subsample=None
+        )
+
+    def _finish(self) -> None:
+        """Sets the attributes derived from the schema and the fitted parts (fit and load)."""
+        schema = self.schema_
+        self.feature_names_in_ = np.array(schema.names, dtype=object)
+        self.n_features_in_ = len(schema.names)
+        self.quantile_knots_ = []
+        if self.scaling == "quantile" and self.cont_scaler_ is not None:
+            self.quantile_knots_ = [
+                _cdf_knots(
+                    self.cont_scaler_.quantiles_[:, j],
+                    self.cont_scaler_.references_,
+                    schema.n_rows - spec.n_missing_train,
+                )
+                for j, spec in enumerate(schema.of_kind("continuous"))
+            ]
+        names = [spec.name for spec in schema.of_kind("continuous")]
+        names += [spec.name for spec in schema.of_kind("discrete", "binary")]
+        if self.onehot_ is not None:
+            names += list(
+                self.onehot_.get_feature_names_out(
+                    [spec.name for spec in schema.of_kind("categorical")]
+                )
+            )
+        names += [f"{name}_missing" for name in self._with_missing()]
+        self.feature_names_out_ = np.array(names, dtype=object)
+        self.n_features_out_ = len(names)
+        n_cont = len(schema.of_kind("continuous"))
+        width = np.zeros(self.n_features_out_)
+        if self.code_scaler_ is not None:
+            width[n_cont:] = 1.0 / self.code_scaler_.scale_
+        self.dequantization_width_ = width
+
+    # ---------------------------------------------------------------------------- transform
+    def transform(
+        self, df: pd.DataFrame, offset: float = 0.5
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """Encodes records; returns ``(X, log_jacobian)`` of shapes ``(n, n_out)`` and ``(n,)``.
+
+        Arguments:
+            df: records with the training columns (excluded columns may be present or absent).
+            offset: position inside each code cell, in [0, 1): 0.5 (midpoint) for scoring, 0 for
+                training before adding ``U(0, 1) * dequantization_width_`` noise.
+
+        Raises:
+            SchemaError: see :meth:`validate`.
+        """
+        check_is_fitted(self)
+        values = self.schema_.check(df)
+        log_jac = np.zeros(len(df))
+        blocks = []
+        if self.cont_scaler_ is not None:
+            cont = self.cont_imputer_.transform(self._continuous(values))
+            if self.scaling == "quantile":
+                z = np.empty_like(cont)
+                for j, (xk, fk) in enumerate(self.quantile_knots_):
+                    z[:, j], log_dz = _normal_scores(cont[:, j], xk, fk)
+                    log_jac += log_dz
+            else:
+                z = self.cont_scaler_.transform(cont)
+                log_jac -= np.log(self.cont_scaler_.scale_).sum()
+            blocks.append(z)
+        if self.code_scaler_ is not None:
+            blocks.append(self.code_scaler_.transform(self._codes(values) + offset))
+            log_jac -= np.log(self.code_scaler_.scale_).sum()
+        return np.hstack(blocks), log_jac
+
+    def validate(self, df: pd.DataFrame) -> None:
+        """Checks ``df`` against the schema (also done by :meth:`transform`).
+
+        Arguments:
+            df: records to check.
+
+        Raises:
+            SchemaError: empty frame; missing or unexpected columns; a wrong dtype; a value that
+                is not a number in a numeric column; NaN/None where training had none; inf.
+        """
+        check_is_fitted(self)
+        self.schema_.check(df)
+
+    def unknown_counts(self, df: pd.DataFrame) -> dict[str, int]:
+        """Values per categorical column not seen in training (scored via the unknown slot).
+
+        Arguments:
+            df: records (checked like :meth:`transform`).
+        """
+        check_is_fitted(self)
+        values = self.schema_.check(df)
+        counts = {}
+        for spec in self.schema_.of_kind("categorical"):
+            text = values[spec.name]
+            known = _seen(text, spec) | pd.isna(text)
+            counts[spec.name] = int((~known).sum())
+        return counts
+
+    def get_feature_names_out(self, input_features: Any = None) -> NDArray[np.object_]:
+        """Names of the encoded features (``feature_names_out_``)."""
+        check_is_fitted(self)
+        return self.feature_names_out_
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "schema_")
+
+    # ------------------------------------------------------------------------- the blocks
+    def _continuous(self, values: dict[str, NDArray[Any]]) -> NDArray[np.float64]:
+        specs = self.schema_.of_kind("continuous")
+        if not specs:
+            return np.empty((_n_rows(values), 0))
+        return np.column_stack([values[spec.name] for spec in specs])
+
+    def _discrete_codes(self, values: dict[str, NDArray[Any]]) -> NDArray[np.float64]:
+        """Codes ``(x - min) / step`` of discrete and binary columns (NaN where missing)."""
+        specs = self.schema_.of_kind("discrete", "binary")
+        if not specs:
+            return np.empty((_n_rows(values), 0))
+        return np.column_stack([(values[spec.name] - spec.min) / spec.step for spec in specs])
+
+    def _tokens(self, values: dict[str, NDArray[Any]]) -> NDArray[np.object_]:
+        """Categorical values as OneHotEncoder input: missing and unseen ones as tokens."""
+        columns = []
+        for spec in self.schema_.of_kind("categorical"):
+            text = values[spec.name].copy()
+            missing = pd.isna(text)
+            unseen = ~_seen(text, spec) & ~missing
+            text[missing] = MISSING
+            text[unseen] = UNKNOWN
+            columns.append(text)
+        return np.column_stack(columns)
+
+    def _codes(self, values: dict[str, NDArray[Any]]) -> NDArray[np.float64]:
+        """All integer codes (cell lower corners): discrete, one-hot, missing indicators."""
+        blocks = [np.empty((_n_rows(values), 0))]
+        if self.code_imputer_ is not None:
+            blocks.append(self.code_imputer_.transform(self._discrete_codes(values)))
+        if self.onehot_ is not None:
+            blocks.append(self.onehot_.transform(self._tokens(values)))
+        if self.indicator_ is not None:
+            present = np.column_stack([values[name] for name in self._with_missing()])
+            blocks.append(self.indicator_.transform(present).astype(np.float64))
+        return np.hstack(blocks)
+
+    def _slots(self, spec: ColumnSpec) -> list[str]:
+        """One-hot slots of a categorical column: its levels, "<missing>", "<unknown>"."""
+        if MISSING in spec.categories or UNKNOWN in spec.categories:
+            raise SchemaError(
+                f"column {spec.name!r} holds a reserved value {MISSING!r} or {UNKNOWN!r}",
+                column=spec.name,
+            )
+        return [*spec.categories, *([MISSING] if spec.n_missing_train else []), UNKNOWN]
+
+    def _with_missing(self) -> list[str]:
+        """Numeric columns that get a missing indicator."""
+        return [
+            spec.name for spec in self.schema_.of_kind(*NUMERIC_KINDS) if spec.n_missing_train > 0
+        ]
+
+    # ------------------------------------------------------------------------ persistence
+    def save(self, path: str | PathLike[str]) -> None:
+        """Writes the fitted encoder with skops (no pickle).
+
+        Arguments:
+            path: file to write (conventionally ``*.skops``).
+        """
+        check_is_fitted(self)
+        state = {
+            "format": _FORMAT,
+            "params": {**self.get_params(), "exclude": list(self.exclude)},
+            "schema": json.dumps(self.schema_.to_dict()),
+            **{name: getattr(self, name) for name in _PARTS},
+        }
+        sio.dump(state, path)
+
+    @classmethod
+    def load(cls, path: str | PathLike[str]) -> TabularEncoder:
+        """Reads an encoder written by :meth:`save`; transforms are bit-identical.
+
+        Arguments:
+            path: file written by :meth:`save`.
+
+        Raises:
+            ValueError: the file holds a type outside ``TRUSTED_TYPES`` or is not an encoder.
+        """
+        untrusted = sio.get_untrusted_types(file=path)
+        refused = sorted(set(untrusted) - TRUSTED_TYPES)
+        if refused:
+            raise ValueError(f"refusing to load {path}: untrusted types {refused}")
+        state = sio.load(path, trusted=untrusted)
+        if not isinstance(state, dict) or state.get("format") != _FORMAT:
+            raise ValueError(f"{path} is not a saved TabularEncoder")
+        params = dict(state["params"])
+        params["exclude"] = tuple(params["exclude"])
+        encoder = cls(**params)
+        encoder.schema_ = Schema.from_dict(json.loads(state["schema"]))
+        for name in _PARTS:
+            setattr(encoder, name, state[name])
+        encoder._finish()
+        return encoder
+
+
+def _seen(text: NDArray[np.object_], spec: ColumnSpec) -> NDArray[np.bool_]:
+    """Which values of a categorical column occurred in training (hash lookup, None-safe)."""
+    return pd.Series(text, dtype=object).isin(spec.categories).to_numpy()
+
+
+def _n_rows(values: dict[str, NDArray[Any]]) -> int:
+    return len(next(iter(values.values())))
+
+
+def _cdf_knots(
+    quantiles: NDArray[np.float64], references: NDArray[np.float64], n_observed: int
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Knots ``(x, F)`` of a strictly increasing piecewise-linear CDF with 0 < F < 1."""
+    x, group = np.unique(quantiles, return_inverse=True)
+    # Tied quantiles are a point mass: one knot at their mean reference keeps F' finite.
+    cdf = np.bincount(group, weights=references) / np.bincount(group)
+    eps = 0.5 / n_observed
+    return x, np.clip(cdf, eps, 1.0 - eps)
+
+
+def _normal_scores(
+    x: NDArray[np.float64], xk: NDArray[np.float64], fk: NDArray[np.float64]
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """``z = Phi^-1(F(x))`` and ``log dz/dx``, linear in ``z`` beyond the outer knots."""
+    seg = np.clip(np.searchsorted(xk, x, side="right") - 1, 0, len(xk) - 2)
+    slope = (fk[seg + 1] - fk[seg]) / (xk[seg + 1] - xk[seg])
+    inside = np.clip(x, xk[0], xk[-1])
+    z = ndtri(fk[seg] + slope * (inside - xk[seg]))
+    # dz/dx = F'(x) / phi(z)
+    log_dz = np.log(slope) + 0.5 * z**2 + LOG_SQRT_2PI
+    zk = ndtri(fk[[0, 1, -2, -1]])
+    for outside, z_end, x_end, z_slope in (
+        (x < xk[0], zk[0], xk[0], (zk[1] - zk[0]) / (xk[1] - xk[0])),
+        (x > xk[-1], zk[3], xk[-1], (zk[3] - zk[2]) / (xk[-1] - xk[-2])),
+    ):
+        z[outside] = z_end + z_slope * (x[outside] - x_end)
+        log_dz[outside] = np.log(z_slope)
+    return z, log_dz

@@ -1,0 +1,361 @@
+"""What a table looks like: column kinds inferred at fit time, and checks of new frames.
+
+:func:`infer_schema` classifies every column of a training frame; :meth:`Schema.check` verifies
+that a later frame matches and returns its values column by column, raising :class:`SchemaError`
+(naming the column and the 0-based positional row) for anything the encoder cannot score.
+
+Column kinds:
+
+* ``categorical``: object, string or category dtype. Values are compared as ``str(value)``.
+* ``binary``: bool dtype, or a numeric column with exactly 2 distinct values.
+* ``discrete``: a numeric column with at most ``max_discrete_levels`` distinct values, or whose
+  distinct values lie on a regular grid (every ``(v - min) / step`` within ``GRID_TOL`` of an
+  integer, ``step`` = smallest gap) with fewer distinct values than half its rows. The grid rule
+  finds integer-valued columns even after standardisation (e.g. pixel values 0..255). A constant
+  column is discrete with ``step`` 1.0, so that it gets one unit-wide cell, never a point mass.
+* ``continuous``: any other numeric column.
+
+Dtype decides at fit time: a column of numeric strings is categorical. At check time a numeric
+column given as strings (e.g. from CSV or JSON) is accepted if every non-missing value parses as a
+number. Other dtypes (datetime, timedelta, ...) are rejected: exclude or convert them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from numpy.typing import NDArray
+
+KINDS = ("continuous", "discrete", "binary", "categorical")
+NUMERIC_KINDS = ("continuous", "discrete", "binary")
+GRID_TOL = 1e-6  # in units of the grid step
+SCHEMA_VERSION = 1
+
+
+class SchemaError(ValueError):
+    """A frame does not match what the encoder was fitted on.
+
+    Arguments:
+        message: the full message; it names the column and the row where they apply.
+        column: the offending column, if one.
+        row: the 0-based positional row, if one.
+    """
+
+    def __init__(self, message: str, column: str | None = None, row: int | None = None) -> None:
+        super().__init__(message)
+        self.column = column
+        self.row = row
+
+    @classmethod
+    def at(cls, frame: pd.DataFrame, column: str, row: int, problem: str) -> SchemaError:
+        """An error about one cell, e.g. "column 'age', row 3: expected a number, got 'abc'".
+
+        Arguments:
+            frame: the frame checked (for the row's index label).
+            column: the column name.
+            row: the 0-based positional row.
+            problem: what is wrong with the value.
+        """
+        label = frame.index[row]
+        plain = isinstance(label, int | np.integer) and label == row
+        where = f"row {row}" if plain else f"row {row} (index label {label!r})"
+        return cls(f"column {column!r}, {where}: {problem}", column=column, row=row)
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    """One column as seen in training.
+
+    Arguments:
+        name: column name.
+        kind: one of ``KINDS``.
+        dtype: the training dtype, as text.
+        n_missing_train: missing values (NaN/None) in training; 0 means missing is an error later.
+        missing_rate: ``n_missing_train`` / training rows.
+        min: smallest training value (numeric kinds).
+        max: largest training value (numeric kinds).
+        step: grid step of the codes ``(x - min) / step`` (discrete and binary kinds).
+        categories: sorted distinct training values as text (categorical kind).
+        n_unique: distinct non-missing training values.
+    """
+
+    name: str
+    kind: str
+    dtype: str
+    n_missing_train: int
+    missing_rate: float
+    min: float | None = None
+    max: float | None = None
+    step: float | None = None
+    categories: tuple[str, ...] | None = None
+    n_unique: int = 0
+
+    @property
+    def dequantized(self) -> bool:
+        """Whether the encoder treats this column's values as cells rather than points."""
+        return self.kind != "continuous"
+
+
+@dataclass(frozen=True)
+class Schema:
+    """The columns an encoder was fitted on, in training order.
+
+    Arguments:
+        columns: one spec per encoded column.
+        exclude: names ignored at fit and check time (ids, timestamps, labels).
+        n_rows: training rows.
+    """
+
+    columns: tuple[ColumnSpec, ...]
+    exclude: tuple[str, ...] = ()
+    n_rows: int = 0
+
+    @property
+    def names(self) -> list[str]:
+        """Encoded column names, in training order."""
+        return [c.name for c in self.columns]
+
+    def of_kind(self, *kinds: str) -> list[ColumnSpec]:
+        """The specs of the given kinds, in training order."""
+        return [c for c in self.columns if c.kind in kinds]
+
+    def __getitem__(self, name: str) -> ColumnSpec:
+        for spec in self.columns:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict (plain str, int, float, None and lists)."""
+        columns = []
+        for spec in self.columns:
+            entry = asdict(spec)
+            if spec.categories is not None:
+                entry["categories"] = list(spec.categories)
+            columns.append(entry)
+        return {
+            "version": SCHEMA_VERSION,
+            "n_rows": self.n_rows,
+            "exclude": list(self.exclude),
+            "columns": columns,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Schema:
+        """Inverse of :meth:`to_dict`.
+
+        Arguments:
+            data: a dict written by :meth:`to_dict` (possibly through JSON).
+        """
+        if data.get("version") != SCHEMA_VERSION:
+            raise ValueError(f"unsupported schema version {data.get('version')!r}")
+        columns = []
+        for entry in data["columns"]:
+            entry = dict(entry)
+            if entry.get("categories") is not None:
+                entry["categories"] = tuple(entry["categories"])
+            columns.append(ColumnSpec(**entry))
+        return cls(tuple(columns), tuple(data["exclude"]), int(data["n_rows"]))
+
+    def check(self, frame: pd.DataFrame) -> dict[str, NDArray[Any]]:
+        """Verifies ``frame`` against the schema and returns its values per column.
+
+        Numeric kinds come back as float64 arrays (NaN where missing), categorical columns as
+        object arrays of ``str`` (None where missing). Missing values are allowed only in
+        columns that had some in training; infinities never.
+
+        Arguments:
+            frame: the records; excluded columns may be present or absent.
+
+        Raises:
+            SchemaError: empty frame, missing or unexpected columns, wrong dtypes, values that
+                are not numbers, or missing/infinite values where not allowed.
+        """
+        _check_frame(frame)
+        present = set(frame.columns)
+        missing = [name for name in self.names if name not in present]
+        if missing:
+            raise SchemaError(f"missing column(s): {_quoted(missing)}", column=missing[0])
+        known = set(self.names) | set(self.exclude)
+        unexpected = [str(name) for name in frame.columns if name not in known]
+        if unexpected:
+            raise SchemaError(
+                f"unexpected column(s) not in the schema: {_quoted(unexpected)}",
+                column=unexpected[0],
+            )
+        values: dict[str, NDArray[Any]] = {}
+        for spec in self.columns:
+            series = frame[spec.name]
+            if spec.kind == "categorical":
+                values[spec.name] = _as_text(series)
+            else:
+                values[spec.name] = _as_float(frame, spec.name, series)
+            if spec.n_missing_train == 0:
+                isna = pd.isna(values[spec.name])
+                if isna.any():
+                    raise SchemaError.at(
+                        frame,
+                        spec.name,
+                        int(np.flatnonzero(isna)[0]),
+                        "missing value (NaN/None), but the column had none in training",
+                    )
+        return values
+
+
+def infer_schema(
+    frame: pd.DataFrame, *, exclude: Iterable[str] = (), max_discrete_levels: int = 20
+) -> Schema:
+    """Classifies the columns of a training frame (see the module docstring for the rules).
+
+    Arguments:
+        frame: training records.
+        exclude: columns to ignore (may be absent from ``frame``).
+        max_discrete_levels: numeric columns with at most this many distinct values are discrete.
+
+    Raises:
+        SchemaError: empty frame, no columns left, unsupported dtype, an all-missing column or an
+            infinite value.
+    """
+    _check_frame(frame)
+    excluded = tuple(exclude)
+    specs = []
+    for name in frame.columns:
+        if name in excluded:
+            continue
+        series = frame[name]
+        n_missing = int(series.isna().sum())
+        if n_missing == len(series):
+            raise SchemaError(f"column {name!r} has only missing values", column=name)
+        if _is_text(series.dtype):
+            specs.append(_categorical_spec(name, series, n_missing))
+        elif pd.api.types.is_bool_dtype(series.dtype):
+            # bools code as 0/1 whichever values occur
+            specs.append(
+                ColumnSpec(
+                    name,
+                    "binary",
+                    str(series.dtype),
+                    n_missing,
+                    n_missing / len(series),
+                    n_unique=int(series.nunique()),
+                    min=0.0,
+                    max=1.0,
+                    step=1.0,
+                )
+            )
+        elif pd.api.types.is_numeric_dtype(series.dtype):
+            x = _as_float(frame, name, series)
+            specs.append(_numeric_spec(name, str(series.dtype), x, max_discrete_levels))
+        else:
+            raise SchemaError(
+                f"column {name!r}: unsupported dtype {series.dtype}; exclude or convert it",
+                column=name,
+            )
+    if not specs:
+        raise SchemaError("no columns to encode (all excluded)")
+    return Schema(tuple(specs), excluded, len(frame))
+
+
+def _numeric_spec(name: str, dtype: str, x: NDArray[np.float64], max_levels: int) -> ColumnSpec:
+    """Kind and grid step of a numeric column (``x`` finite or NaN, not all NaN)."""
+    observed = x[~np.isnan(x)]
+    levels = np.unique(observed)
+    n_missing = len(x) - len(observed)
+    common = dict(
+        n_missing_train=n_missing,
+        missing_rate=n_missing / len(x),
+        n_unique=len(levels),
+        min=float(levels[0]),
+        max=float(levels[-1]),
+    )
+    if len(levels) == 1:
+        return ColumnSpec(name, "discrete", dtype, step=1.0, **common)
+    gap = float(np.diff(levels).min())
+    span = float(levels[-1] - levels[0])
+    # Spread the rounding error of the smallest gap over the whole span.
+    grid = span / round(span / gap)
+    codes = (levels - levels[0]) / grid
+    on_grid = bool(np.abs(codes - np.round(codes)).max() <= GRID_TOL)
+    if len(levels) == 2:
+        return ColumnSpec(name, "binary", dtype, step=span, **common)
+    if len(levels) <= max_levels or (on_grid and len(levels) < len(observed) / 2):
+        # Off the grid, the smallest gap keeps every level's unit code cell disjoint.
+        return ColumnSpec(name, "discrete", dtype, step=grid if on_grid else gap, **common)
+    return ColumnSpec(name, "continuous", dtype, **common)
+
+
+def _categorical_spec(name: str, series: pd.Series, n_missing: int) -> ColumnSpec:
+    """Spec of an object / string / category column."""
+    categories = tuple(sorted({value for value in _as_text(series) if value is not None}))
+    return ColumnSpec(
+        name,
+        "categorical",
+        str(series.dtype),
+        n_missing,
+        n_missing / len(series),
+        categories=categories,
+        n_unique=len(categories),
+    )
+
+
+def _as_float(frame: pd.DataFrame, name: str, series: pd.Series) -> NDArray[np.float64]:
+    """A numeric column as float64 (NaN where missing); strings must parse as numbers."""
+    if isinstance(series.dtype, pd.CategoricalDtype):
+        series = series.astype(object)
+    if pd.api.types.is_numeric_dtype(series.dtype) or pd.api.types.is_bool_dtype(series.dtype):
+        x = series.to_numpy(dtype=np.float64, na_value=np.nan)
+    elif _is_text(series.dtype):
+        parsed = pd.to_numeric(series, errors="coerce")
+        bad = np.flatnonzero(parsed.isna().to_numpy() & series.notna().to_numpy())
+        if len(bad):
+            row = int(bad[0])
+            raise SchemaError.at(frame, name, row, f"expected a number, got {series.iloc[row]!r}")
+        x = parsed.to_numpy(dtype=np.float64, na_value=np.nan)
+    else:
+        raise SchemaError(
+            f"column {name!r}: expected a numeric column, got dtype {series.dtype}", column=name
+        )
+    infinite = np.flatnonzero(np.isinf(x))
+    if len(infinite):
+        row = int(infinite[0])
+        raise SchemaError.at(frame, name, row, f"infinite value {x[row]} is not allowed")
+    return x
+
+
+def _as_text(series: pd.Series) -> NDArray[np.object_]:
+    """A categorical column as an object array of ``str`` (None where missing)."""
+    missing = series.isna().to_numpy()
+    text = np.full(len(series), None, dtype=object)
+    text[~missing] = series[~missing].astype(object).map(str).to_numpy(dtype=object)
+    return text
+
+
+def _is_text(dtype: Any) -> bool:
+    return pd.api.types.is_object_dtype(dtype) or isinstance(
+        dtype, (pd.StringDtype, pd.CategoricalDtype)
+    )
+
+
+def _check_frame(frame: pd.DataFrame) -> None:
+    if not isinstance(frame, pd.DataFrame):
+        raise TypeError(f"expected a pandas DataFrame, got {type(frame).__name__}")
+    if len(frame) == 0:
+        raise SchemaError("empty frame: 0 rows")
+    bad = [name for name in frame.columns if not isinstance(name, str)]
+    if bad:
+        raise SchemaError(
+            f"column names must be strings, got {bad[:5]!r} "
+            "(e.g. frame.columns = frame.columns.astype(str))",
+            column=str(bad[0]),
+        )
+    if frame.columns.duplicated().any():
+        dup = [str(n) for n in frame.columns[frame.columns.duplicated()]]
+        raise SchemaError(f"duplicate column(s): {_quoted(dup)}", column=dup[0])
+
+
+def _quoted(names: list[str]) -> str:
+    return ", ".join(repr(n) for n in names)

@@ -1,0 +1,48 @@
+"""Test environment: BentoML and Prometheus state in temp dirs, set before anything imports them."""
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+_TMP = Path(tempfile.mkdtemp(prefix="flowad-tests-"))
+os.environ["BENTOML_HOME"] = str(_TMP / "bentoml")
+os.environ["BENTOML_DO_NOT_TRACK"] = "true"
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(_TMP / "prometheus"))
+Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
+
+# One thread per process: with two, any other busy process makes OpenMP spin-waiting collapse
+# throughput 10-45x on these 2-core machines (see ../shared/design.md).
+torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parents[1]
+ADBENCH = REPO.parent / "shared" / "data" / "adbench"
+
+
+def mixed_frame(n: int, seed: int = 0) -> pd.DataFrame:
+    """Normal records with every column kind: continuous, counts, binary, categorical, bool,
+    a column with missing values and an id."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=n)
+    frame = pd.DataFrame({
+        "id": np.arange(n),
+        "amount": np.exp(1 + 0.5 * x + 0.3 * rng.normal(size=n)),
+        "ratio": np.tanh(x) + 0.2 * rng.normal(size=n),
+        "count": rng.poisson(3 + 2 * (x > 0)),
+        "flag": (rng.random(n) < 0.3).astype(int),
+        "weekend": rng.random(n) < 0.25,
+        "channel": rng.choice(["web", "app", "store"], size=n, p=[0.5, 0.3, 0.2]),
+        "age": np.where(rng.random(n) < 0.1, np.nan, rng.gamma(2.0, 10.0, n)),
+    })
+    return frame
+
+
+@pytest.fixture
+def adbench_dir() -> Path:
+    if not ADBENCH.is_dir():
+        pytest.skip(f"benchmark data not found at {ADBENCH}")
+    return ADBENCH

@@ -1,0 +1,76 @@
+import json
+
+import pandas as pd
+import pytest
+from conftest import mixed_frame
+from typer.testing import CliRunner
+
+from pipelines.cli import app
+from pipelines.tables import iter_table
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def labelled_csv(tmp_path_factory):
+    frame = mixed_frame(1500, seed=0)
+    frame["label"] = 0
+    odd = mixed_frame(60, seed=1).assign(label=1)
+    odd["amount"] *= 40
+    path = tmp_path_factory.mktemp("data") / "train.csv"
+    pd.concat([frame, odd], ignore_index=True).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tag(labelled_csv):
+    result = runner.invoke(app, ["train", str(labelled_csv), "--name", "cli-test", "--exclude",
+                                 "id", "--label", "label", "--max-epochs", "5"])
+    assert result.exit_code == 0, result.output
+    return result.stdout.strip().splitlines()[-1]
+
+
+def test_train_prints_the_tag_and_models_lists_it(tag):
+    assert tag.startswith("cli-test:")
+    result = runner.invoke(app, ["models"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0 and "cli-test" in result.stdout
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_score_writes_the_input_columns_plus_verdicts(tag, labelled_csv, tmp_path, suffix):
+    source = tmp_path / f"in{suffix}"
+    frame = pd.read_csv(labelled_csv).drop(columns=["label"])
+    frame.to_csv(source, index=False) if suffix == ".csv" else frame.to_parquet(source)
+    out = tmp_path / f"out{suffix}"
+    result = runner.invoke(app, ["score", tag, str(source), "--output", str(out),
+                                 "--chunk-rows", "100"])
+    assert result.exit_code == 0, result.output
+    scored = pd.read_csv(out) if suffix == ".csv" else pd.read_parquet(out)
+    assert list(scored.columns) == [*frame.columns, "score", "log_likelihood", "p_value",
+                                    "is_anomaly"]
+    assert len(scored) == len(frame)
+    pd.testing.assert_frame_equal(scored[frame.columns], frame, check_dtype=False)
+    assert scored.p_value.between(0, 1, inclusive="right").all()
+    assert scored.is_anomaly.iloc[-60:].mean() > 0.8  # the labelled anomalies are flagged
+
+
+def test_chunks_are_bounded(labelled_csv):
+    sizes = [len(chunk) for chunk in iter_table(labelled_csv, 100)]
+    assert max(sizes) == 100 and sum(sizes) == 1560
+
+
+def test_evaluate_writes_metrics_and_plots(tag, labelled_csv, tmp_path):
+    result = runner.invoke(app, ["evaluate", tag, str(labelled_csv), "--label", "label",
+                                 "--report-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["roc_auc"] > 0.9
+    assert len(list(tmp_path.glob("*.png"))) == 3
+
+
+def test_a_bad_file_gives_a_clear_error(tag, tmp_path):
+    bad = tmp_path / "bad.csv"
+    mixed_frame(20).drop(columns=["amount"]).to_csv(bad, index=False)
+    result = runner.invoke(app, ["score", tag, str(bad), "--output", str(tmp_path / "o.csv")])
+    assert result.exit_code != 0
+    assert "amount" in str(result.exception) + result.output

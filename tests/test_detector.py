@@ -1,0 +1,109 @@
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import mixed_frame
+from scipy.stats import betabinom
+
+from pipelines import Detector, SchemaError
+from pipelines.protocol import load_npz
+
+FAST = {"max_epochs": 15, "patience": 5}
+
+
+@pytest.fixture(scope="module")
+def fitted() -> tuple[Detector, pd.DataFrame]:
+    train = mixed_frame(3000, seed=0)
+    detector = Detector(target_fpr=0.05, exclude=["id"], train_options=FAST, progress=False)
+    return detector.fit(train), train
+
+
+def test_fit_sets_fitted_attributes_and_scores_are_finite(fitted):
+    detector, train = fitted
+    assert detector.metrics_["n_calibration"] == 600
+    assert np.isfinite(detector.threshold_)
+    scores = detector.score_samples(mixed_frame(500, seed=1))
+    assert scores.shape == (500,) and np.isfinite(scores).all()
+    np.testing.assert_array_equal(scores, -detector.log_likelihood(mixed_frame(500, seed=1)))
+
+
+def test_verdicts_are_consistent(fitted):
+    detector, _ = fitted
+    frame = mixed_frame(400, seed=2)
+    verdicts = detector.verdicts(frame)
+    assert list(verdicts.columns) == ["score", "log_likelihood", "p_value", "is_anomaly"]
+    assert ((verdicts.p_value > 0) & (verdicts.p_value <= 1)).all()
+    np.testing.assert_array_equal(verdicts.is_anomaly, verdicts.score > detector.threshold_)
+    np.testing.assert_array_equal(verdicts.is_anomaly, detector.predict(frame))
+
+
+def test_scores_do_not_depend_on_batch_or_order(fitted):
+    detector, _ = fitted
+    frame = mixed_frame(1000, seed=3)
+    alone = detector.score_samples(frame.iloc[:5])
+    together = detector.score_samples(frame)[:5]
+    reversed_ = detector.score_samples(frame.iloc[::-1])[-5:][::-1]
+    assert np.abs(alone - together).max() < 1e-4
+    assert np.abs(alone - reversed_).max() < 1e-4
+
+
+def test_anomalies_score_higher_than_normal_records(fitted):
+    detector, _ = fitted
+    normal = mixed_frame(300, seed=4)
+    odd = normal.copy()
+    odd["amount"] *= 30
+    assert np.mean(detector.score_samples(odd) > detector.score_samples(normal)) > 0.95
+
+
+def test_realised_fpr_matches_the_target_on_fresh_normal_data():
+    train = mixed_frame(12_000, seed=10)
+    detector = Detector(target_fpr=0.05, exclude=["id"], train_options=FAST, progress=False)
+    detector.fit(train)
+    n_test = 20_000
+    flagged = int(detector.predict(mixed_frame(n_test, seed=11)).sum())
+    # Conformal theory: with n calibration scores and k = ceil((n+1)(1-alpha)), the mass above
+    # the threshold is Beta(n+1-k, k), so the flagged count is beta-binomial.
+    n = detector.metrics_["n_calibration"]
+    k = int(np.ceil((n + 1) * 0.95))
+    low, high = betabinom.interval(0.99, n_test, n + 1 - k, k)
+    print(f"realised FPR {flagged / n_test:.4f}, 99% interval [{low / n_test:.4f}, "
+          f"{high / n_test:.4f}] (n_cal={n})")
+    assert low <= flagged <= high
+
+
+@pytest.mark.parametrize("name", ["4_breastw", "20_letter", "5_campaign", "30_satellite",
+                                  "31_satimage-2", "32_shuttle", "6_cardio"])
+def test_every_dataset_kind_trains_without_nonfinite_values(adbench_dir, name):
+    X, y = load_npz(adbench_dir / f"{name}.npz")
+    X = X[y == 0][:3000]
+    frame = pd.DataFrame(X, columns=[f"f{j}" for j in range(X.shape[1])])
+    detector = Detector(train_options={"max_epochs": 3}, progress=False).fit(frame)
+    assert all(np.isfinite(h["train_nll"]) and np.isfinite(h["val_nll"])
+               for h in detector.history_)
+    assert detector.metrics_["recovered_nonfinite"] == 0
+    assert np.isfinite(detector.score_samples(frame)).all()
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda f: f.drop(columns=["amount"]), "amount"),
+        (lambda f: f.assign(surprise=1.0), "surprise"),
+        (lambda f: f.assign(amount=f["amount"].astype(object).where(f.index != 3, "abc")),
+         "amount"),
+        (lambda f: f.assign(ratio=np.where(f.index == 2, np.nan, f["ratio"])), "ratio"),
+        (lambda f: f.assign(ratio=np.where(f.index == 2, np.inf, f["ratio"])), "ratio"),
+        (lambda f: f.assign(count=pd.Timestamp("2026-01-01")), "count"),
+        (lambda f: f.iloc[:0], "empty"),
+    ],
+    ids=["missing", "unexpected", "string", "nan", "inf", "dtype", "empty"],
+)
+def test_bad_input_names_the_problem(fitted, mutate, message):
+    detector, _ = fitted
+    with pytest.raises(SchemaError, match=message):
+        detector.score_samples(mutate(mixed_frame(10, seed=5)))
+
+
+def test_an_all_nan_column_is_rejected_at_fit():
+    frame = mixed_frame(200).assign(broken=np.nan)
+    with pytest.raises(SchemaError, match="broken"):
+        Detector(exclude=["id"], progress=False).fit(frame)

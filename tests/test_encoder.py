@@ -1,0 +1,412 @@
+"""TabularEncoder: log-Jacobian, dequantisation, policies, errors, persistence, real data."""
+
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import skops.io as sio
+from sklearn.exceptions import NotFittedError
+from sklearn.preprocessing import QuantileTransformer, StandardScaler
+
+from pipelines.encoder import TabularEncoder
+from pipelines.schema import SchemaError
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "adbench"
+
+
+def train_frame(n: int = 400, seed: int = 0) -> pd.DataFrame:
+    """Continuous (one with missing values), discrete (one with missing), binary, categorical."""
+    rng = np.random.default_rng(seed)
+    income = rng.lognormal(3, 0.5, n)
+    income[rng.random(n) < 0.1] = np.nan
+    rooms = rng.integers(1, 6, n).astype(float)
+    rooms[rng.random(n) < 0.05] = np.nan
+    return pd.DataFrame(
+        {
+            "id": np.arange(n),
+            "age": rng.normal(40, 12, n),
+            "income": income,
+            "rooms": rooms,
+            "owner": rng.random(n) < 0.4,
+            "color": rng.choice(["red", "green", "blue"], n, p=[0.5, 0.3, 0.2]),
+        }
+    )
+
+
+def independent_codes(df: pd.DataFrame) -> np.ndarray:
+    """The code block computed by hand: rooms, owner, one-hot color + unknown, indicators."""
+    rooms = df["rooms"].to_numpy()
+    levels, counts = np.unique(rooms[~np.isnan(rooms)], return_counts=True)
+    rooms = np.where(np.isnan(rooms), levels[np.argmax(counts)], rooms) - 1.0
+    color = df["color"].to_numpy()
+    onehot = [(color == level).astype(float) for level in ("blue", "green", "red")]
+    return np.column_stack(
+        [
+            rooms,
+            df["owner"].to_numpy(float),
+            *onehot,
+            np.zeros(len(df)),
+            df["income"].isna().to_numpy(float),
+            df["rooms"].isna().to_numpy(float),
+        ]
+    )
+
+
+def code_log_scale(df: pd.DataFrame) -> float:
+    """sum(log scale) of the codes: scale = std of a dequantised code c + U(0, 1)."""
+    return float(np.log(np.sqrt(independent_codes(df).var(axis=0) + 1 / 12)).sum())
+
+
+# ----------------------------------------------------------------------------- layout
+def test_layout_names_and_widths() -> None:
+    enc = TabularEncoder(exclude=("id",)).fit(train_frame())
+    assert list(enc.feature_names_out_) == [
+        "age",
+        "income",
+        "rooms",
+        "owner",
+        "color_blue",
+        "color_green",
+        "color_red",
+        "color_<unknown>",
+        "income_missing",
+        "rooms_missing",
+    ]
+    assert enc.n_features_out_ == 10 and enc.n_features_in_ == 5
+    width = enc.dequantization_width_
+    assert width.shape == (10,)
+    assert np.all(width[:2] == 0.0) and np.all(width[2:] > 0.0)
+    np.testing.assert_allclose(
+        width[2:], np.sqrt(independent_codes(train_frame()).var(0) + 1 / 12) ** -1
+    )
+
+
+def test_not_fitted_and_params() -> None:
+    enc = TabularEncoder(scaling="robust", exclude=("id",))
+    with pytest.raises(NotFittedError):
+        enc.transform(train_frame())
+    assert enc.get_params() == {
+        "scaling": "robust",
+        "exclude": ("id",),
+        "max_discrete_levels": 20,
+        "max_categories": 50,
+    }
+    assert enc.fit(train_frame()) is enc
+    with pytest.raises(ValueError, match="scaling"):
+        TabularEncoder(scaling="minmax").fit(train_frame())  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------ log-Jacobian
+def test_standard_log_jacobian_and_values_match_independent_computation() -> None:
+    df = train_frame()
+    enc = TabularEncoder(exclude=("id",)).fit(df)
+    X, log_jac = enc.transform(df)
+    cont = df[["age", "income"]].to_numpy()
+    expected = -np.log(np.nanstd(cont, axis=0)).sum() - code_log_scale(df)
+    np.testing.assert_allclose(log_jac, expected, rtol=1e-12)
+    imputed = np.where(np.isnan(cont), np.nanmedian(cont, axis=0), cont)
+    np.testing.assert_allclose(
+        X[:, :2], (imputed - np.nanmean(cont, axis=0)) / np.nanstd(cont, axis=0), atol=1e-12
+    )
+    codes = independent_codes(df) + 0.5
+    np.testing.assert_allclose(
+        X[:, 2:], (codes - codes.mean(0)) / np.sqrt(codes.var(0) + 1 / 12), atol=1e-12
+    )
+
+
+def test_robust_log_jacobian_uses_the_iqr() -> None:
+    df = train_frame()
+    _, log_jac = TabularEncoder(scaling="robust", exclude=("id",)).fit(df).transform(df)
+    cont = df[["age", "income"]].to_numpy()
+    iqr = np.subtract(*np.nanpercentile(cont, [75, 25], axis=0))
+    np.testing.assert_allclose(log_jac, -np.log(iqr).sum() - code_log_scale(df), rtol=1e-12)
+
+
+def test_quantile_log_jacobian_is_the_derivative_and_extrapolates() -> None:
+    df = train_frame(600)
+    enc = TabularEncoder(scaling="quantile", exclude=("id",)).fit(df)
+    rng = np.random.default_rng(5)
+    probe = df.sample(8, random_state=1).reset_index(drop=True)
+    # Random values, not training values: with n_quantiles = n these are the CDF's knots, where
+    # a central difference averages two slopes.
+    for name in ("age", "income"):
+        low, high = np.nanpercentile(df[name], [5, 95])
+        probe[name] = rng.uniform(low, high, len(probe))
+    top, spread = df["age"].max(), df["age"].std()
+    probe.loc[0, "age"] = top + 3 * spread  # beyond the training range
+    probe.loc[1, "age"] = df["age"].min() - 2 * spread  # below it
+    X, log_jac = enc.transform(probe)
+    assert np.all(np.isfinite(X)) and np.all(np.isfinite(log_jac))
+
+    derivative_logs = np.zeros(len(probe))
+    for j, name in enumerate(["age", "income"]):
+        h = 1e-6 * (1 + probe[name].abs().to_numpy())
+        up, down = probe.copy(), probe.copy()
+        up[name] += h
+        down[name] -= h
+        slope = (enc.transform(up)[0][:, j] - enc.transform(down)[0][:, j]) / (2 * h)
+        derivative_logs += np.log(slope)
+    np.testing.assert_allclose(log_jac, derivative_logs - code_log_scale(df), atol=1e-5)
+
+    # Not clipped: further out encodes further out, beyond the encoding of the training max.
+    edge = probe.iloc[[0, 0, 0]].reset_index(drop=True)
+    edge["age"] = [top, top + 3 * spread, top + 6 * spread]
+    z = enc.transform(edge)[0][:, 0]
+    assert z[0] < z[1] < z[2]
+    assert X[1, 0] < enc.transform(edge.assign(age=df["age"].min()))[0][0, 0]
+
+    # Inside the range the map is scikit-learn's QuantileTransformer (no ties here).
+    ages = df[["age"]].to_numpy()
+    # one quantile per value of the column with the fewest observed values (income)
+    n_quantiles = int(df["income"].notna().sum())
+    reference = QuantileTransformer(n_quantiles=n_quantiles, output_distribution="normal")
+    reference.fit(ages)
+    inner = probe.iloc[2:]
+    np.testing.assert_allclose(
+        X[2:, 0], reference.transform(inner[["age"]].to_numpy())[:, 0], atol=1e-9
+    )
+
+
+def test_quantile_with_ties_and_many_missing_values_stays_finite() -> None:
+    rng = np.random.default_rng(2)
+    spike = np.where(rng.random(500) < 0.4, 0.0, rng.exponential(size=500))  # a point mass at 0
+    sparse = np.where(rng.random(500) < 0.7, np.nan, rng.normal(size=500))
+    df = pd.DataFrame({"spike": spike, "sparse": sparse})
+    enc = TabularEncoder(scaling="quantile").fit(df)
+    assert [spec.kind for spec in enc.schema_.columns] == ["continuous", "continuous"]
+    probe = pd.DataFrame({"spike": [0.0, -1.0, 0.5, 100.0], "sparse": [np.nan, -9.0, 0.1, 9.0]})
+    for frame in (df, probe):
+        X, log_jac = enc.transform(frame)
+        assert np.all(np.isfinite(X)) and np.all(np.isfinite(log_jac))
+
+
+# ------------------------------------------------------------------------ dequantisation
+def test_offsets_give_cell_corners_and_midpoints() -> None:
+    df = train_frame()
+    enc = TabularEncoder(exclude=("id",)).fit(df)
+    X0, log0 = enc.transform(df, offset=0.0)
+    X5, log5 = enc.transform(df, offset=0.5)
+    width = enc.dequantization_width_
+    discrete = width > 0
+    cells = X0[:, discrete] / width[discrete]
+    cells -= cells.min(axis=0)  # removes the scaler's shift
+    np.testing.assert_allclose(cells, np.round(cells), atol=1e-9)
+    codes = independent_codes(df)
+    np.testing.assert_allclose(cells, codes - codes.min(axis=0), atol=1e-9)
+    np.testing.assert_allclose(X5 - X0, np.broadcast_to(0.5 * width, X0.shape), atol=1e-12)
+    assert np.array_equal(X0[:, ~discrete], X5[:, ~discrete])
+    assert np.array_equal(log0, log5)
+
+
+# ------------------------------------------------------------ determinism and persistence
+@pytest.mark.parametrize("scaling", ["standard", "quantile"])
+def test_deterministic_and_save_load_bit_identical(scaling: str, tmp_path: Path) -> None:
+    df = train_frame()
+    enc = TabularEncoder(scaling=scaling, exclude=("id",)).fit(df)  # type: ignore[arg-type]
+    X, log_jac = enc.transform(df)
+    X_again, log_again = enc.transform(df.copy())
+    assert np.array_equal(X, X_again) and np.array_equal(log_jac, log_again)
+    one_row, one_log = enc.transform(df.iloc[[7]])
+    np.testing.assert_allclose(one_row[0], X[7], rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(one_log[0], log_jac[7], rtol=1e-13)
+
+    enc.save(tmp_path / "enc.skops")
+    loaded = TabularEncoder.load(tmp_path / "enc.skops")
+    assert loaded.get_params() == enc.get_params()
+    assert loaded.schema_ == enc.schema_
+    assert list(loaded.feature_names_out_) == list(enc.feature_names_out_)
+    assert np.array_equal(loaded.dequantization_width_, enc.dequantization_width_)
+    for offset in (0.0, 0.5):
+        X1, l1 = enc.transform(df, offset=offset)
+        X2, l2 = loaded.transform(df, offset=offset)
+        assert np.array_equal(X1, X2) and np.array_equal(l1, l2)
+
+
+def test_load_refuses_untrusted_types(tmp_path: Path) -> None:
+    path = tmp_path / "evil.skops"
+    sio.dump({"format": "flowad.TabularEncoder/1", "x": collections.Counter("ab")}, path)
+    with pytest.raises(ValueError, match="untrusted"):
+        TabularEncoder.load(path)
+
+
+# --------------------------------------------------------------- unknowns and missing
+def test_unseen_category_goes_to_the_unknown_slot() -> None:
+    df = train_frame()
+    enc = TabularEncoder(exclude=("id",)).fit(df)
+    probe = df.iloc[[0, 0]].reset_index(drop=True)
+    probe.loc[1, "color"] = "purple"
+    X0, log_jac = enc.transform(probe, offset=0.0)
+    assert np.all(np.isfinite(X0)) and np.all(np.isfinite(log_jac))
+    names = list(enc.feature_names_out_)
+    cells = (X0[1] - X0[0]) / np.where(enc.dequantization_width_ > 0, enc.dequantization_width_, 1)
+    assert cells[names.index("color_<unknown>")] == pytest.approx(1.0)
+    assert cells[names.index(f"color_{df.loc[0, 'color']}")] == pytest.approx(-1.0)
+    assert enc.unknown_counts(probe) == {"color": 1}
+
+
+def test_rare_categories_and_unknowns_share_the_infrequent_slot() -> None:
+    rng = np.random.default_rng(3)
+    df = pd.DataFrame({"c": rng.choice(list("abcdef"), 300, p=[0.4, 0.3, 0.1, 0.1, 0.05, 0.05])})
+    enc = TabularEncoder(max_categories=3).fit(df)
+    assert list(enc.feature_names_out_) == ["c_a", "c_b", "c_infrequent_sklearn"]
+    X0, _ = enc.transform(pd.DataFrame({"c": ["a", "f", "zzz"]}), offset=0.0)
+    assert X0[1, 2] == X0[2, 2] > X0[0, 2]
+
+
+def test_missing_values_are_imputed_and_flagged() -> None:
+    df = train_frame()
+    enc = TabularEncoder(exclude=("id",)).fit(df)
+    names = list(enc.feature_names_out_)
+    probe = df.iloc[[0, 0, 0]].reset_index(drop=True)
+    probe.loc[0, ["income", "rooms"]] = [np.nan, np.nan]
+    probe.loc[1, "income"] = df["income"].median()
+    levels, counts = np.unique(df["rooms"].dropna(), return_counts=True)
+    probe.loc[1, "rooms"] = levels[np.argmax(counts)]
+    X0, log_jac = enc.transform(probe, offset=0.0)
+    assert np.all(np.isfinite(X0)) and np.all(np.isfinite(log_jac))
+    for name in ("income", "rooms"):
+        assert X0[0, names.index(name)] == pytest.approx(X0[1, names.index(name)])
+        flag = names.index(f"{name}_missing")
+        assert (X0[0, flag] - X0[1, flag]) / enc.dequantization_width_[flag] == pytest.approx(1)
+
+
+def test_missing_category_is_its_own_level() -> None:
+    df = pd.DataFrame({"c": ["a", "b", None, "a"] * 25})
+    enc = TabularEncoder().fit(df)
+    assert "c_<missing>" in list(enc.feature_names_out_)
+    X0, _ = enc.transform(pd.DataFrame({"c": [None, "a"]}), offset=0.0)
+    assert X0[0, list(enc.feature_names_out_).index("c_<missing>")] > X0[1, 2]
+
+
+# ----------------------------------------------------------------------------- bad input
+@pytest.fixture(scope="module")
+def fitted() -> tuple[TabularEncoder, pd.DataFrame]:
+    rng = np.random.default_rng(4)
+    df = pd.DataFrame(
+        {
+            "age": rng.normal(40, 10, 50),
+            "kids": rng.integers(0, 4, 50),
+            "color": rng.choice(["red", "blue"], 50),
+        }
+    )
+    return TabularEncoder().fit(df), df
+
+
+def raises(
+    enc: TabularEncoder, df: pd.DataFrame, column: str | None, row: int | None
+) -> SchemaError:
+    with pytest.raises(SchemaError) as info:
+        enc.transform(df)
+    error = info.value
+    assert (error.column, error.row) == (column, row)
+    if column is not None:
+        assert repr(column) in str(error)
+    if row is not None:
+        assert f"row {row}" in str(error)
+    return error
+
+
+def test_missing_and_unexpected_columns(fitted: tuple[TabularEncoder, pd.DataFrame]) -> None:
+    enc, df = fitted
+    error = raises(enc, df.drop(columns=["age", "kids"]), "age", None)
+    assert "missing column" in str(error) and "'kids'" in str(error)
+    error = raises(enc, df.assign(extra=1.0), "extra", None)
+    assert "unexpected" in str(error)
+
+
+def test_wrong_dtype(fitted: tuple[TabularEncoder, pd.DataFrame]) -> None:
+    enc, df = fitted
+    when = pd.Series(pd.date_range("2024-01-01", periods=len(df)))
+    error = raises(enc, df.assign(age=when), "age", None)
+    assert "datetime" in str(error)
+
+
+def test_string_in_numeric_column(fitted: tuple[TabularEncoder, pd.DataFrame]) -> None:
+    enc, df = fitted
+    bad = df.astype({"age": object})
+    bad.loc[3, "age"] = "abc"
+    error = raises(enc, bad, "age", 3)
+    assert str(error) == "column 'age', row 3: expected a number, got 'abc'"
+    labelled = bad.set_axis([f"r{i}" for i in range(len(bad))])
+    assert "index label 'r3'" in str(raises(enc, labelled, "age", 3))
+
+
+def test_numeric_strings_are_accepted(fitted: tuple[TabularEncoder, pd.DataFrame]) -> None:
+    enc, df = fitted
+    as_text = df.assign(age=df["age"].map(repr), kids=df["kids"].astype(str))
+    X, log_jac = enc.transform(as_text)
+    X_ref, log_ref = enc.transform(df)
+    assert np.array_equal(X, X_ref) and np.array_equal(log_jac, log_ref)
+
+
+def test_nan_and_inf_where_not_allowed(fitted: tuple[TabularEncoder, pd.DataFrame]) -> None:
+    enc, df = fitted
+    for column, row, value in [("age", 5, np.nan), ("kids", 2, np.nan), ("color", 4, None)]:
+        bad = df.astype({column: object}) if value is None else df.astype({column: float})
+        bad.loc[row, column] = value
+        assert "missing value" in str(raises(enc, bad, column, row))
+    for row, value in [(1, np.inf), (6, -np.inf)]:
+        bad = df.copy()
+        bad.loc[row, "age"] = value
+        assert "infinite" in str(raises(enc, bad, "age", row))
+
+
+def test_empty_frames_and_bad_training_columns(
+    fitted: tuple[TabularEncoder, pd.DataFrame],
+) -> None:
+    enc, df = fitted
+    error = raises(enc, df.iloc[:0], None, None)
+    assert "empty" in str(error)
+    with pytest.raises(SchemaError, match="empty"):
+        TabularEncoder().fit(df.iloc[:0])
+    with pytest.raises(SchemaError, match="'void'") as info:
+        TabularEncoder().fit(df.assign(void=np.nan))
+    assert info.value.column == "void"
+    bad = df.copy()
+    bad.loc[9, "age"] = np.inf
+    with pytest.raises(SchemaError, match="column 'age', row 9"):
+        TabularEncoder().fit(bad)
+
+
+def test_excluded_columns_may_be_present_or_absent() -> None:
+    df = train_frame()
+    enc = TabularEncoder(exclude=("id", "label")).fit(df.assign(label=0))
+    X_with, _ = enc.transform(df.assign(label=1, id=-df["id"]))
+    X_without, _ = enc.transform(df.drop(columns="id"))
+    assert np.array_equal(X_with, X_without)
+
+
+# ------------------------------------------------------------------------- real data
+DATASETS = ["4_breastw", "20_letter", "5_campaign", "30_satellite", "32_shuttle", "6_cardio"]
+ALL_DISCRETE = {"4_breastw", "20_letter", "30_satellite", "32_shuttle"}
+
+
+@pytest.mark.parametrize("name", DATASETS)
+def test_benchmark_data_raw_and_standardized(name: str) -> None:
+    path = DATA / f"{name}.npz"
+    if not path.exists():
+        pytest.skip(f"benchmark data not found at {path}")
+    data = np.load(path)
+    X, y = data["X"].astype(float), data["y"]
+    if name == "5_campaign":  # a subsample keeps the test fast
+        keep = np.random.default_rng(0).choice(len(X), 5000, replace=False)
+        X, y = X[keep], y[keep]
+    columns = [f"f{j}" for j in range(X.shape[1])]
+    kinds = {}
+    for variant, values in (("raw", X), ("std", StandardScaler().fit_transform(X))):
+        frame = pd.DataFrame(values, columns=columns)
+        for scaling in ("standard", "quantile"):
+            enc = TabularEncoder(scaling=scaling).fit(frame[y == 0])  # type: ignore[arg-type]
+            encoded, log_jac = enc.transform(frame)  # anomalies included
+            assert np.all(np.isfinite(encoded)) and np.all(np.isfinite(log_jac)), (variant, scaling)
+        kinds[variant] = [spec.kind for spec in enc.schema_.columns]
+        n_codes = sum(kind != "continuous" for kind in kinds[variant])
+        assert np.count_nonzero(enc.dequantization_width_) == n_codes
+    # The grid rule finds the same discrete columns after standardisation.
+    assert kinds["raw"] == kinds["std"]
+    if name in ALL_DISCRETE:
+        assert "continuous" not in kinds["std"]

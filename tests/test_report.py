@@ -1,0 +1,96 @@
+"""Evaluation report: metrics checked against sklearn and hand counts; files written."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from pipelines.report import evaluation_metrics, plot_training_curve, write_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _data() -> tuple[NDArray[np.int_], NDArray[np.float64]]:
+    rng = np.random.default_rng(0)
+    scores = np.r_[rng.normal(0, 1, 900), rng.normal(2.5, 1.5, 100), [1e4]]
+    y = np.r_[np.zeros(900, int), np.ones(101, int)]
+    return y, scores
+
+
+def _strict_json(text: str) -> dict:
+    def reject(token: str) -> None:
+        raise ValueError(f"non-standard JSON constant {token}")
+
+    return json.loads(text, parse_constant=reject)
+
+
+def test_metrics_match_independent_computation() -> None:
+    y, s = _data()
+    t = 1.7
+    m = evaluation_metrics(y, s, t)
+    normal, anomalous = s[y == 0], s[y == 1]
+    assert m["roc_auc"] == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    assert m["average_precision"] == pytest.approx(average_precision_score(y, s), abs=1e-12)
+    assert m["false_positives"] == sum(v > t for v in normal)
+    assert m["true_positives"] == sum(v > t for v in anomalous)
+    assert m["fpr"] == sum(v > t for v in normal) / 900
+    assert m["tpr"] == sum(v > t for v in anomalous) / 101
+    assert (m["n"], m["n_normal"], m["n_anomalous"], m["threshold"]) == (1001, 900, 101, 1.7)
+    assert m["n_flagged"] == m["false_positives"] + m["true_positives"]
+
+
+def test_threshold_on_a_tied_score_is_not_flagged() -> None:
+    m = evaluation_metrics([0, 0, 1, 1], [1.0, 2.0, 2.0, 3.0], 2.0)
+    assert (m["fpr"], m["tpr"]) == (0.0, 0.5)
+
+
+def test_write_report_files(tmp_path: Path) -> None:
+    y, s = _data()
+    history = [{"epoch": e, "train_nll": 5 / e, "val_nll": 5.5 / e + 0.01 * e, "step": 10 * e}
+               for e in range(1, 21)]
+    metrics = write_report(tmp_path / "report", y, s, 1.7, history)
+    out = tmp_path / "report"
+    assert _strict_json((out / "metrics.json").read_text()) == metrics
+    for name in ("score_histograms.png", "roc_pr.png", "training_curve.png"):
+        data = (out / name).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 10_000, name
+
+
+def test_infinite_and_missing_thresholds_stay_strict_json(tmp_path: Path) -> None:
+    y, s = _data()
+    m = write_report(tmp_path / "inf", y, s, math.inf, history=None)
+    assert _strict_json((tmp_path / "inf" / "metrics.json").read_text())["threshold"] == "inf"
+    assert (m["fpr"], m["tpr"], m["n_flagged"]) == (0.0, 0.0, 0)
+    assert not (tmp_path / "inf" / "training_curve.png").exists()
+    m = evaluation_metrics(y, s, math.nan)  # uncalibrated detector
+    assert m["threshold"] is None and m["fpr"] is None and m["n_flagged"] is None
+    assert m["roc_auc"] is not None
+    json.dumps(m, allow_nan=False)
+
+
+def test_one_class_only(tmp_path: Path) -> None:
+    m = write_report(tmp_path, np.zeros(50, int), np.linspace(0, 1, 50), 0.9)
+    assert m["roc_auc"] is None and m["average_precision"] is None and m["tpr"] is None
+    assert m["fpr"] == pytest.approx(5 / 50)
+    assert (tmp_path / "score_histograms.png").exists()
+    assert not (tmp_path / "roc_pr.png").exists()
+
+
+def test_training_curve_tolerates_missing_validation(tmp_path: Path) -> None:
+    history = [{"epoch": 1, "train_nll": 2.0, "val_nll": None},
+               {"epoch": 2, "train_nll": -1.0, "val_nll": float("nan")}]
+    path = plot_training_curve(history, tmp_path / "curve.png")
+    assert path.read_bytes().startswith(PNG_MAGIC)
+
+
+@pytest.mark.parametrize(("y", "s"), [([0, 1], [0.1, math.nan]), ([0, 2], [0.1, 0.2]),
+                                      ([0, 1, 0], [0.1, 0.2])])
+def test_rejects_bad_input(y: list, s: list) -> None:
+    with pytest.raises(ValueError):
+        evaluation_metrics(y, s, 0.5)

@@ -1,0 +1,117 @@
+"""Schema inference, serialisation and checks (pipelines.schema)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.schema import Schema, SchemaError, infer_schema
+
+
+def mixed_frame(n: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """One column of each kind the inference has to tell apart."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, n).astype(float)
+    income = rng.lognormal(10, 1, n)
+    income[rng.random(n) < 0.1] = np.nan
+    return pd.DataFrame(
+        {
+            "id": np.arange(n),
+            "height": rng.normal(170, 10, n),
+            "code": rng.integers(0, 7, n),
+            "bin01": rng.integers(0, 2, n),
+            "bin37": rng.choice([3.0, 7.0], n),
+            "flag": rng.random(n) < 0.3,
+            "color": rng.choice(["red", "green", "blue"], n),
+            "size": pd.Categorical(rng.choice(["S", "M", "L"], n)),
+            "income": income,
+            "pixel_std": (pixels - pixels.mean()) / pixels.std(),
+            "const": np.full(n, 5.0),
+            "offgrid": rng.choice([0.0, 0.3, 1.1, 2.0], n),
+        }
+    )
+
+
+def test_infers_kinds_steps_and_categories() -> None:
+    df = mixed_frame()
+    schema = infer_schema(df, exclude=("id", "not_there"))
+    assert schema.names == [c for c in df.columns if c != "id"]
+    kinds = {spec.name: spec.kind for spec in schema.columns}
+    assert kinds == {
+        "height": "continuous",
+        "code": "discrete",
+        "bin01": "binary",
+        "bin37": "binary",
+        "flag": "binary",
+        "color": "categorical",
+        "size": "categorical",
+        "income": "continuous",
+        "pixel_std": "discrete",
+        "const": "discrete",
+        "offgrid": "discrete",
+    }
+    assert schema["code"].step == 1.0 and schema["code"].n_unique == 7
+    assert (schema["bin37"].min, schema["bin37"].step) == (3.0, 4.0)
+    assert (schema["flag"].dtype, schema["flag"].min, schema["flag"].step) == ("bool", 0.0, 1.0)
+    # An integer column standardised: step = 1 / std of the raw integers.
+    pixels = df["pixel_std"].to_numpy()
+    assert schema["pixel_std"].step == pytest.approx(np.diff(np.unique(pixels)).min(), rel=1e-9)
+    assert schema["pixel_std"].step * 255 == pytest.approx(np.ptp(pixels), rel=1e-9)
+    assert schema["const"].step == 1.0
+    assert schema["offgrid"].step == pytest.approx(0.3)  # the smallest gap, not a grid
+    assert schema["color"].categories == ("blue", "green", "red")
+    assert schema["size"].categories == ("L", "M", "S")
+    assert schema["height"].step is None and schema["height"].min == df["height"].min()
+    n_missing = int(df["income"].isna().sum())
+    assert n_missing > 0
+    assert schema["income"].n_missing_train == n_missing
+    assert schema["income"].missing_rate == pytest.approx(n_missing / len(df))
+    assert schema["height"].n_missing_train == 0
+
+
+def test_level_threshold_and_half_rows_rule() -> None:
+    rng = np.random.default_rng(1)
+    # 30 levels off any grid: continuous unless max_discrete_levels allows 30.
+    levels = np.sort(rng.normal(size=30))
+    df = pd.DataFrame({"x": rng.choice(levels, 600)})
+    assert infer_schema(df)["x"].kind == "continuous"
+    assert infer_schema(df, max_discrete_levels=30)["x"].kind == "discrete"
+    # Integers with as many levels as rows: no point masses to handle, so continuous.
+    assert infer_schema(pd.DataFrame({"x": rng.permutation(600)}))["x"].kind == "continuous"
+
+
+def test_to_dict_is_json_safe_and_round_trips() -> None:
+    schema = infer_schema(mixed_frame(200), exclude=("id",))
+    data = json.loads(json.dumps(schema.to_dict()))
+    assert Schema.from_dict(data) == schema
+    with pytest.raises(ValueError, match="version"):
+        Schema.from_dict({**data, "version": 99})
+
+
+def test_schema_error_names_column_and_row() -> None:
+    frame = pd.DataFrame({"a": [1, 2, 3]}, index=["r0", "r1", "r2"])
+    error = SchemaError.at(frame, "a", 2, "bad value")
+    assert isinstance(error, ValueError)
+    assert (error.column, error.row) == ("a", 2)
+    assert str(error) == "column 'a', row 2 (index label 'r2'): bad value"
+    plain = SchemaError.at(frame.reset_index(drop=True), "a", 1, "bad value")
+    assert str(plain) == "column 'a', row 1: bad value"
+
+
+def test_check_parses_numeric_strings_and_stringifies_categories() -> None:
+    train = pd.DataFrame({"x": [1.5, 2.0, 3.0, 4.0], "c": ["a", "b", "a", "b"]})
+    schema = infer_schema(train)
+    values = schema.check(pd.DataFrame({"x": ["1.5", "7"], "c": ["a", 3]}))
+    np.testing.assert_array_equal(values["x"], [1.5, 7.0])
+    assert list(values["c"]) == ["a", "3"]
+
+
+def test_unsupported_dtype_at_fit_names_the_column() -> None:
+    df = pd.DataFrame({"x": [1.0, 2.0], "when": pd.to_datetime(["2024-01-01", "2024-01-02"])})
+    with pytest.raises(SchemaError, match="'when'") as info:
+        infer_schema(df)
+    assert info.value.column == "when"
+    assert infer_schema(df, exclude=("when",)).names == ["x"]

@@ -1,0 +1,64 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from flowmodels import RealNVP
+from pipelines.training import TrainConfig, default_train_config, learning_rate, train_flow
+
+
+def test_learning_rate_warms_up_then_decays_to_the_floor():
+    config = TrainConfig(learning_rate=1e-3, min_learning_rate=1e-4, warmup_steps=10)
+    rates = [learning_rate(step, 110, config) for step in range(111)]
+    assert rates[0] == pytest.approx(1e-4) and rates[9] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(rates[10:], rates[11:]))
+    assert rates[-1] == pytest.approx(1e-4)
+
+
+@pytest.mark.parametrize("n_rows", [500, 5_000, 100_000, 1_000_000])
+def test_default_config_keeps_the_step_budget_bounded(n_rows):
+    config = default_train_config(n_rows)
+    steps = math.ceil(n_rows / config.batch_size) * config.max_epochs
+    assert 64 <= config.batch_size <= 1024
+    assert 2_000 <= steps <= 40_000
+
+
+def _data(n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 2, generator=g)
+    return torch.stack([x[:, 0], x[:, 1] + x[:, 0] ** 2], dim=1)
+
+
+def test_early_stopping_restores_the_best_validation_weights():
+    torch.manual_seed(0)
+    flow = RealNVP(2, n_layers=4, hidden=32)
+    train, val = _data(400, 0), _data(400, 1)
+    config = TrainConfig(batch_size=64, max_epochs=60, patience=5, progress=False)
+    result = train_flow(flow, train, torch.zeros(2), val, torch.zeros(len(val)), config)
+    with torch.no_grad():
+        restored = -flow.log_prob(val).double().mean().item()
+    best = min(h["val_nll"] for h in result.history)
+    assert restored == pytest.approx(result.best_val_nll, abs=1e-6)
+    # Improvements under the 1e-4 nats tolerance don't replace the best weights.
+    assert best <= result.best_val_nll <= best + 1e-4
+    assert len(result.history) < 60 or result.best_epoch == 59
+
+
+def test_a_nonfinite_loss_is_recovered_from():
+    torch.manual_seed(0)
+    flow = RealNVP(2, n_layers=2, hidden=16)
+    train, val = _data(256, 0), _data(128, 1)
+    poisoned = {"calls": 0}
+    original = flow.log_prob
+
+    def sometimes_nan(x):
+        poisoned["calls"] += 1
+        out = original(x)
+        return out * float("nan") if flow.training and poisoned["calls"] in (3, 7) else out
+
+    flow.log_prob = sometimes_nan
+    config = TrainConfig(batch_size=64, max_epochs=5, patience=10, progress=False)
+    result = train_flow(flow, train, torch.zeros(2), val, torch.zeros(len(val)), config)
+    assert result.recovered_nonfinite == 2
+    assert all(np.isfinite(h["val_nll"]) for h in result.history)
