@@ -99,19 +99,21 @@ class TimeMLP(nn.Module):
 
 
 class _Dynamics(nn.Module):
-    """The augmented ODE right-hand side; counts evaluations for benchmarks.
+    """The augmented ODE right-hand side of one solve; counts evaluations for benchmarks.
 
     Scoring state ``(z, l)``: ``(f, tr df/dz)``. Training state ``(z, l, k, j)`` adds RNODE's
     kinetic energy ``|f|^2`` and Jacobian norm estimate ``|e^T df/dz|^2`` so that they are
-    integrated in the same solve; the probe ``e`` stays fixed during a solve.
+    integrated in the same solve. One instance per solve keeps the probe fixed for the whole
+    solve, including the adjoint's backward solve, which runs after ``training_terms`` returned.
     """
 
-    def __init__(self, field: nn.Module) -> None:
+    def __init__(self, field: nn.Module, probe: Tensor | None = None,
+                 estimator: TrainDivergence = "exact") -> None:
         super().__init__()
         self.field = field
+        self.probe = probe
+        self.estimator = estimator
         self.nfe = 0
-        self.probe: Tensor | None = None
-        self.estimator: TrainDivergence = "exact"
 
     def forward(self, t: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         self.nfe += 1
@@ -179,7 +181,7 @@ class FFJORD(Flow):
     ) -> None:
         super().__init__(dim)
         self.hidden = hidden
-        self.dynamics = _Dynamics(field if field is not None else TimeMLP(dim, hidden))
+        self.field = field if field is not None else TimeMLP(dim, hidden)
         self.nfe = 0
         self._set_options(
             time_length=time_length, method=method, rtol=rtol, atol=atol, step_size=step_size,
@@ -190,8 +192,8 @@ class FFJORD(Flow):
         method, step_size = options["method"], options["step_size"]
         if method not in FIXED_STEP_METHODS | ADAPTIVE_METHODS:
             raise ValueError(f"unknown method {method!r}")
-        if (method in FIXED_STEP_METHODS) != (step_size is not None):
-            raise ValueError("fixed-step methods need step_size and adaptive ones must not get it")
+        if method in FIXED_STEP_METHODS and not (step_size is not None and step_size > 0):
+            raise ValueError(f"fixed-step method {method!r} needs a positive step_size")
         if options["train_divergence"] not in ("exact", "rademacher", "gaussian"):
             raise ValueError(f"unknown train_divergence {options['train_divergence']!r}")
         if not options["time_length"] > 0:
@@ -215,11 +217,6 @@ class FFJORD(Flow):
             raise TypeError(f"unknown solver options {sorted(unknown)}")
         self._set_options(**{**self.get_extra_state(), **options})
 
-    @property
-    def field(self) -> nn.Module:
-        """The vector field ``f(t, z)``."""
-        return self.dynamics.field
-
     def config(self) -> dict[str, Any]:
         """Constructor keyword arguments (besides ``dim``) that rebuild this model."""
         return {"hidden": self.hidden, **{name: getattr(self, name) for name in SOLVER_OPTIONS}}
@@ -232,27 +229,28 @@ class FFJORD(Flow):
         """Restores the solver options saved by :meth:`get_extra_state`."""
         self._set_options(**{name: state[name] for name in SOLVER_OPTIONS})
 
-    def _solve(self, state: tuple[Tensor, ...], t0: float, t1: float) -> tuple[Tensor, ...]:
+    def _solve(self, state: tuple[Tensor, ...], t0: float, t1: float,
+               dynamics: _Dynamics | None = None) -> tuple[Tensor, ...]:
         """Integrates the augmented state from ``t0`` to ``t1``; records the NFE."""
+        dynamics = dynamics if dynamics is not None else _Dynamics(self.field)
         ref = state[0]
         times = torch.tensor([t0, t1], device=ref.device, dtype=ref.dtype)
-        if self.step_size is not None:
+        if self.method in FIXED_STEP_METHODS:
             options: dict[str, Any] = {"step_size": self.step_size}
         else:
             options = {"norm": _max_norm}
-        self.dynamics.nfe = 0
         if self.adjoint and torch.is_grad_enabled():
             # The adjoint only changes how gradients are computed; scoring uses plain odeint.
             solution = odeint_adjoint(
-                self.dynamics, state, times, rtol=self.rtol, atol=self.atol, method=self.method,
+                dynamics, state, times, rtol=self.rtol, atol=self.atol, method=self.method,
                 options=options, adjoint_params=tuple(self.field.parameters()),
             )
         else:
             solution = odeint(
-                self.dynamics, state, times, rtol=self.rtol, atol=self.atol, method=self.method,
+                dynamics, state, times, rtol=self.rtol, atol=self.atol, method=self.method,
                 options=options,
             )
-        self.nfe = self.dynamics.nfe
+        self.nfe = dynamics.nfe
         return tuple(s[-1] for s in solution)
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
@@ -280,14 +278,10 @@ class FFJORD(Flow):
         """
         kind = "rademacher" if self.train_divergence == "exact" else self.train_divergence
         zero = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype)
-        self.dynamics.probe = make_probe(x, kind)
-        self.dynamics.estimator = self.train_divergence
-        try:
-            z, log_det, kinetic, frobenius = self._solve(
-                (x, zero, zero, zero), self.time_length, 0.0
-            )
-        finally:
-            self.dynamics.probe = None
+        dynamics = _Dynamics(self.field, make_probe(x, kind), self.train_divergence)
+        z, log_det, kinetic, frobenius = self._solve(
+            (x, zero, zero, zero), self.time_length, 0.0, dynamics
+        )
         # Integrated backwards in time, the accumulated integrals come out negated.
         log_prob = standard_normal_log_prob(z) + log_det
         return log_prob, -kinetic, -frobenius

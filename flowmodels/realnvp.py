@@ -52,8 +52,8 @@ class ActNorm(nn.Module):
 class AffineCoupling(nn.Module):
     """Transforms the unmasked features with a scale and shift computed from the masked ones.
 
-    Data -> base: ``y = x_a + (1 - m) * (x * exp(s(x_a)) + t(x_a))`` with ``x_a = m * x``. One network
-    outputs both ``s`` and ``t``; ``s`` is soft-clamped to ``(-bound, bound)`` so one step can never
+    Data -> base: ``y = x_a + (1 - m) * (x * exp(s(x_a)) + t(x_a))`` with ``x_a = m * x``. One
+    network outputs both ``s`` and ``t``; ``s`` is soft-clamped to ``(-bound, bound)`` so one step can never
     scale a feature by more than ``exp(bound)``, which keeps training from blowing up.
 
     Arguments:

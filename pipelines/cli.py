@@ -136,7 +136,9 @@ def evaluate(
 
 
 @app.command()
-def models(name: Annotated[str | None, typer.Argument(help="Only this model name.")] = None) -> None:
+def models(
+    name: Annotated[str | None, typer.Argument(help="Only this model name.")] = None,
+) -> None:
     """List saved models: tag, created, kind, threshold, key metrics."""
     from rich.console import Console
     from rich.table import Table

@@ -40,8 +40,8 @@ def split_rows(n: int, fractions: tuple[float, float], seed: int) -> tuple[np.nd
     """Seeded split of row positions into (train, validation, calibration)."""
     validation_fraction, calibration_fraction = fractions
     order = np.random.default_rng(seed).permutation(n)
-    n_cal = int(round(calibration_fraction * n))
-    n_val = int(round(validation_fraction * (n - n_cal)))
+    n_cal = round(calibration_fraction * n)
+    n_val = round(validation_fraction * (n - n_cal))
     return order[n_cal + n_val :], order[n_cal : n_cal + n_val], order[:n_cal]
 
 

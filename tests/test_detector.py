@@ -18,7 +18,7 @@ def fitted() -> tuple[Detector, pd.DataFrame]:
 
 
 def test_fit_sets_fitted_attributes_and_scores_are_finite(fitted):
-    detector, train = fitted
+    detector, _ = fitted
     assert detector.metrics_["n_calibration"] == 600
     assert np.isfinite(detector.threshold_)
     scores = detector.score_samples(mixed_frame(500, seed=1))

@@ -198,7 +198,7 @@ def test_regularisers_for_a_scaled_identity_field() -> None:
     log_prob, kinetic, jacobian = model.training_terms(x)
     expected_kinetic = a * x.square().sum(1) * (1 - math.exp(-2 * a * t_length)) / 2
     torch.testing.assert_close(kinetic.detach(), expected_kinetic, rtol=1e-8, atol=1e-10)
-    torch.testing.assert_close(jacobian.detach(), torch.full((4,), a * a * dim * t_length),
+    torch.testing.assert_close(jacobian.detach(), torch.full((4,), a * a * dim * t_length, dtype=torch.float64),
                                rtol=1e-8, atol=1e-10)
     # e^T (a I) e = a d exactly for Rademacher probes, so even the estimate is exact here.
     torch.testing.assert_close(log_prob.detach(), model.log_prob(x).detach(), rtol=0, atol=1e-8)

@@ -1,3 +1,4 @@
+import itertools
 import math
 
 import numpy as np
@@ -12,7 +13,7 @@ def test_learning_rate_warms_up_then_decays_to_the_floor():
     config = TrainConfig(learning_rate=1e-3, min_learning_rate=1e-4, warmup_steps=10)
     rates = [learning_rate(step, 110, config) for step in range(111)]
     assert rates[0] == pytest.approx(1e-4) and rates[9] == pytest.approx(1e-3)
-    assert all(a >= b for a, b in zip(rates[10:], rates[11:]))
+    assert all(a >= b for a, b in itertools.pairwise(rates[10:]))
     assert rates[-1] == pytest.approx(1e-4)
 
 

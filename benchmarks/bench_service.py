@@ -1,0 +1,119 @@
+"""HTTP scoring throughput and latency of ``bentoml serve`` vs in-process ``score_samples``.
+
+Run: ``.venv/bin/python benchmarks/bench_service.py [--requests 200]``. Trains a detector on the
+bundled example data into a temporary model store, starts the service on a free port, and
+prints records/s with p50/p99 latency for requests of 1, 100 and 1000 records at concurrency 1
+and 8, next to in-process rows/s measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="flowad-bench-")
+os.environ["BENTOML_DO_NOT_TRACK"] = "true"
+
+from pipelines import Detector  # noqa: E402 - BENTOML_HOME must be set first
+from pipelines.store import save_detector  # noqa: E402
+from pipelines.tables import read_table  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_load(url: str, body: bytes, n_requests: int, concurrency: int) -> tuple[float, ...]:
+    """Returns (records/s, p50 ms, p99 ms)."""
+    n_records = len(json.loads(body))
+    latencies: list[float] = []
+    with httpx.Client(timeout=120) as client:
+
+        def one(_: int) -> None:
+            start = time.perf_counter()
+            response = client.post(url, content=body,
+                                   headers={"content-type": "application/json"})
+            response.raise_for_status()
+            latencies.append(time.perf_counter() - start)
+
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(one, range(min(concurrency, n_requests))))  # warm-up
+            latencies.clear()
+            start = time.perf_counter()
+            list(pool.map(one, range(n_requests)))
+            elapsed = time.perf_counter() - start
+    ms = np.array(latencies) * 1000
+    return n_requests * n_records / elapsed, np.percentile(ms, 50), np.percentile(ms, 99)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=200, help="requests per cell")
+    parser.add_argument("--workers", type=int, default=1, help="front-end workers")
+    args = parser.parse_args()
+
+    frame = read_table(REPO / "examples/data/transactions.csv")
+    frame = frame[frame.is_fraud == 0]
+    detector = Detector(exclude=["transaction_id", "is_fraud"], progress=False,
+                        train_options={"max_epochs": 30}).fit(frame)
+    tag = save_detector(detector, "bench")
+    features = frame.drop(columns=["transaction_id", "is_fraud"])
+    big = features.sample(100_000, replace=True, random_state=0).reset_index(drop=True)
+    detector.score_samples(big.iloc[:1000])
+    start = time.perf_counter()
+    detector.score_samples(big)
+    in_process = len(big) / (time.perf_counter() - start)
+    print(f"in-process score_samples: {in_process:,.0f} rows/s (100k rows, torch threads "
+          f"{__import__('torch').get_num_threads()})")
+
+    port = free_port()
+    env = {**os.environ, "FLOWAD_MODEL": tag}
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("bentoml")), "serve", ".", "--port", str(port),
+         "--host", "127.0.0.1"],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{base}/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError("service did not become ready")
+            time.sleep(0.5)
+        print(f"{'records/request':>16} {'concurrency':>11} {'records/s':>10} {'p50 ms':>8} "
+              f"{'p99 ms':>8} {'vs in-process':>13}")
+        for size in (1, 100, 1000):
+            body = features.iloc[:size].to_json(orient="records").encode()
+            for concurrency in (1, 8):
+                n = max(8, args.requests // (10 if size == 1000 else 1))
+                rate, p50, p99 = run_load(f"{base}/score", body, n, concurrency)
+                print(f"{size:>16} {concurrency:>11} {rate:>10,.0f} {p50:>8.1f} {p99:>8.1f} "
+                      f"{rate / in_process:>12.0%}")
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()

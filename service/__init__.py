@@ -1,0 +1,1 @@
+"""The flowad HTTP service (BentoML), its Prometheus metrics, drift statistics and dashboards."""

@@ -1,0 +1,110 @@
+"""ASGI middleware that rejects oversized and malformed JSON request bodies with a clear 4xx.
+
+BentoML has no request-size limit, and a body that isn't JSON reaches its parser as a 500.
+This middleware reads the body of JSON POSTs once (stopping as soon as it exceeds the limit),
+checks that it parses and has the shape ``[{...}, ...]`` or ``{"records": [{...}, ...]}``,
+and replays it to the application unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def records_of(body: Any) -> list[Any] | None:
+    """The record list of a parsed body, or None if it has neither accepted shape."""
+    if isinstance(body, list):
+        return body
+    if isinstance(body, dict) and isinstance(body.get("records"), list):
+        return body["records"]
+    return None
+
+
+def shape_error(body: Any) -> str | None:
+    """Why a parsed JSON body is not a list of records, or None if it is one."""
+    records = records_of(body)
+    if records is None:
+        return 'expected a JSON array of records or an object {"records": [...]}'
+    for row, record in enumerate(records):
+        if not isinstance(record, dict):
+            return f"row {row}: expected an object keyed by column name, got {record!r:.60}"
+    return None
+
+
+class RequestGuard:
+    """Arguments:
+    app: the wrapped ASGI application.
+    json_routes: paths whose bodies must be JSON record lists, with their byte limits.
+    upload_routes: paths of file uploads, with their byte limits (size check only).
+    on_reject: called with a reason ("too_large", "malformed_json", "validation") per rejection.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        json_routes: dict[str, int],
+        upload_routes: dict[str, int],
+        on_reject: Callable[[str], None] = lambda reason: None,
+    ) -> None:
+        self.app = app
+        self.json_routes = json_routes
+        self.upload_routes = upload_routes
+        self.on_reject = on_reject
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        limits = {**self.upload_routes, **self.json_routes}
+        if scope["type"] != "http" or scope.get("method") != "POST" or path not in limits:
+            await self.app(scope, receive, send)
+            return
+        limit = limits[path]
+        headers = dict(scope.get("headers", []))
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._reject(send, 413, "too_large", f"request body exceeds {limit} bytes")
+            return
+        body, chunks = bytearray(), []
+        more = True
+        while more:
+            message = await receive()
+            chunk = message.get("body", b"")
+            body += chunk
+            if len(body) > limit:
+                await self._reject(send, 413, "too_large", f"request body exceeds {limit} bytes")
+                return
+            chunks.append(message)
+            more = message.get("more_body", False)
+        if path in self.json_routes:
+            try:
+                parsed = json.loads(body)
+            except (ValueError, UnicodeDecodeError) as error:
+                await self._reject(send, 400, "malformed_json", f"malformed JSON: {error}")
+                return
+            problem = shape_error(parsed)
+            if problem:
+                await self._reject(send, 400, "validation", problem)
+                return
+
+        async def replay() -> Message:
+            return chunks.pop(0) if chunks else {"type": "http.disconnect"}
+
+        await self.app(scope, replay, send)
+
+    async def _reject(self, send: Send, status: int, reason: str, message: str) -> None:
+        self.on_reject(reason)
+        payload = json.dumps({"error": message, "reason": reason}).encode()
+        await send({
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"),
+                        (b"content-length", str(len(payload)).encode())],
+        })
+        await send({"type": "http.response.body", "body": payload})

@@ -1,0 +1,86 @@
+"""The service's Prometheus metrics (prometheus_client, multiprocess-safe).
+
+Metric objects are created lazily, inside the worker: BentoML sets PROMETHEUS_MULTIPROC_DIR
+after importing the service module, and prometheus_client picks its storage at import time.
+The only label beyond BentoML's own is ``model`` (the tag), plus the bounded ``reason`` of
+rejections and ``quantile`` of the reference quantiles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import numpy as np
+
+REJECTION_REASONS = ("malformed_json", "validation", "schema", "too_large", "empty")
+REFERENCE_QUANTILES = (0.5, 0.9, 0.99)
+# Score histogram buckets at these calibration quantiles, so each bucket's observed share can
+# be compared with the reference share it was built from.
+SCORE_BUCKET_QUANTILES = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999)
+P_VALUE_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    records: Any
+    anomalies: Any
+    rejected: Any
+    scores: Any
+    p_values: Any
+    reference_quantile: Any
+    psi: Any
+    ks_statistic: Any
+    ks_pvalue: Any
+    window_anomaly_rate: Any
+    target_fpr: Any
+    window_records: Any
+    model_info: Any
+    load_seconds: Any
+    load_failures: Any
+
+
+@cache
+def metrics(score_buckets: tuple[float, ...]) -> Metrics:
+    """Creates the metric objects once per process (the first model's buckets are kept)."""
+    from prometheus_client import Counter, Gauge, Histogram
+
+    def gauge(name: str, doc: str, mode: str = "livemostrecent") -> Any:
+        return Gauge(name, doc, ["model"], multiprocess_mode=mode)
+
+    return Metrics(
+        records=Counter("flowad_records_scored", "Records scored.", ["model"]),
+        anomalies=Counter("flowad_anomalies_flagged", "Records flagged as anomalies.", ["model"]),
+        rejected=Counter(
+            "flowad_requests_rejected", "Requests rejected with a 4xx.", ["model", "reason"]
+        ),
+        scores=Histogram(
+            "flowad_score", "Anomaly scores (-log p); buckets at calibration quantiles.",
+            ["model"], buckets=score_buckets,
+        ),
+        p_values=Histogram(
+            "flowad_p_value", "Conformal p-values.", ["model"], buckets=P_VALUE_BUCKETS
+        ),
+        reference_quantile=Gauge(
+            "flowad_reference_score_quantile", "Calibration score quantiles.",
+            ["model", "quantile"], multiprocess_mode="livemax",
+        ),
+        psi=gauge("flowad_drift_psi", "Population stability index, window vs reference."),
+        ks_statistic=gauge("flowad_drift_ks_statistic", "Two-sample KS statistic."),
+        ks_pvalue=gauge("flowad_drift_ks_pvalue", "Two-sample KS p-value."),
+        window_anomaly_rate=gauge("flowad_window_anomaly_rate", "Anomaly rate in the window."),
+        target_fpr=gauge("flowad_target_fpr", "The calibrated target false-positive rate.",
+                         "livemax"),
+        window_records=gauge("flowad_drift_window_records", "Records in the drift window."),
+        model_info=gauge("flowad_model_info", "1 for the model being served.", "livemax"),
+        load_seconds=gauge("flowad_model_load_seconds", "Seconds the model took to load.",
+                           "livemax"),
+        load_failures=Counter("flowad_model_load_failures", "Models that failed to load."),
+    )
+
+
+def score_buckets(quantile_values: np.ndarray) -> tuple[float, ...]:
+    """Strictly increasing finite bucket bounds (ties between quantiles are merged)."""
+    finite = [float(v) for v in np.unique(quantile_values) if np.isfinite(v)]
+    return (*finite, float("inf"))

@@ -1,0 +1,40 @@
+"""Service settings, read once from environment variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from pipelines.store import DEFAULT_NAME
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Arguments (environment variable in brackets):
+    model_tag: the model to serve [FLOWAD_MODEL]; default: the newest ``flowad-detector``.
+    max_records: records per /score request, more is a 413 [FLOWAD_MAX_RECORDS].
+    max_body_bytes: bytes per /score request body, more is a 413 [FLOWAD_MAX_BODY_BYTES].
+    max_file_bytes: bytes per /score_file upload [FLOWAD_MAX_FILE_BYTES].
+    torch_threads: CPU threads per worker; one is fastest for small batches on few cores
+        [FLOWAD_TORCH_THREADS].
+    drift_window: recent scores the drift statistics are computed over [FLOWAD_DRIFT_WINDOW].
+    """
+
+    model_tag: str
+    max_records: int
+    max_body_bytes: int
+    max_file_bytes: int
+    torch_threads: int
+    drift_window: int
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        env = os.environ.get
+        return cls(
+            model_tag=env("FLOWAD_MODEL", f"{DEFAULT_NAME}:latest"),
+            max_records=int(env("FLOWAD_MAX_RECORDS", "10000")),
+            max_body_bytes=int(env("FLOWAD_MAX_BODY_BYTES", str(16 * 2**20))),
+            max_file_bytes=int(env("FLOWAD_MAX_FILE_BYTES", str(512 * 2**20))),
+            torch_threads=int(env("FLOWAD_TORCH_THREADS", "1")),
+            drift_window=int(env("FLOWAD_DRIFT_WINDOW", "2000")),
+        )

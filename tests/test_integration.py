@@ -1,0 +1,179 @@
+"""Real parts end to end: ``bentoml serve`` + a real Prometheus scraping it every second.
+
+Normal traffic, then shifted traffic; afterwards every PromQL expression of the dashboard and
+of the alert rules must run against that Prometheus, and the drift gauges must have risen.
+Both servers are stopped by PID (their process groups) whatever happens.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO, mixed_frame
+
+from pipelines import Detector
+from pipelines.store import save_detector
+from service.monitoring.expressions import ALERTS, alert_expressions, dashboard_expressions
+
+pytestmark = pytest.mark.slow
+PROMETHEUS = shutil.which("prometheus")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(method: str, url: str, body: object | None = None, timeout: float = 30) -> tuple:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method,
+                                     headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def records(n: int, seed: int, shift: bool = False) -> list[dict]:
+    frame = mixed_frame(n, seed=seed).drop(columns=["id"])
+    if shift:
+        frame["amount"] *= 4
+        frame["ratio"] += 1.5
+    return json.loads(frame.to_json(orient="records"))
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    if PROMETHEUS is None:
+        pytest.skip("prometheus is not installed (Debian package 'prometheus')")
+    tmp = tmp_path_factory.mktemp("integration")
+    detector = Detector(exclude=["id"], target_fpr=0.05, train_options={"max_epochs": 10},
+                        progress=False).fit(mixed_frame(3000, seed=0))
+    tag = save_detector(detector, "integration-test")
+
+    service_port, prometheus_port = free_port(), free_port()
+    env = {**os.environ, "FLOWAD_MODEL": tag, "FLOWAD_DRIFT_WINDOW": "500",
+           "BENTOML_DO_NOT_TRACK": "true"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # bentoml serve sets its own
+    bentoml_bin = str(Path(os.sys.executable).with_name("bentoml"))
+    service_log = open(tmp / "service.log", "w")  # noqa: SIM115 - closed below
+    service = subprocess.Popen(
+        [bentoml_bin, "serve", ".", "--port", str(service_port), "--host", "127.0.0.1"],
+        cwd=REPO, env=env, stdout=service_log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    config = yaml.safe_load(Path(REPO / "service/monitoring/prometheus/prometheus.yml")
+                            .read_text())
+    config["global"].update(scrape_interval="1s", evaluation_interval="1s")
+    config["rule_files"] = [str(ALERTS)]
+    job = config["scrape_configs"][0]
+    job.update(scrape_interval="1s", scrape_timeout="1s")
+    job["static_configs"][0]["targets"] = [f"127.0.0.1:{service_port}"]
+    (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
+    prometheus_log = open(tmp / "prometheus.log", "w")  # noqa: SIM115 - closed below
+    prometheus = subprocess.Popen(
+        [PROMETHEUS, f"--config.file={tmp / 'prometheus.yml'}",
+         f"--storage.tsdb.path={tmp / 'tsdb'}",
+         f"--web.listen-address=127.0.0.1:{prometheus_port}"],
+        stdout=prometheus_log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{service_port}"
+        wait_for(lambda: http("GET", f"{base}/readyz")[0] == 200, 120, "bentoml serve")
+        wait_for(lambda: http("GET", f"http://127.0.0.1:{prometheus_port}/-/ready")[0] == 200,
+                 60, "prometheus")
+        yield base, f"http://127.0.0.1:{prometheus_port}", tag
+    finally:
+        stop(service)
+        stop(prometheus)
+        service_log.close()
+        prometheus_log.close()
+        print((tmp / "service.log").read_text()[-3000:])
+
+
+def query(prometheus: str, expr: str) -> dict:
+    url = f"{prometheus}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    status, body = http("GET", url)
+    return {"http_status": status, **json.loads(body)}
+
+
+def gauge(prometheus: str, name: str) -> float:
+    result = query(prometheus, f"max({name})")["data"]["result"]
+    return float(result[0]["value"][1]) if result else float("nan")
+
+
+def send(base: str, batches: int, shift: bool, seed: int) -> None:
+    for i in range(batches):
+        status, body = http("POST", f"{base}/score", records(100, seed + i, shift))
+        assert status == 200, body
+
+
+def test_drift_rises_and_every_dashboard_and_alert_expression_runs(servers):
+    base, prometheus, _ = servers
+    send(base, 8, shift=False, seed=100)
+    time.sleep(1.1)
+    send(base, 1, shift=False, seed=200)  # the drift gauges update at most once a second
+    wait_for(lambda: gauge(prometheus, "flowad_drift_window_records") >= 500, 30, "a scrape")
+    before = {name: gauge(prometheus, name) for name in
+              ("flowad_drift_psi", "flowad_drift_ks_statistic")}
+
+    send(base, 8, shift=True, seed=300)
+    time.sleep(1.1)
+    send(base, 1, shift=True, seed=400)
+    wait_for(lambda: gauge(prometheus, "flowad_drift_psi") > before["flowad_drift_psi"] + 0.2,
+             30, "the PSI to rise")
+    after = {name: gauge(prometheus, name) for name in before}
+    print(f"drift before {before}, after {after}")
+    assert before["flowad_drift_psi"] < 0.2 < after["flowad_drift_psi"]
+    assert after["flowad_drift_ks_statistic"] > before["flowad_drift_ks_statistic"] + 0.2
+    assert gauge(prometheus, "flowad_window_anomaly_rate") > 0.5
+
+    # a rejected request shows up by reason
+    assert http("POST", f"{base}/score", [])[0] == 400
+    wait_for(lambda: gauge(prometheus, 'flowad_requests_rejected_total{reason="empty"}') >= 1,
+             30, "the rejection counter")
+
+    expressions = dashboard_expressions() + alert_expressions()
+    assert len(expressions) > 20
+    failures = []
+    for expr in expressions:
+        answer = query(prometheus, expr)
+        if answer["http_status"] != 200 or answer.get("status") != "success":
+            failures.append((expr, answer.get("error")))
+    assert not failures, failures
+    rules = json.loads(http("GET", f"{prometheus}/api/v1/rules")[1])
+    assert rules["status"] == "success"
+    assert all(group.get("lastError", "") == "" for group in rules["data"]["groups"]
+               for group in [group])

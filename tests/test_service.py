@@ -1,0 +1,136 @@
+"""In-process API tests: ``TestClient(FlowadService.to_asgi())`` on a freshly trained model."""
+
+import importlib
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+from conftest import mixed_frame
+from starlette.testclient import TestClient
+
+from pipelines import Detector
+from pipelines.store import save_detector
+
+
+@pytest.fixture(scope="module")
+def client():
+    detector = Detector(exclude=["id"], target_fpr=0.05, train_options={"max_epochs": 5},
+                        progress=False).fit(mixed_frame(1500, seed=0))
+    tag = save_detector(detector, "service-test")
+    os.environ["FLOWAD_MODEL"] = tag
+    os.environ["FLOWAD_MAX_RECORDS"] = "50"
+    os.environ["FLOWAD_MAX_BODY_BYTES"] = "20000"
+    import service.service as module
+
+    module = importlib.reload(module)  # settings are read at import
+    with TestClient(module.FlowadService.to_asgi()) as test_client:
+        test_client.detector, test_client.tag = detector, tag
+        yield test_client
+
+
+def records(n: int, seed: int = 1) -> list[dict]:
+    frame = mixed_frame(n, seed=seed).drop(columns=["id"])
+    return json.loads(frame.to_json(orient="records"))
+
+
+def test_score_returns_verdicts_in_order_matching_the_detector(client):
+    body = records(20)
+    response = client.post("/score", json=body)
+    assert response.status_code == 200, response.text
+    payload = response.json()
+    assert payload["model"] == client.tag and payload["n"] == 20
+    expected = client.detector.verdicts(mixed_frame(20, seed=1).drop(columns=["id"]))
+    scores = [r["score"] for r in payload["results"]]
+    np.testing.assert_allclose(scores, expected["score"], rtol=0, atol=1e-9)
+    assert [r["is_anomaly"] for r in payload["results"]] == expected["is_anomaly"].tolist()
+    assert all(0 < r["p_value"] <= 1 for r in payload["results"])
+
+
+def test_envelope_form_and_ignored_id_column(client):
+    body = [dict(r, id=i) for i, r in enumerate(records(3))]
+    response = client.post("/score", json={"records": body})
+    assert response.status_code == 200, response.text
+    assert response.json()["n"] == 3
+
+
+def test_unseen_category_is_scored_and_reported(client):
+    body = records(3)
+    body[1]["channel"] = "carrier-pigeon"
+    response = client.post("/score", json=body)
+    assert response.status_code == 200, response.text
+    assert response.json()["unknown_categories"] == {"channel": 1}
+
+
+def test_model_endpoint(client):
+    response = client.get("/model")
+    assert response.status_code == 200, response.text
+    info = response.json()
+    assert info["tag"] == client.tag and info["model_kind"] == "realnvp"
+    assert info["target_fpr"] == 0.05
+    assert {c["name"] for c in info["schema"]["columns"]} >= {"amount", "channel"}
+    assert "val_nll" in info["training_metrics"]
+
+
+def _with(row: int, **changes) -> list[dict]:
+    body = records(5)
+    body[row].update(changes)
+    return body
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "needles"),
+    [
+        (b"[{\"amount\": 1.0,", 400, ["malformed JSON"]),
+        (b"[]", 400, ["empty"]),
+        (b"{\"rows\": []}", 400, ["records"]),
+        (b"[1, 2]", 400, ["row 0", "object"]),
+        ([{k: v for k, v in r.items() if k != "ratio"} for r in records(2)], 400,
+         ["row 0", "ratio"]),
+        (_with(2, surprise=1), 400, ["row 2", "surprise"]),
+        (_with(3, amount="abc"), 400, ["row 3", "amount"]),
+        (_with(1, ratio=None), 400, ["row 1", "ratio"]),
+        (records(51), 413, ["51", "50"]),
+        (json.dumps(records(40) * 10).encode(), 413, ["bytes"]),
+    ],
+    ids=["malformed", "empty", "wrong-shape", "not-objects", "missing-column",
+         "unknown-column", "string-in-number", "null", "too-many", "too-many-bytes"],
+)
+def test_bad_input_is_a_clear_4xx(client, body, status, needles):
+    if isinstance(body, bytes):
+        response = client.post("/score", content=body,
+                               headers={"content-type": "application/json"})
+    else:
+        response = client.post("/score", json=body)
+    assert response.status_code == status, response.text
+    for needle in needles:
+        assert needle in response.text
+    # ... and the service is unaffected
+    assert client.post("/score", json=records(2)).status_code == 200
+
+
+def test_score_file_csv_and_parquet(client):
+    frame = mixed_frame(120, seed=3)
+    for name, data in [("in.csv", frame.to_csv(index=False).encode()),
+                       ("in.parquet", frame.to_parquet())]:
+        response = client.post("/score_file", files={"file": (name, io.BytesIO(data))})
+        assert response.status_code == 200, response.text
+        assert response.json()["n"] == 120
+    bad = frame.drop(columns=["amount"]).to_csv(index=False).encode()
+    response = client.post("/score_file", files={"file": ("bad.csv", io.BytesIO(bad))})
+    assert response.status_code == 400 and "amount" in response.text
+
+
+def test_metrics_are_exposed(client):
+    client.post("/score", json=records(30))
+    text = client.get("/metrics").text
+    for name in ["flowad_records_scored_total", "flowad_score_bucket", "flowad_p_value_bucket",
+                 "flowad_requests_rejected_total", "flowad_model_info", "flowad_drift_psi"]:
+        assert name in text, name
+    assert 'reason="malformed_json"' in text
+
+
+def test_health_endpoints(client):
+    for path in ["/healthz", "/livez", "/readyz"]:
+        assert client.get(path).status_code == 200
