@@ -153,11 +153,11 @@ class FFJORD(Flow):
         dim: the number of features, any integer >= 1.
         hidden: the width of both hidden layers of the default field (:class:`TimeMLP`).
         time_length: the integration time ``T``.
-        method: a torchdiffeq method, adaptive (``dopri5``, ``bosh3``, ...) or fixed-step
-            (``rk4``, ``midpoint``, ``euler``, ... which need ``step_size``).
-        rtol: relative tolerance of adaptive methods.
-        atol: absolute tolerance of adaptive methods.
-        step_size: the step of fixed-step methods; must be None for adaptive ones.
+        method: a torchdiffeq method, fixed-step (``rk4``, ``midpoint``, ``euler``, ...) or
+            adaptive (``dopri5``, ``bosh3``, ...).
+        rtol: relative tolerance of adaptive methods (ignored by fixed-step ones).
+        atol: absolute tolerance of adaptive methods (ignored by fixed-step ones).
+        step_size: the step of fixed-step methods (ignored by adaptive ones).
         adjoint: train with ``odeint_adjoint`` (memory O(1) in the steps; slower).
         train_divergence: ``"exact"`` or a Hutchinson probe (``"rademacher"``, ``"gaussian"``)
             for the log-likelihood inside :meth:`training_terms` only.
@@ -171,10 +171,10 @@ class FFJORD(Flow):
         *,
         hidden: int = 128,
         time_length: float = 1.0,
-        method: str = "dopri5",
+        method: str = "rk4",
         rtol: float = 1e-5,
         atol: float = 1e-5,
-        step_size: float | None = None,
+        step_size: float | None = 0.125,
         adjoint: bool = False,
         train_divergence: TrainDivergence = "exact",
         field: nn.Module | None = None,

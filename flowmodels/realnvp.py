@@ -53,8 +53,8 @@ class AffineCoupling(nn.Module):
     """Transforms the unmasked features with a scale and shift computed from the masked ones.
 
     Data -> base: ``y = x_a + (1 - m) * (x * exp(s(x_a)) + t(x_a))`` with ``x_a = m * x``. One
-    network outputs both ``s`` and ``t``; ``s`` is soft-clamped to ``(-bound, bound)`` so one step can never
-    scale a feature by more than ``exp(bound)``, which keeps training from blowing up.
+    network outputs both ``s`` and ``t``; ``s`` is soft-clamped to ``(-bound, bound)`` so one step
+    can never scale a feature by more than ``exp(bound)``, which keeps training from blowing up.
 
     Arguments:
         mask: a 0/1 vector; features where it is 1 condition the others and pass unchanged.

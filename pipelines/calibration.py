@@ -102,6 +102,25 @@ def binomial_interval(n: int, p: float, level: float = 0.99) -> tuple[float, flo
     return float(lo) / n, float(hi) / n
 
 
+def conformal_fpr_interval(
+    n_test: int, n_cal: int, alpha: float, level: float = 0.99
+) -> tuple[float, float]:
+    """Central ``level`` interval of the realised FPR of a conformal threshold.
+
+    With ``n_cal`` calibration scores and k = ceil((n_cal+1)(1-alpha)), the probability mass
+    above the threshold is Beta(n_cal+1-k, k) on exchangeable data, so the number of ``n_test``
+    fresh normal records above it is beta-binomial. This accounts for both the calibration
+    draw and the test draw (a plain binomial interval ignores the first).
+    """
+    from scipy.stats import betabinom
+
+    k = _rank_k(n_cal, alpha)
+    if k > n_cal:
+        return 0.0, 0.0  # threshold is +inf: nothing is ever flagged
+    lo, hi = betabinom.interval(level, n_test, n_cal + 1 - k, k)
+    return float(lo) / n_test, float(hi) / n_test
+
+
 class Calibrator:
     """Conformal threshold and p-values from calibration scores of normal data.
 

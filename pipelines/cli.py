@@ -35,9 +35,11 @@ def main(
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Bad input (schema mismatch, unreadable file) exits with status 2 and a one-line message."""
+    from bentoml.exceptions import NotFound
+
     try:
         yield
-    except (ValueError, OSError) as error:  # SchemaError is a ValueError
+    except (ValueError, OSError, NotFound) as error:  # SchemaError is a ValueError
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from error
 
@@ -145,13 +147,67 @@ def models(
 
     from pipelines.store import list_detectors
 
+    from pipelines.registry import production_tag
+
     rows = list_detectors(name)
-    table = Table("tag", "created", "kind", "target FPR", "threshold", "val NLL", "train rows")
+    table = Table("tag", "production", "created", "kind", "target FPR", "threshold", "val NLL",
+                  "train rows")
+    production = {row["tag"].split(":")[0] for row in rows}
+    production = {production_tag(n) for n in production}
     for row in rows:
         cells = [row[k] for k in (
-            "tag", "created", "model_kind", "target_fpr", "threshold", "val_nll", "n_train")]
-        table.add_row(*(f"{c:.4f}" if isinstance(c, float) else str(c) for c in cells))
+            "created", "model_kind", "target_fpr", "threshold", "val_nll", "n_train")]
+        table.add_row(row["tag"], "yes" if row["tag"] in production else "",
+                      *(f"{c:.4f}" if isinstance(c, float) else str(c) for c in cells))
     Console().print(table)
+
+
+@app.command()
+def retrain(
+    data: Annotated[Path, typer.Argument(help="CSV or Parquet file of fresh records.")],
+    name: Annotated[str, typer.Option(help="Model name.")] = "flowad-detector",
+    baseline: Annotated[str | None, typer.Option(help="Compare with this tag instead of "
+                                                     "production.")] = None,
+    label: Annotated[str | None, typer.Option(help="0/1 label column (enables ROC-AUC).")] = None,
+    window_rows: Annotated[int | None, typer.Option(help="Use only the last N rows.")] = None,
+    report: Annotated[Path, typer.Option(help="JSON decision report.")] = Path(
+        "retrain-report.json"),
+    nll_tolerance: Annotated[float, typer.Option(help="Allowed NLL increase, nats/record.")]
+    = 0.05,
+    max_production_fpr_ratio: Annotated[float, typer.Option(
+        help="Refuse automatic promotion when production flags more than this x its target "
+             "FPR of the new data.")] = 5.0,
+    auc_tolerance: Annotated[float, typer.Option(help="Allowed ROC-AUC drop.")] = 0.01,
+) -> None:
+    """Train a candidate on fresh DATA with production's configuration; promote it if it passes
+    the gate. Exit status: 0 promoted, 3 rejected, other = failure."""
+    from pipelines.lifecycle import GateRules
+    from pipelines.lifecycle import retrain as run_retrain
+    from pipelines.tables import read_table
+
+    with user_errors():
+        frame = read_table(data)
+        if window_rows:
+            frame = frame.tail(window_rows)
+        rules = GateRules(nll_tolerance=nll_tolerance,
+                          max_production_fpr_ratio=max_production_fpr_ratio,
+                          auc_tolerance=auc_tolerance)
+        decision = run_retrain(frame, name, baseline=baseline, label=label, rules=rules)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(json.dumps(decision.to_dict(), indent=2, default=float))
+    typer.echo(decision.summary())
+    raise typer.Exit(0 if decision.promoted else 3)
+
+
+@app.command()
+def promote(tag: Annotated[str, typer.Argument(help="Model tag name:version.")]) -> None:
+    """Make TAG the production model of its name (also how to roll back)."""
+    from pipelines import registry
+
+    with user_errors():
+        pointer = registry.promote(tag, reason="manual")
+    previous = pointer["history"][-1]["previous"]
+    typer.echo(f"production {pointer['name']}: {pointer['tag']} (was {previous})")
 
 
 @app.command()

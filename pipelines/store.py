@@ -22,6 +22,7 @@ import sklearn
 import torch
 
 from flowmodels import build_flow
+from pipelines import registry
 from pipelines.calibration import Calibrator
 from pipelines.detector import Detector, resolve_device
 from pipelines.encoder import TabularEncoder
@@ -93,8 +94,12 @@ def save_detector(detector: Detector, name: str = DEFAULT_NAME) -> str:
 
 
 def load_detector(tag: str, *, device: str = "auto") -> Detector:
-    """Loads a saved detector; it scores bit-identically to the one that was saved."""
-    ref = bentoml.models.get(tag)
+    """Loads a saved detector; it scores bit-identically to the one that was saved.
+
+    ``tag`` is ``name:version``, ``name:latest``, or a bare ``name`` (its production model if one
+    was promoted, else the newest).
+    """
+    ref = bentoml.models.get(registry.resolve(tag))
     state = json.loads(Path(ref.path_of("detector.json")).read_text())
     params = {**state["params"], "device": device}
     detector = Detector(**params)

@@ -10,6 +10,7 @@ mkdir -p out
 TAG=$(.venv/bin/flowad train "$DATA" --name flowad-detector --exclude transaction_id \
       --label is_fraud --target-fpr 0.01 | tail -n 1)
 echo "saved model $TAG"
+.venv/bin/flowad promote "$TAG"
 .venv/bin/flowad score "$TAG" "$DATA" --output out/transactions-scored.csv
 .venv/bin/flowad evaluate "$TAG" "$DATA" --label is_fraud --report-dir out/report > /dev/null
 echo "evaluation report: out/report/metrics.json and PNG plots"
@@ -26,4 +27,5 @@ curl -s http://127.0.0.1:3000/model
 curl -s http://127.0.0.1:3000/metrics | grep ^flowad_
 
 CURL
-FLOWAD_MODEL="$TAG" exec .venv/bin/bentoml serve . --host 127.0.0.1 --port 3000
+# FLOWAD_MODEL (default flowad-detector) follows that name's production model.
+exec .venv/bin/bentoml serve . --host 127.0.0.1 --port 3000

@@ -8,6 +8,7 @@ and replays it to the application unchanged.
 
 from __future__ import annotations
 
+import hmac
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -100,11 +101,51 @@ class RequestGuard:
 
     async def _reject(self, send: Send, status: int, reason: str, message: str) -> None:
         self.on_reject(reason)
-        payload = json.dumps({"error": message, "reason": reason}).encode()
-        await send({
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json"),
-                        (b"content-length", str(len(payload)).encode())],
-        })
-        await send({"type": "http.response.body", "body": payload})
+        await _respond(send, status, {"error": message, "reason": reason})
+
+
+class AdminAuth:
+    """Bearer-token check for admin routes, in front of BentoML (which would replace the body
+    of a 401/403 raised inside an API by "Authorization error").
+
+    Arguments:
+        app: the wrapped ASGI application.
+        paths: the protected paths.
+        token: the expected token; None disables the paths (404).
+    """
+
+    def __init__(self, app: ASGIApp, paths: tuple[str, ...], token: str | None) -> None:
+        self.app = app
+        self.paths = paths
+        self.token = token
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") not in self.paths:
+            await self.app(scope, receive, send)
+            return
+        if self.token is None:
+            await _respond(send, 404, {"error": "admin endpoints are disabled: set "
+                                                "FLOWAD_ADMIN_TOKEN to enable them"})
+            return
+        header = dict(scope.get("headers", [])).get(b"authorization", b"").decode("latin-1")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not given:
+            await _respond(send, 401, {"error": "missing bearer token"},
+                           [(b"www-authenticate", b"Bearer")])
+            return
+        if not hmac.compare_digest(given.encode(), self.token.encode()):
+            await _respond(send, 403, {"error": "invalid token"})
+            return
+        await self.app(scope, receive, send)
+
+
+async def _respond(send: Send, status: int, body: dict[str, Any],
+                   headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    payload = json.dumps(body).encode()
+    await send({
+        "type": "http.response.start",
+        "status": status,
+        "headers": [(b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode()), *(headers or [])],
+    })
+    await send({"type": "http.response.body", "body": payload})

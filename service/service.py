@@ -29,13 +29,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from pipelines import registry
 from pipelines.detector import Detector
 from pipelines.schema import SchemaError
-from pipelines.store import load_detector
 from pipelines.tables import iter_table
 from service import metrics as service_metrics
 from service.drift import DriftWindow
-from service.guard import RequestGuard
+from service.follower import LoadedModel, ModelFollower
+from service.guard import AdminAuth, RequestGuard
 from service.settings import Settings
 
 SETTINGS = Settings.from_env()
@@ -75,15 +76,24 @@ class Scorer:
 
     def __init__(self) -> None:
         torch.set_num_threads(SETTINGS.torch_threads)
-        self.detector: Detector = load_detector(SETTINGS.model_tag)
-        self.tag: str = self.detector.tag_
+        self.follower = ModelFollower(SETTINGS.model, device="auto")
+        self.follower.poll_every(SETTINGS.reload_interval)
 
     @bentoml.api(batchable=True, max_batch_size=20_000, max_latency_ms=50)
     def verdicts(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        frame = pd.DataFrame.from_records(records, columns=self.detector.encoder_.schema_.names)
-        out = self.detector.verdicts(frame)
-        out["model"] = self.tag
+        model = self.follower.current  # one model for the whole batch
+        columns = model.detector.encoder_.schema_.names
+        out = model.detector.verdicts(pd.DataFrame.from_records(records, columns=columns))
+        out["model"] = model.tag
+        out["threshold"] = model.detector.threshold_
+        out["target_fpr"] = model.detector.target_fpr
         return out.to_dict("records")
+
+    @bentoml.api
+    def reload(self) -> str:
+        """Loads the production model now if it changed; returns the tag being served."""
+        self.follower.refresh()
+        return self.follower.current.tag
 
 
 _front: FlowadService | None = None  # the worker's service instance, for the GET routes
@@ -105,34 +115,50 @@ class FlowadService:
     def __init__(self) -> None:
         global _front
         torch.set_num_threads(SETTINGS.torch_threads)
-        start = time.perf_counter()
-        # The front only validates and describes: its copy of the detector stays on the CPU.
-        self.detector: Detector = load_detector(SETTINGS.model_tag, device="cpu")
-        self.tag: str = self.detector.tag_
-        calibrator = self.detector.calibrator_
-        self.window = DriftWindow(
-            calibrator.reference_scores_, calibrator.threshold_, SETTINGS.drift_window
-        )
+        self.metrics: service_metrics.Metrics | None = None
+        self.window: DriftWindow | None = None
         self._drift_updated = 0.0
-        self.metrics = service_metrics.metrics(service_metrics.score_buckets(
-            calibrator.quantiles(np.array(service_metrics.SCORE_BUCKET_QUANTILES))
-        ))
-        m, tag = self.metrics, self.tag
-        m.model_info.labels(tag).set(1)
-        m.load_seconds.labels(tag).set(time.perf_counter() - start)
-        m.target_fpr.labels(tag).set(self.detector.target_fpr)
+        # The front only validates and describes: its copy of the detector stays on the CPU.
+        self.follower = ModelFollower(SETTINGS.model, device="cpu", on_swap=self._on_swap,
+                                      on_failure=self._on_load_failure)
+        self.follower.poll_every(SETTINGS.reload_interval)
+        _front = self
+
+    def __is_ready__(self) -> bool:
+        return _front is self
+
+    @property
+    def detector(self) -> Detector:
+        return self.follower.current.detector
+
+    @property
+    def tag(self) -> str:
+        return self.follower.current.tag
+
+    def _on_swap(self, new: LoadedModel, old: LoadedModel | None) -> None:
+        calibrator = new.detector.calibrator_
+        if self.metrics is None:  # histogram buckets come from the first model (see README)
+            self.metrics = service_metrics.metrics(service_metrics.score_buckets(
+                calibrator.quantiles(np.array(service_metrics.SCORE_BUCKET_QUANTILES))
+            ))
+        m = self.metrics
+        self.window = DriftWindow(calibrator.reference_scores_, calibrator.threshold_,
+                                  SETTINGS.drift_window)
+        if old is not None:
+            m.model_info.labels(old.tag).set(0)
+        m.model_info.labels(new.tag).set(1)
+        m.load_seconds.labels(new.tag).set(new.load_seconds)
+        m.target_fpr.labels(new.tag).set(new.detector.target_fpr)
         for q, value in zip(
             service_metrics.REFERENCE_QUANTILES,
             calibrator.quantiles(np.array(service_metrics.REFERENCE_QUANTILES)),
             strict=True,
         ):
-            m.reference_quantile.labels(tag, str(q)).set(float(value))
-        self.columns = list(self.detector.encoder_.schema_.names)
-        self.ignored = set(self.detector.exclude)
-        _front = self
+            m.reference_quantile.labels(new.tag, str(q)).set(float(value))
 
-    def __is_ready__(self) -> bool:
-        return _front is self
+    def _on_load_failure(self, model: str) -> None:
+        if self.metrics is not None:
+            self.metrics.load_failures.inc()
 
     # ------------------------------------------------------------------ endpoints
     @bentoml.api(route="/score")
@@ -146,23 +172,24 @@ class FlowadService:
                 f"{len(records)} records exceed the limit of {SETTINGS.max_records} per request",
                 "too_large", HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
             )
-        frame = self._frame(records)
-        return self._score_frame(frame, records)
+        model = self.follower.current  # this request's model, even if a swap happens now
+        return self._score_frame(model, self._frame(model, records))
 
     @bentoml.api(route="/score_file")
     def score_file(self, file: Path) -> dict[str, Any]:
         """Scores an uploaded CSV or Parquet file in chunks; same response as ``/score``."""
-        results, unknown = [], {}
+        model = self.follower.current
+        results: list[dict[str, Any]] = []
+        unknown: dict[str, int] = {}
         suffix = Path(getattr(file, "name", str(file))).suffix.lower()
         if suffix not in (".csv", ".parquet", ".pq"):
             self._reject(f"unsupported file type {suffix!r}: upload a .csv or .parquet file",
                          "validation")
-        tag = self.tag
+        response: dict[str, Any] = {}
         try:
             for chunk in iter_table(file):
-                response = self._score_frame(self._checked(chunk), chunk.to_dict("records"))
+                response = self._score_frame(model, self._checked(model, chunk))
                 results += response["results"]
-                tag = response["model"]
                 for column, count in response["unknown_categories"].items():
                     unknown[column] = unknown.get(column, 0) + count
         except (ValueError, OSError) as error:
@@ -171,14 +198,29 @@ class FlowadService:
             self._reject(f"could not read the uploaded file: {error}", "validation")
         if not results:
             self._reject("empty file: no records to score", "empty")
-        return self._response(tag, results, unknown)
+        return {**response, "n": len(results), "results": results, "unknown_categories": unknown}
+
+    @bentoml.api(route="/admin/reload")
+    def admin_reload(self) -> dict[str, Any]:
+        """Loads the production model now (token-protected by ``AdminAuth``).
+
+        This worker and the scorer switch at once; other front-end workers follow at their
+        next poll.
+        """
+        previous = self.tag
+        self.follower.refresh()
+        scorer_tag = self.scorer.reload()
+        return {"model": self.tag, "previous": previous, "scorer_model": scorer_tag,
+                "changed": self.tag != previous}
 
     def describe(self) -> dict[str, Any]:
         """What ``GET /model`` returns."""
-        d = self.detector
+        current = self.follower.current
+        d = current.detector
         return {
-            "tag": self.tag,
-            "created": bentoml.models.get(self.tag).info.creation_time.isoformat(),
+            "tag": current.tag,
+            "production": registry.production_tag(current.tag.split(":")[0]) == current.tag,
+            "created": bentoml.models.get(current.tag).info.creation_time.isoformat(),
             "model_kind": d.model,
             "target_fpr": d.target_fpr,
             "threshold": _finite_or_none(d.threshold_),
@@ -195,32 +237,33 @@ class FlowadService:
         self.metrics.rejected.labels(self.tag, reason).inc()
         raise RequestRejected(message, reason, status)
 
-    def _frame(self, records: list[dict[str, Any]]) -> pd.DataFrame:
+    def _frame(self, model: LoadedModel, records: list[dict[str, Any]]) -> pd.DataFrame:
         """Records -> DataFrame, rejecting a record with a missing or unknown column."""
-        expected = set(self.columns)
+        columns = model.detector.encoder_.schema_.names
+        expected, ignored = set(columns), set(model.detector.exclude)
         for row, record in enumerate(records):
-            keys = set(record) - self.ignored
+            keys = set(record) - ignored
             if keys != expected:
                 missing, unknown = sorted(expected - keys), sorted(keys - expected)
                 problem = (f"missing column {missing[0]!r}" if missing
                            else f"unknown column {unknown[0]!r}")
                 self._reject(f"row {row}: {problem}; expected columns {sorted(expected)}",
                              "schema")
-        return self._checked(pd.DataFrame.from_records(records, columns=self.columns))
+        return self._checked(model, pd.DataFrame.from_records(records, columns=columns))
 
-    def _checked(self, frame: pd.DataFrame) -> pd.DataFrame:
+    def _checked(self, model: LoadedModel, frame: pd.DataFrame) -> pd.DataFrame:
         try:
-            self.detector.encoder_.validate(frame)
+            model.detector.encoder_.validate(frame)
         except SchemaError as error:
             self._reject(str(error), "schema")
         return frame
 
-    def _score_frame(self, frame: pd.DataFrame, records: list[dict[str, Any]]) -> dict[str, Any]:
-        unknown = {k: v for k, v in self.detector.encoder_.unknown_counts(frame).items() if v}
-        clean = frame[self.columns].to_dict("records")
-        verdicts = self.scorer.verdicts(clean)
-        tag = verdicts[0]["model"]
-        self._observe(tag, verdicts)
+    def _score_frame(self, model: LoadedModel, frame: pd.DataFrame) -> dict[str, Any]:
+        encoder = model.detector.encoder_
+        unknown = {k: v for k, v in encoder.unknown_counts(frame).items() if v}
+        verdicts = self.scorer.verdicts(frame[list(encoder.schema_.names)].to_dict("records"))
+        first = verdicts[0]  # the scorer scores one request with one model
+        self._observe(first["model"], verdicts)
         results = [
             {
                 "score": _finite_or_none(v["score"]),
@@ -230,14 +273,10 @@ class FlowadService:
             }
             for v in verdicts
         ]
-        return self._response(tag, results, unknown)
-
-    def _response(self, tag: str, results: list[dict[str, Any]],
-                  unknown: dict[str, int]) -> dict[str, Any]:
         return {
-            "model": tag,
-            "threshold": _finite_or_none(self.detector.threshold_),
-            "target_fpr": self.detector.target_fpr,
+            "model": first["model"],
+            "threshold": _finite_or_none(first["threshold"]),
+            "target_fpr": first["target_fpr"],
             "n": len(results),
             "results": results,
             "unknown_categories": unknown,
@@ -272,6 +311,9 @@ def _count_guard_rejection(reason: str) -> None:
         _front.metrics.rejected.labels(_front.tag, reason).inc()
 
 
+FlowadService.add_asgi_middleware(
+    AdminAuth, paths=("/admin/reload",), token=SETTINGS.admin_token
+)
 FlowadService.add_asgi_middleware(
     RequestGuard,
     json_routes={"/score": SETTINGS.max_body_bytes},

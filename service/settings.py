@@ -11,7 +11,11 @@ from pipelines.store import DEFAULT_NAME
 @dataclass(frozen=True)
 class Settings:
     """Arguments (environment variable in brackets):
-    model_tag: the model to serve [FLOWAD_MODEL]; default: the newest ``flowad-detector``.
+    model: what to serve [FLOWAD_MODEL]: a model name (default ``flowad-detector``) follows
+        that name's production model (else its newest); ``name:version`` pins one version.
+    reload_interval: seconds between checks for a newly promoted model; 0 disables polling
+        [FLOWAD_RELOAD_INTERVAL].
+    admin_token: bearer token of ``POST /admin/reload``; unset disables it [FLOWAD_ADMIN_TOKEN].
     max_records: records per /score request, more is a 413 [FLOWAD_MAX_RECORDS].
     max_body_bytes: bytes per /score request body, more is a 413 [FLOWAD_MAX_BODY_BYTES].
     max_file_bytes: bytes per /score_file upload [FLOWAD_MAX_FILE_BYTES].
@@ -20,7 +24,9 @@ class Settings:
     drift_window: recent scores the drift statistics are computed over [FLOWAD_DRIFT_WINDOW].
     """
 
-    model_tag: str
+    model: str
+    reload_interval: float
+    admin_token: str | None
     max_records: int
     max_body_bytes: int
     max_file_bytes: int
@@ -31,7 +37,9 @@ class Settings:
     def from_env(cls) -> Settings:
         env = os.environ.get
         return cls(
-            model_tag=env("FLOWAD_MODEL", f"{DEFAULT_NAME}:latest"),
+            model=env("FLOWAD_MODEL", DEFAULT_NAME),
+            reload_interval=float(env("FLOWAD_RELOAD_INTERVAL", "30")),
+            admin_token=env("FLOWAD_ADMIN_TOKEN") or None,
             max_records=int(env("FLOWAD_MAX_RECORDS", "10000")),
             max_body_bytes=int(env("FLOWAD_MAX_BODY_BYTES", str(16 * 2**20))),
             max_file_bytes=int(env("FLOWAD_MAX_FILE_BYTES", str(512 * 2**20))),

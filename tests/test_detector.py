@@ -62,6 +62,7 @@ def test_realised_fpr_matches_the_target_on_fresh_normal_data():
     flagged = int(detector.predict(mixed_frame(n_test, seed=11)).sum())
     # Conformal theory: with n calibration scores and k = ceil((n+1)(1-alpha)), the mass above
     # the threshold is Beta(n+1-k, k), so the flagged count is beta-binomial.
+    # Computed here from first principles, independently of calibration.conformal_fpr_interval.
     n = detector.metrics_["n_calibration"]
     k = int(np.ceil((n + 1) * 0.95))
     low, high = betabinom.interval(0.99, n_test, n + 1 - k, k)

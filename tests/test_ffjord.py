@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from flowmodels.base import standard_normal_log_prob
 from flowmodels.ffjord import FFJORD
 
-TIGHT = {"rtol": 1e-10, "atol": 1e-10}
+TIGHT = {"method": "dopri5", "rtol": 1e-10, "atol": 1e-10}
 
 
 def scaled_model(dim: int, *, seed: int = 0, scale: float = 2.0, double: bool = False,
@@ -80,7 +80,8 @@ def test_density_integrates_to_one_in_2d() -> None:
     with torch.inference_mode():
         density = model.log_prob(grid).exp()
     cell = (axis[1] - axis[0]).item() ** 2
-    assert density.max() > 2 * torch.distributions.Normal(0, 1).log_prob(torch.zeros(2)).sum().exp()
+    total_variation = 0.5 * (density - standard_normal_log_prob(grid).exp()).abs().sum() * cell
+    assert total_variation > 0.2  # far from the base density
     assert density.sum().item() * cell == pytest.approx(1.0, abs=0.01)
 
 
@@ -122,7 +123,8 @@ def test_log_prob_in_inference_contexts(context) -> None:
 
 
 def test_state_dict_round_trip_restores_weights_and_solver(tmp_path: Path) -> None:
-    model = scaled_model(3, seed=1, method="bosh3", rtol=3e-6, atol=2e-6, time_length=1.5)
+    model = scaled_model(3, seed=1, method="bosh3", rtol=3e-6, atol=2e-6, step_size=0.3,
+                         time_length=1.5)
     x = torch.randn(50, 3)
     path = tmp_path / "ffjord.pt"
     torch.save(model.state_dict(), path)
@@ -131,7 +133,7 @@ def test_state_dict_round_trip_restores_weights_and_solver(tmp_path: Path) -> No
     fresh.load_state_dict(torch.load(path, weights_only=True))
     assert fresh.config() == model.config()
     assert (fresh.method, fresh.rtol, fresh.atol, fresh.step_size, fresh.time_length) == (
-        "bosh3", 3e-6, 2e-6, None, 1.5)
+        "bosh3", 3e-6, 2e-6, 0.3, 1.5)
     with torch.inference_mode():
         assert torch.equal(fresh.log_prob(x), model.log_prob(x))
 
@@ -220,7 +222,8 @@ def test_adjoint_gradients_match_direct_backpropagation() -> None:
     x = torch.randn(8, 2, dtype=torch.float64)
     grads = []
     for adjoint in (False, True):
-        model = scaled_model(2, seed=6, double=True, adjoint=adjoint, rtol=1e-9, atol=1e-9)
+        model = scaled_model(2, seed=6, double=True, adjoint=adjoint, method="dopri5", rtol=1e-9,
+                             atol=1e-9)
         log_prob, kinetic, jacobian = model.training_terms(x)
         (-log_prob.mean() + kinetic.mean()).backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
@@ -229,9 +232,9 @@ def test_adjoint_gradients_match_direct_backpropagation() -> None:
 
 def test_options_are_validated() -> None:
     with pytest.raises(ValueError):
-        FFJORD(2, method="rk4")  # fixed-step without step_size
+        FFJORD(2, method="rk4", step_size=None)  # fixed-step without a step
     with pytest.raises(ValueError):
-        FFJORD(2, step_size=0.1)  # adaptive with step_size
+        FFJORD(2, method="euler", step_size=0.0)
     with pytest.raises(ValueError):
         FFJORD(2, method="nope")
     with pytest.raises(ValueError):
@@ -241,8 +244,8 @@ def test_options_are_validated() -> None:
     model = FFJORD(2)
     with pytest.raises(TypeError):
         model.set_solver(tolerance=1e-3)
-    model.set_solver(method="rk4", step_size=0.25)
-    assert model.config()["method"] == "rk4" and model.get_extra_state()["step_size"] == 0.25
+    model.set_solver(method="dopri5", rtol=1e-6)
+    assert model.config()["method"] == "dopri5" and model.get_extra_state()["rtol"] == 1e-6
 
 
 def test_nfe_and_sampling_shapes() -> None:
@@ -262,7 +265,17 @@ def test_cuda_matches_cpu() -> None:
     torch.testing.assert_close(value, expected, rtol=0, atol=1e-4)
 
 
-def test_short_training_beats_a_gaussian_on_two_moons() -> None:
+@pytest.fixture
+def one_thread():
+    """Small batches gain nothing from a second thread, and a busy neighbour process makes
+    OpenMP's spin-waiting collapse 2-thread throughput (measured up to 30x here)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_short_training_beats_a_gaussian_on_two_moons(one_thread) -> None:
     from sklearn.datasets import make_moons
 
     data = torch.from_numpy(make_moons(2000, noise=0.08, random_state=0)[0]).float()
@@ -272,7 +285,7 @@ def test_short_training_beats_a_gaussian_on_two_moons() -> None:
     gaussian_nll = -gaussian.log_prob(test).mean().item()
 
     torch.manual_seed(0)
-    model = FFJORD(2, hidden=64, rtol=1e-3, atol=1e-3)  # loose tolerances while training
+    model = FFJORD(2, hidden=64, step_size=0.25)  # coarse steps while training: 4x faster
     optimizer = torch.optim.Adam(model.parameters(), lr=5e-3)
     start = time.perf_counter()
     for _ in range(250):
@@ -282,9 +295,10 @@ def test_short_training_beats_a_gaussian_on_two_moons() -> None:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    model.set_solver(rtol=1e-5, atol=1e-5)
+    seconds = time.perf_counter() - start
+    model.set_solver(method="dopri5", rtol=1e-6, atol=1e-6)  # score at tight tolerances
     with torch.inference_mode():
         ffjord_nll = -model.log_prob(test).mean().item()
     print(f"held-out NLL: FFJORD {ffjord_nll:.3f}, Gaussian {gaussian_nll:.3f}, "
-          f"training {time.perf_counter() - start:.1f}s")
+          f"training {seconds:.1f}s")
     assert ffjord_nll < gaussian_nll - 0.3

@@ -10,24 +10,38 @@ import pytest
 from conftest import mixed_frame
 from starlette.testclient import TestClient
 
-from pipelines import Detector
+from pipelines import Detector, registry
 from pipelines.store import save_detector
+
+
+TOKEN = "s3cret-token"
+SETTINGS = {"FLOWAD_MODEL": "service-test", "FLOWAD_MAX_RECORDS": "50",
+            "FLOWAD_MAX_BODY_BYTES": "20000", "FLOWAD_ADMIN_TOKEN": TOKEN,
+            "FLOWAD_RELOAD_INTERVAL": "0"}
+
+
+def train(seed: int) -> Detector:
+    return Detector(exclude=["id"], target_fpr=0.05, train_options={"max_epochs": 5},
+                    random_state=seed, progress=False).fit(mixed_frame(1500, seed=seed))
 
 
 @pytest.fixture(scope="module")
 def client():
-    detector = Detector(exclude=["id"], target_fpr=0.05, train_options={"max_epochs": 5},
-                        progress=False).fit(mixed_frame(1500, seed=0))
+    detector = train(0)
     tag = save_detector(detector, "service-test")
-    os.environ["FLOWAD_MODEL"] = tag
-    os.environ["FLOWAD_MAX_RECORDS"] = "50"
-    os.environ["FLOWAD_MAX_BODY_BYTES"] = "20000"
+    registry.promote(tag)
+    saved = {k: os.environ.get(k) for k in SETTINGS}
+    os.environ.update(SETTINGS)
     import service.service as module
 
     module = importlib.reload(module)  # settings are read at import
-    with TestClient(module.FlowadService.to_asgi()) as test_client:
-        test_client.detector, test_client.tag = detector, tag
-        yield test_client
+    try:
+        with TestClient(module.FlowadService.to_asgi()) as test_client:
+            test_client.detector, test_client.tag = detector, tag
+            yield test_client
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
 
 
 def records(n: int, seed: int = 1) -> list[dict]:
@@ -134,3 +148,34 @@ def test_metrics_are_exposed(client):
 def test_health_endpoints(client):
     for path in ["/healthz", "/livez", "/readyz"]:
         assert client.get(path).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [({}, 401), ({"Authorization": "Bearer wrong"}, 403), ({"Authorization": TOKEN}, 401)],
+    ids=["missing", "wrong", "no-scheme"],
+)
+def test_reload_without_the_right_token_is_refused_and_changes_nothing(client, headers, status):
+    other = save_detector(train(1), "service-test")
+    registry.promote(other)
+    try:
+        response = client.post("/admin/reload", headers=headers)
+        assert response.status_code == status, response.text
+        assert client.post("/score", json=records(2)).json()["model"] == client.tag
+    finally:
+        registry.promote(client.tag)
+
+
+def test_reload_with_the_token_swaps_the_model(client):
+    other = save_detector(train(2), "service-test")
+    registry.promote(other)
+    try:
+        response = client.post("/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert response.status_code == 200, response.text
+        assert response.json()["model"] == other and response.json()["changed"] is True
+        assert client.post("/score", json=records(2)).json()["model"] == other
+        assert client.get("/model").json()["tag"] == other
+    finally:
+        registry.promote(client.tag)
+        client.post("/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert client.post("/score", json=records(2)).json()["model"] == client.tag

@@ -1,0 +1,197 @@
+"""Retraining: train a candidate on fresh data, compare it with production, promote or not.
+
+The promotion gate (all rules must pass; thresholds are :class:`GateRules` fields):
+1. Data quality: no column that varied in production's training data is constant in the new
+   data, and no column's missing rate rises by more than ``max_missing_rate_increase``.
+2. Drift sanity: production flags at most ``max_production_fpr_ratio`` x its target FPR of the
+   new held-out rows. Far more means the new data is unlike anything production knows (a
+   broken upstream job, shuffled or corrupted columns, or a real regime change); retraining
+   on it would make the detector learn the break, so that needs a human and a manual
+   ``flowad promote``.
+3. Fit: the candidate's mean NLL on the held-out rows is not worse than production's by more
+   than ``nll_tolerance`` nats per record plus two standard errors of the paired difference.
+4. Calibration: the candidate's realised FPR on held-out normal rows is within the 99%
+   interval that conformal calibration allows (beta-binomial, see
+   :func:`~pipelines.calibration.conformal_fpr_interval`).
+5. Detection (only with labels): candidate ROC-AUC >= production ROC-AUC - ``auc_tolerance``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_auc_score
+
+from pipelines.calibration import conformal_fpr_interval
+from pipelines.detector import Detector, split_rows
+
+
+@dataclass
+class GateRules:
+    """Arguments: see the module docstring; defaults are deliberately conservative."""
+
+    nll_tolerance: float = 0.05
+    max_production_fpr_ratio: float = 5.0
+    max_missing_rate_increase: float = 0.2
+    auc_tolerance: float = 0.01
+
+
+@dataclass
+class Decision:
+    """The gate's verdict, written as the JSON decision report."""
+
+    promoted: bool
+    reasons: list[str] = field(default_factory=list)
+    checks: dict[str, Any] = field(default_factory=dict)
+    candidate_tag: str | None = None
+    production_tag: str | None = None
+
+    def summary(self) -> str:
+        verdict = "PROMOTED" if self.promoted else "REJECTED"
+        detail = "; ".join(self.reasons) if self.reasons else "all gate rules passed"
+        return f"{verdict} {self.candidate_tag} (production was {self.production_tag}): {detail}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _data_quality(production: Detector, new: pd.DataFrame, rules: GateRules) -> list[str]:
+    problems = []
+    for spec in production.encoder_.schema_.columns:
+        if spec.name not in new.columns:
+            continue  # the schema check of scoring reports missing columns
+        column = new[spec.name]
+        if (spec.n_unique or 0) > 1 and column.nunique(dropna=True) <= 1:
+            problems.append(f"column {spec.name!r} is constant in the new data")
+        missing_rate = float(column.isna().mean())
+        if missing_rate > (spec.missing_rate or 0.0) + rules.max_missing_rate_increase:
+            problems.append(f"column {spec.name!r} missing rate rose to {missing_rate:.0%}")
+    return problems
+
+
+def compare(
+    production: Detector,
+    candidate: Detector,
+    holdout: pd.DataFrame,
+    labels: np.ndarray | None,
+    rules: GateRules,
+) -> Decision:
+    """Applies the gate rules to the two detectors on the held-out slice of the new data."""
+    normal = holdout if labels is None else holdout[labels == 0]
+    decision = Decision(promoted=False)
+    checks, reasons = decision.checks, decision.reasons
+
+    problems = _data_quality(production, holdout, rules)
+    checks["data_quality"] = {"passed": not problems, "problems": problems}
+    reasons += problems
+
+    production_scores = production.score_samples(normal)
+    candidate_scores = candidate.score_samples(normal)
+    production_fpr = float(np.mean(production_scores > production.threshold_))
+    limit = rules.max_production_fpr_ratio * production.target_fpr
+    checks["drift"] = {"production_fpr": production_fpr, "limit": limit,
+                       "passed": production_fpr <= limit}
+    if production_fpr > limit:
+        reasons.append(
+            f"production flags {production_fpr:.1%} of the new normal rows (target "
+            f"{production.target_fpr:.1%}, limit {limit:.1%}): the new data is unlike the old; "
+            "review it and promote manually if it is right"
+        )
+
+    difference = candidate_scores - production_scores
+    allowed = rules.nll_tolerance + 2 * difference.std(ddof=1) / math.sqrt(len(difference))
+    checks["nll"] = {"production": float(production_scores.mean()),
+                     "candidate": float(candidate_scores.mean()),
+                     "allowed_increase": float(allowed),
+                     "passed": bool(difference.mean() <= allowed)}
+    if not checks["nll"]["passed"]:
+        reasons.append(f"candidate NLL is worse by {difference.mean():.3f} nats per record "
+                       f"(allowed {allowed:.3f})")
+
+    candidate_fpr = float(np.mean(candidate_scores > candidate.threshold_))
+    low, high = conformal_fpr_interval(
+        len(normal), candidate.metrics_["n_calibration"], candidate.target_fpr
+    )
+    checks["calibration"] = {"candidate_fpr": candidate_fpr, "target": candidate.target_fpr,
+                             "interval": [low, high], "passed": low <= candidate_fpr <= high}
+    if not checks["calibration"]["passed"]:
+        reasons.append(f"candidate realised FPR {candidate_fpr:.2%} is outside the 99% "
+                       f"interval [{low:.2%}, {high:.2%}] of its target")
+
+    if labels is not None and 0 < labels.sum() < len(labels):
+        auc_production = roc_auc_score(labels, production.score_samples(holdout))
+        auc_candidate = roc_auc_score(labels, candidate.score_samples(holdout))
+        passed = auc_candidate >= auc_production - rules.auc_tolerance
+        checks["roc_auc"] = {"production": auc_production, "candidate": auc_candidate,
+                             "passed": bool(passed)}
+        if not passed:
+            reasons.append(f"candidate ROC-AUC {auc_candidate:.4f} < production "
+                           f"{auc_production:.4f} - {rules.auc_tolerance}")
+    decision.promoted = not reasons
+    return decision
+
+
+def holdout_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, held-out rows) of the new data."""
+    train, _, held_out = split_rows(n, (0.0, fraction), seed)
+    return train, held_out
+
+
+def retrain(
+    data: pd.DataFrame,
+    name: str,
+    *,
+    baseline: str | None = None,
+    label: str | None = None,
+    rules: GateRules | None = None,
+    holdout_fraction: float = 0.2,
+    seed: int = 0,
+    progress: bool = True,
+) -> Decision:
+    """Trains a candidate with production's configuration on ``data`` and applies the gate.
+
+    The candidate is saved either way (a rejected one can still be promoted by hand after
+    review); the production pointer moves only when every rule passes.
+
+    Arguments:
+        data: the fresh records (with the label column, if ``label`` is given).
+        name: the model name whose production version is the baseline.
+        baseline: compare against this tag instead of the production one.
+        label: a 0/1 label column: anomalies are left out of training; it enables ROC-AUC.
+        rules: the gate's thresholds.
+        holdout_fraction: share of ``data`` held out for the comparison.
+        seed: seeds the hold-out split.
+    """
+    from pipelines import registry
+    from pipelines.store import load_detector, save_detector
+
+    rules = rules or GateRules()
+    production_tag = baseline or registry.resolve(name)
+    production = load_detector(production_tag)
+    data = data.reset_index(drop=True)
+    labels = None
+    if label is not None:
+        labels = (pd.to_numeric(data[label], errors="coerce").fillna(1).to_numpy() != 0)
+        labels = labels.astype(int)
+        data = data.drop(columns=[label])  # production may not know the label column
+    train_rows, held_out_rows = holdout_split(len(data), holdout_fraction, seed)
+    train = data.iloc[train_rows]
+    if labels is not None:
+        train = train[labels[train_rows] == 0]
+    params = {**production.get_params(), "progress": progress}
+    candidate = Detector(**params).fit(train)
+    candidate_tag = save_detector(candidate, name)
+
+    holdout = data.iloc[held_out_rows]
+    decision = compare(production, candidate, holdout,
+                       None if labels is None else labels[held_out_rows], rules)
+    decision.candidate_tag, decision.production_tag = candidate_tag, production_tag
+    decision.checks["rules"] = asdict(rules)
+    decision.checks["rows"] = {"train": len(train), "holdout": len(holdout)}
+    if decision.promoted:
+        registry.promote(candidate_tag, reason=f"retrain: gate passed against {production_tag}")
+    return decision
