@@ -22,6 +22,8 @@ def rows_per_second(model: RealNVP, x: torch.Tensor, repeats: int) -> float:
         for _ in range(repeats):
             start = time.perf_counter()
             model.log_prob(x)
+            if x.is_cuda:
+                torch.cuda.synchronize()
             timings.append(time.perf_counter() - start)
     timings.sort()
     return len(x) / timings[len(timings) // 2]
@@ -45,7 +47,7 @@ def train(model: RealNVP, data: torch.Tensor, steps: int) -> float:
         loss.backward()
         optimizer.step()
     model.eval()
-    return float(loss)
+    return loss.item()
 
 
 def main() -> None:
@@ -54,16 +56,21 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4096)
     parser.add_argument("--steps", type=int, default=300, help="training steps")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch}")
+    print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, "
+          f"batch {args.batch}")
     for dim in args.dims:
-        model = RealNVP(dim)
-        data = synthetic_data(20_000, dim, seed=0)
+        model = RealNVP(dim).to(args.device)
+        data = synthetic_data(20_000, dim, seed=0).to(args.device)
         model.train()
         model.log_prob(data[:4096])  # data-initialises ActNorm
         model.eval()
-        x = synthetic_data(args.batch, dim, seed=1)
+        x = synthetic_data(args.batch, dim, seed=1).to(args.device)
         untrained = rows_per_second(model, x, args.repeats)
         nll = train(model, data, args.steps)
         trained = rows_per_second(model, x, args.repeats)

@@ -40,7 +40,7 @@ def exact_divergence(f: Field, t: Tensor, z: Tensor) -> Tensor:
     return jacobians.diagonal(dim1=-2, dim2=-1).sum(dim=-1)
 
 
-def jacobian_vector_product_left(f: Field, t: Tensor, z: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+def vector_jacobian_product(f: Field, t: Tensor, z: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
     """Returns ``(f(t, z), v^T df/dz)`` by one vector-Jacobian product, differentiable.
 
     Needs gradient recording (training only). ``create_graph=True`` keeps the product in the graph
@@ -71,7 +71,7 @@ def hutchinson_divergence(f: Field, t: Tensor, z: Tensor, probe: Tensor) -> Tens
         z: the state, shape ``(n, d)``.
         probe: ``e`` per row, shape ``(n, d)``, with ``E[e e^T] = I`` (see :func:`make_probe`).
     """
-    _, vjp = jacobian_vector_product_left(f, t, z, probe)
+    _, vjp = vector_jacobian_product(f, t, z, probe)
     return (vjp * probe).sum(dim=-1)
 
 

@@ -12,17 +12,19 @@ trajectory ``d log p(z(t)) / dt = -tr(df/dz)``, so with the augmented state ``(z
 
 from __future__ import annotations
 
+import copy
+import math
+from collections.abc import Callable
 from typing import Any, Literal, Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchdiffeq import odeint, odeint_adjoint
 from torchdiffeq._impl.odeint import SOLVERS
 from torchdiffeq._impl.solvers import FixedGridODESolver
 
 from .base import Flow, standard_normal_log_prob
-from .divergence import jacobian_vector_product_left, make_probe
+from .divergence import make_probe, vector_jacobian_product
 
 TrainDivergence = Literal["exact", "rademacher", "gaussian"]
 FIXED_STEP_METHODS = frozenset(
@@ -35,7 +37,12 @@ SOLVER_OPTIONS = ("time_length", "method", "rtol", "atol", "step_size", "adjoint
 
 
 class ODEField(Protocol):
-    """What FFJORD needs from a vector field: its value and its exact divergence, autograd-free."""
+    """What FFJORD needs of a custom field (an ``nn.Module``): its value and exact divergence.
+
+    ``forward_with_divergence`` must not rely on autograd (scoring runs under inference_mode).
+    An optional ``forward_with_vjp(t, z, v) -> (f, divergence, v^T df/dz)`` speeds up training;
+    without it the product comes from one autograd vjp.
+    """
 
     def __call__(self, t: Tensor, z: Tensor) -> Tensor: ...
 
@@ -43,10 +50,11 @@ class ODEField(Protocol):
 
 
 class TimeMLP(nn.Module):
-    """``f(t, z) = W3 h2 + b3 + t u3``, ``h2 = tanh(W2 h1 + b2 + t u2)``, ``h1 = tanh(W1 z + b1 + t u1)``.
+    """The vector field ``f(t, z) = W3 h2 + b3 + t u3`` of a two-hidden-layer tanh MLP.
 
-    Two hidden layers with time as an additive bias keep the Jacobian
-    ``df/dz = W3 D2 W2 D1 W1`` (``Dk = diag(1 - hk^2)``) short enough for a closed-form trace:
+    ``h1 = tanh(W1 z + b1 + t u1)``, ``h2 = tanh(W2 h1 + b2 + t u2)``. Two hidden layers with
+    time as an additive bias keep the Jacobian ``df/dz = W3 D2 W2 D1 W1``
+    (``Dk = diag(1 - hk^2)``) short enough for a closed-form trace:
     ``tr = sum_jk D2_j D1_k W2_jk (W1 W3)_kj = ((D1 @ M^T) * D2).sum(-1)`` with
     ``M = W2 * (W1 W3)^T``. ``M`` does not depend on the batch, so the exact divergence costs one
     extra ``hidden x hidden`` product per row, no autograd, and works under inference_mode.
@@ -66,36 +74,51 @@ class TimeMLP(nn.Module):
         self.time2 = nn.Parameter(0.1 * torch.randn(hidden))
         self.time3 = nn.Parameter(0.1 * torch.randn(dim))
 
-    def _hidden(self, t: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
-        h1 = torch.tanh(F.linear(z, self.linear1.weight, self.linear1.bias + t * self.time1))
-        h2 = torch.tanh(F.linear(h1, self.linear2.weight, self.linear2.bias + t * self.time2))
-        return h1, h2
+    def _sigmoids(self, t: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+        """``sk = sigmoid(2 ak)`` so that ``hk = tanh(ak) = 2 sk - 1``.
 
-    def _output(self, t: Tensor, h2: Tensor) -> Tensor:
-        return F.linear(h2, self.linear3.weight, self.linear3.bias + t * self.time3)
+        torch's CPU sigmoid is ~3.5x faster than its tanh (measured: 0.6 vs 2.1 ms on 4096 x 128)
+        and tanh is most of the field's time; the factors 2 and the ``-1`` fold into the
+        (batch-independent) weights and biases of the matrix products.
+        """
+        w1, w2 = self.linear1.weight, self.linear2.weight
+        c1 = self.linear1.bias + t * self.time1
+        s1 = torch.sigmoid(torch.addmm(c1, z, w1.T, beta=2, alpha=2))
+        # 2 a2 = 2 (W2 (2 s1 - 1) + c2) = 4 W2 s1 + 2 (c2 - W2 1).
+        c2 = self.linear2.bias + t * self.time2 - w2.sum(dim=1)
+        s2 = torch.sigmoid(torch.addmm(c2, s1, w2.T, beta=2, alpha=4))
+        return s1, s2
+
+    def _output(self, t: Tensor, s2: Tensor) -> Tensor:
+        w3 = self.linear3.weight
+        # W3 (2 s2 - 1) + c3 = 2 W3 s2 + (c3 - W3 1).
+        return torch.addmm(self.linear3.bias + t * self.time3 - w3.sum(dim=1), s2, w3.T, alpha=2)
 
     def forward(self, t: Tensor, z: Tensor) -> Tensor:
         """``dz/dt`` at time ``t`` (scalar tensor) for ``z`` of shape ``(n, dim)``."""
-        return self._output(t, self._hidden(t, z)[1])
+        return self._output(t, self._sigmoids(t, z)[1])
 
-    def _trace(self, h1: Tensor, h2: Tensor) -> Tensor:
+    def _trace(self, q1: Tensor, q2: Tensor) -> Tensor:
+        """The closed-form trace from ``qk = sk (1 - sk) = (1 - hk^2) / 4``."""
         w1, w2, w3 = self.linear1.weight, self.linear2.weight, self.linear3.weight
-        m = w2 * (w1 @ w3).T
-        # (1 - h1^2) @ m.T == rowsum(m) - h1^2 @ m.T: one fused addmm instead of three ops.
-        g = torch.addmm(m.sum(dim=1), h1.square(), m.T, alpha=-1)
-        return torch.linalg.vecdot(g, 1 - h2.square())
+        m = 16 * w2 * (w1 @ w3).T
+        return torch.linalg.vecdot(q1 @ m.T, q2)
 
     def forward_with_divergence(self, t: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
         """Returns ``(dz/dt, tr(d(dz/dt)/dz))``, the trace exact and in closed form."""
-        h1, h2 = self._hidden(t, z)
-        return self._output(t, h2), self._trace(h1, h2)
+        s1, s2 = self._sigmoids(t, z)
+        # addcmul: s - s * s in one pass over the batch.
+        q1, q2 = torch.addcmul(s1, s1, s1, value=-1), torch.addcmul(s2, s2, s2, value=-1)
+        return self._output(t, s2), self._trace(q1, q2)
 
     def forward_with_vjp(self, t: Tensor, z: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Returns ``(dz/dt, exact divergence, v^T d(dz/dt)/dz)``; the product by hand, no autograd."""
-        h1, h2 = self._hidden(t, z)
-        d1, d2 = 1 - h1.square(), 1 - h2.square()
-        vjp = (((v @ self.linear3.weight) * d2) @ self.linear2.weight * d1) @ self.linear1.weight
-        return self._output(t, h2), self._trace(h1, h2), vjp
+        """Returns ``(dz/dt, exact divergence, v^T d(dz/dt)/dz)``, the product in closed form."""
+        s1, s2 = self._sigmoids(t, z)
+        q1, q2 = torch.addcmul(s1, s1, s1, value=-1), torch.addcmul(s2, s2, s2, value=-1)
+        w1, w2, w3 = self.linear1.weight, self.linear2.weight, self.linear3.weight
+        # v^T W3 D2 W2 D1 W1 with Dk = 4 qk.
+        vjp = (((v @ (4 * w3)) * q2) @ (4 * w2) * q1) @ w1
+        return self._output(t, s2), self._trace(q1, q2), vjp
 
 
 class _Dynamics(nn.Module):
@@ -118,15 +141,15 @@ class _Dynamics(nn.Module):
     def forward(self, t: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         self.nfe += 1
         z = state[0]
-        if self.probe is None:
+        if self.probe is None:  # scoring: the exact trace, nothing else
             return self.field.forward_with_divergence(t, z)
         if hasattr(self.field, "forward_with_vjp"):
             f, div, vjp = self.field.forward_with_vjp(t, z, self.probe)
         else:
-            f, vjp = jacobian_vector_product_left(self.field, t, z, self.probe)
-            div = None if self.estimator != "exact" else self.field.forward_with_divergence(t, z)[1]
+            f, vjp = vector_jacobian_product(self.field, t, z, self.probe)
+            div = self.field.forward_with_divergence(t, z)[1] if self.estimator == "exact" else None
         if self.estimator != "exact":
-            div = (vjp * self.probe).sum(dim=-1)
+            div = (vjp * self.probe).sum(dim=-1)  # Hutchinson: e^T (df/dz) e
         return f, div, f.square().sum(dim=-1), vjp.square().sum(dim=-1)
 
 
@@ -138,6 +161,24 @@ def _max_norm(state: tuple[Tensor, ...]) -> Tensor:
     log-determinant) to the tolerance whatever its batch-mates, which bounds the batch effect.
     """
     return torch.stack([s.abs().max() for s in state]).max()
+
+
+def _uniform_grid(step_size: float) -> Callable[[Any, Tensor, Tensor], Tensor]:
+    """Equal steps of at most ``step_size`` from ``t[0]`` to ``t[-1]``.
+
+    torchdiffeq's own ``step_size`` grid is ``arange(...) * step`` with the last point clipped,
+    so a step that does not divide ``T`` in floating point (0.1) adds a tiny or zero-length step.
+    """
+
+    def grid(func: Any, y0: Tensor, t: Tensor) -> Tensor:
+        span = abs(t[-1].item() - t[0].item())
+        steps = max(1, math.ceil(span / step_size - 1e-9))
+        points = torch.linspace(t[0].item(), t[-1].item(), steps + 1, dtype=t.dtype,
+                                device=t.device)
+        points[0], points[-1] = t[0], t[-1]
+        return points
+
+    return grid
 
 
 class FFJORD(Flow):
@@ -236,7 +277,7 @@ class FFJORD(Flow):
         ref = state[0]
         times = torch.tensor([t0, t1], device=ref.device, dtype=ref.dtype)
         if self.method in FIXED_STEP_METHODS:
-            options: dict[str, Any] = {"step_size": self.step_size}
+            options: dict[str, Any] = {"grid_constructor": _uniform_grid(self.step_size)}
         else:
             options = {"norm": _max_norm}
         if self.adjoint and torch.is_grad_enabled():
@@ -264,6 +305,21 @@ class FFJORD(Flow):
         zero = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype)
         z, log_det = self._solve((x, zero), self.time_length, 0.0)
         return z, log_det
+
+    @torch.no_grad()
+    def solver_error(self, x: Tensor, *, tol: float = 1e-8) -> Tensor:
+        """Per-row ``|log_prob(x) - reference|``, the reference a float64 dopri5 solve at ``tol``.
+
+        The discretisation error of this model's solver options: check it after training, since
+        fixed-step methods have no error control of their own.
+
+        Arguments:
+            x: data rows, shape ``(n, dim)``.
+            tol: rtol and atol of the reference solve.
+        """
+        reference = copy.deepcopy(self).double()
+        reference.set_solver(method="dopri5", rtol=tol, atol=tol)
+        return (self.log_prob(x).double() - reference.log_prob(x.double())).abs()
 
     def training_terms(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Returns ``(log_prob, kinetic, jacobian_frobenius)``, each shape ``(n,)``, from one solve.

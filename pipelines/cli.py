@@ -145,9 +145,8 @@ def models(
     from rich.console import Console
     from rich.table import Table
 
-    from pipelines.store import list_detectors
-
     from pipelines.registry import production_tag
+    from pipelines.store import list_detectors
 
     rows = list_detectors(name)
     table = Table("tag", "production", "created", "kind", "target FPR", "threshold", "val NLL",

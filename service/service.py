@@ -296,9 +296,9 @@ class FlowadService:
         self.window.add(scores)
         now = time.monotonic()
         if now - self._drift_updated >= 1.0:  # KS on a full window costs ~1 ms; once a second
-            self._drift_updated = now
             stats = self.window.statistics()
             if stats is not None:
+                self._drift_updated = now
                 m.psi.labels(tag).set(stats.psi)
                 m.ks_statistic.labels(tag).set(stats.ks_statistic)
                 m.ks_pvalue.labels(tag).set(stats.ks_pvalue)

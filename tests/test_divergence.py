@@ -11,8 +11,8 @@ from torch import Tensor, nn
 from flowmodels.divergence import (
     exact_divergence,
     hutchinson_divergence,
-    jacobian_vector_product_left,
     make_probe,
+    vector_jacobian_product,
 )
 from flowmodels.ffjord import TimeMLP
 
@@ -111,7 +111,7 @@ def test_vjp_is_differentiable_for_training() -> None:
     field = random_mlp(2, hidden=4, seed=4)
     z = torch.randn(3, 2, dtype=torch.float64)
     t = torch.tensor(0.1, dtype=torch.float64)
-    _, vjp = jacobian_vector_product_left(field, t, z, make_probe(z))
+    _, vjp = vector_jacobian_product(field, t, z, make_probe(z))
     vjp.square().sum().backward()
     grad = field.linear2.weight.grad
     assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0

@@ -138,8 +138,10 @@ def test_state_dict_round_trip_restores_weights_and_solver(tmp_path: Path) -> No
         assert torch.equal(fresh.log_prob(x), model.log_prob(x))
 
 
-def test_score_does_not_depend_on_batch() -> None:
-    model = scaled_model(5, seed=2, scale=1.5)
+# The defaults (fixed steps), and the adaptive setting the FFJORD docstring recommends.
+@pytest.mark.parametrize("options", [{}, {"method": "dopri5", "rtol": 1e-7, "atol": 1e-6}])
+def test_score_does_not_depend_on_batch(options: dict) -> None:
+    model = scaled_model(5, seed=2, scale=1.5, **options)
     torch.manual_seed(1)
     records = torch.randn(10, 5)
     others = torch.cat([torch.randn(900, 5), torch.randn(100, 5) * 4])  # incl. far outliers
@@ -200,8 +202,8 @@ def test_regularisers_for_a_scaled_identity_field() -> None:
     log_prob, kinetic, jacobian = model.training_terms(x)
     expected_kinetic = a * x.square().sum(1) * (1 - math.exp(-2 * a * t_length)) / 2
     torch.testing.assert_close(kinetic.detach(), expected_kinetic, rtol=1e-8, atol=1e-10)
-    torch.testing.assert_close(jacobian.detach(), torch.full((4,), a * a * dim * t_length, dtype=torch.float64),
-                               rtol=1e-8, atol=1e-10)
+    expected_jacobian = torch.full((4,), a * a * dim * t_length, dtype=torch.float64)
+    torch.testing.assert_close(jacobian.detach(), expected_jacobian, rtol=1e-8, atol=1e-10)
     # e^T (a I) e = a d exactly for Rademacher probes, so even the estimate is exact here.
     torch.testing.assert_close(log_prob.detach(), model.log_prob(x).detach(), rtol=0, atol=1e-8)
 
@@ -224,10 +226,37 @@ def test_adjoint_gradients_match_direct_backpropagation() -> None:
     for adjoint in (False, True):
         model = scaled_model(2, seed=6, double=True, adjoint=adjoint, method="dopri5", rtol=1e-9,
                              atol=1e-9)
-        log_prob, kinetic, jacobian = model.training_terms(x)
+        log_prob, kinetic, _ = model.training_terms(x)
         (-log_prob.mean() + kinetic.mean()).backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-6)
+
+
+def test_field_is_the_documented_tanh_mlp() -> None:
+    # TimeMLP evaluates tanh through sigmoids for speed; compare with the formula written plainly.
+    torch.manual_seed(0)
+    model = FFJORD(3, hidden=8).double()
+    field = model.field
+    with torch.no_grad():
+        for p in field.parameters():
+            p.normal_()
+    z, t = torch.randn(10, 3, dtype=torch.float64), torch.tensor(0.7, dtype=torch.float64)
+    h1 = torch.tanh(z @ field.linear1.weight.T + field.linear1.bias + t * field.time1)
+    h2 = torch.tanh(h1 @ field.linear2.weight.T + field.linear2.bias + t * field.time2)
+    expected = h2 @ field.linear3.weight.T + field.linear3.bias + t * field.time3
+    torch.testing.assert_close(field(t, z), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_fixed_step_grid_and_solver_error() -> None:
+    model = scaled_model(2, seed=8, method="rk4", step_size=0.1)
+    x = torch.randn(200, 2)
+    with torch.inference_mode():
+        model.log_prob(x)
+        assert model.nfe == 4 * 10  # 0.1 does not divide 1.0 in floating point: still 10 steps
+        fine = model.solver_error(x)
+        model.set_solver(step_size=0.5)
+        coarse = model.solver_error(x)
+    assert fine.max() < 1e-4 < coarse.max()
 
 
 def test_options_are_validated() -> None:
@@ -255,6 +284,7 @@ def test_nfe_and_sampling_shapes() -> None:
     assert model.log_prob(samples).shape == (10,)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu() -> None:
     model = scaled_model(3, seed=7)
@@ -275,6 +305,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_short_training_beats_a_gaussian_on_two_moons(one_thread) -> None:
     from sklearn.datasets import make_moons
 

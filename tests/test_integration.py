@@ -7,11 +7,11 @@ Both servers are stopped by PID (their process groups) whatever happens.
 
 import json
 import os
-import threading
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -218,6 +218,7 @@ def test_promotion_under_load_drops_no_request(servers):
         stop_sending.set()
         for thread in threads:
             thread.join(timeout=60)
+    assert seen[0][1] == tag, "the service did not start on the production model"
     switched = [at for at, t in seen if t == new_tag and at > promoted_at]
     assert not failures, failures[:3]
     assert switched, "responses never switched to the new model"

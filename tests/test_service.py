@@ -13,7 +13,6 @@ from starlette.testclient import TestClient
 from pipelines import Detector, registry
 from pipelines.store import save_detector
 
-
 TOKEN = "s3cret-token"
 SETTINGS = {"FLOWAD_MODEL": "service-test", "FLOWAD_MAX_RECORDS": "50",
             "FLOWAD_MAX_BODY_BYTES": "20000", "FLOWAD_ADMIN_TOKEN": TOKEN,
@@ -137,7 +136,8 @@ def test_score_file_csv_and_parquet(client):
 
 
 def test_metrics_are_exposed(client):
-    client.post("/score", json=records(30))
+    client.post("/score", json=records(45))
+    client.post("/score", json=records(45, seed=2))  # the drift window needs 50 records
     text = client.get("/metrics").text
     for name in ["flowad_records_scored_total", "flowad_score_bucket", "flowad_p_value_bucket",
                  "flowad_requests_rejected_total", "flowad_model_info", "flowad_drift_psi"]:
