@@ -1,9 +1,10 @@
 """Normalizing flows with exact log-likelihoods: the math layer of flowad (torch only)."""
 
 from flowmodels.base import Flow, standard_normal_log_prob
+from flowmodels.ffjord import FFJORD
 from flowmodels.realnvp import RealNVP
 
-FLOWS: dict[str, type[Flow]] = {"realnvp": RealNVP}
+FLOWS: dict[str, type[Flow]] = {"realnvp": RealNVP, "ffjord": FFJORD}
 
 
 def build_flow(kind: str, dim: int, **options: object) -> Flow:
@@ -15,4 +16,4 @@ def build_flow(kind: str, dim: int, **options: object) -> Flow:
     return cls(dim, **options)
 
 
-__all__ = ["FLOWS", "Flow", "RealNVP", "build_flow", "standard_normal_log_prob"]
+__all__ = ["FFJORD", "FLOWS", "Flow", "RealNVP", "build_flow", "standard_normal_log_prob"]

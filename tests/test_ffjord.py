@@ -132,6 +132,7 @@ def test_state_dict_round_trip_restores_weights_and_solver(tmp_path: Path) -> No
     fresh = FFJORD(3, hidden=16, method="rk4", step_size=0.5, rtol=0.1, atol=0.1)
     fresh.load_state_dict(torch.load(path, weights_only=True))
     assert fresh.config() == model.config()
+    assert FFJORD(3, **model.config()).config() == model.config()
     assert (fresh.method, fresh.rtol, fresh.atol, fresh.step_size, fresh.time_length) == (
         "bosh3", 3e-6, 2e-6, 0.3, 1.5)
     with torch.inference_mode():
