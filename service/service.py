@@ -79,7 +79,10 @@ class Scorer:
         self.follower = ModelFollower(SETTINGS.model, device="auto")
         self.follower.poll_every(SETTINGS.reload_interval)
 
-    @bentoml.api(batchable=True, max_batch_size=20_000, max_latency_ms=50)
+    # max_latency_ms is a hard cap: BentoML's dispatcher answers 503 "overloaded" to requests
+    # it predicts will exceed it. 50 ms shed requests while a new model was loading on this
+    # 2-core machine; a few seconds only caps pathological queues.
+    @bentoml.api(batchable=True, max_batch_size=20_000, max_latency_ms=5_000)
     def verdicts(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         model = self.follower.current  # one model for the whole batch
         columns = model.detector.encoder_.schema_.names
@@ -106,7 +109,7 @@ async def model_info(request: Request) -> JSONResponse:
 
 
 @bentoml.asgi_app(Starlette(routes=[Route("/model", model_info, methods=["GET"])]), path="/")
-@bentoml.service(workers=1, traffic={"timeout": 120})
+@bentoml.service(workers=SETTINGS.workers, traffic={"timeout": 120})
 class FlowadService:
     """HTTP front: request validation, metrics, drift; scoring is delegated to ``Scorer``."""
 

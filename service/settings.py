@@ -22,6 +22,7 @@ class Settings:
     torch_threads: CPU threads per worker; one is fastest for small batches on few cores
         [FLOWAD_TORCH_THREADS].
     drift_window: recent scores the drift statistics are computed over [FLOWAD_DRIFT_WINDOW].
+    workers: HTTP front-end worker processes [FLOWAD_WORKERS]; the scorer is always one.
     """
 
     model: str
@@ -32,6 +33,7 @@ class Settings:
     max_file_bytes: int
     torch_threads: int
     drift_window: int
+    workers: int
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -45,4 +47,5 @@ class Settings:
             max_file_bytes=int(env("FLOWAD_MAX_FILE_BYTES", str(512 * 2**20))),
             torch_threads=int(env("FLOWAD_TORCH_THREADS", "1")),
             drift_window=int(env("FLOWAD_DRIFT_WINDOW", "2000")),
+            workers=int(env("FLOWAD_WORKERS", "1")),
         )

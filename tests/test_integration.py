@@ -89,7 +89,8 @@ def servers(tmp_path_factory):
 
     service_port, prometheus_port = free_port(), free_port()
     env = {**os.environ, "FLOWAD_MODEL": "integration-test", "FLOWAD_DRIFT_WINDOW": "500",
-           "FLOWAD_RELOAD_INTERVAL": str(RELOAD_INTERVAL), "BENTOML_DO_NOT_TRACK": "true"}
+           "FLOWAD_RELOAD_INTERVAL": str(RELOAD_INTERVAL), "FLOWAD_WORKERS": "2",
+           "BENTOML_DO_NOT_TRACK": "true"}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # bentoml serve sets its own
     bentoml_bin = str(Path(os.sys.executable).with_name("bentoml"))
     service_log = open(tmp / "service.log", "w")  # noqa: SIM115 - closed below
@@ -162,6 +163,13 @@ def test_drift_rises_and_every_dashboard_and_alert_expression_runs(servers):
     print(f"drift before {before}, after {after}")
     assert before["flowad_drift_psi"] < 0.2 < after["flowad_drift_psi"]
     assert after["flowad_drift_ks_statistic"] > before["flowad_drift_ks_statistic"] + 0.2
+
+    # two front-end workers: the counters add up across processes
+    def scored() -> float:
+        return gauge(prometheus, "sum(flowad_records_scored_total)")
+
+    wait_for(lambda: scored() >= 18 * 100, 30, "the records counter")
+    assert scored() == 18 * 100
 
     # a rejected request shows up by reason
     assert http("POST", f"{base}/score", [])[0] == 400
