@@ -80,6 +80,28 @@ def metrics(score_buckets: tuple[float, ...]) -> Metrics:
     )
 
 
+def observe_many(histogram: Any, values: np.ndarray) -> None:
+    """``histogram.observe(v)`` for every value, in one increment per bucket.
+
+    In multiprocess mode each observe writes to a memory-mapped file; 2000 of them per
+    1000-record request cost ~10 ms. This reaches the same per-bucket values
+    (``Histogram._buckets`` / ``_sum``, as ``observe`` does) with one write per bucket. If a
+    future prometheus_client renames them, it falls back to observing one by one.
+    """
+    buckets, total = getattr(histogram, "_buckets", None), getattr(histogram, "_sum", None)
+    bounds = getattr(histogram, "_upper_bounds", None)
+    if buckets is None or total is None or bounds is None:
+        for value in values:
+            histogram.observe(float(value))
+        return
+    # observe() puts a value in the first bucket whose upper bound is >= the value
+    counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
+    for bucket, count in zip(buckets, counts[: len(bounds)], strict=True):
+        if count:
+            bucket.inc(int(count))
+    total.inc(float(np.sum(values)))
+
+
 def score_buckets(quantile_values: np.ndarray) -> tuple[float, ...]:
     """Strictly increasing finite bucket bounds (ties between quantiles are merged)."""
     finite = [float(v) for v in np.unique(quantile_values) if np.isfinite(v)]

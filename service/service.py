@@ -81,16 +81,20 @@ class Scorer:
 
     # max_latency_ms is a hard cap: BentoML's dispatcher answers 503 "overloaded" to requests
     # it predicts will exceed it. 50 ms shed requests while a new model was loading on this
-    # 2-core machine; a few seconds only caps pathological queues.
-    @bentoml.api(batchable=True, max_batch_size=20_000, max_latency_ms=5_000)
-    def verdicts(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    # 2-core machine. It also bounds the waits the dispatcher learns while collecting batches
+    # (5 s let those grow to 100-300 ms at low concurrency), hence 500 ms.
+    @bentoml.api(batchable=True, max_batch_size=20_000, max_latency_ms=500)
+    def verdicts(self, rows: list[list[Any]]) -> list[list[Any]]:
+        """Rows of values in schema order -> ``[score, log_likelihood, p_value, is_anomaly,
+        model tag, threshold, target FPR]`` per row (plain lists: cheaper than dicts both ways)."""
         model = self.follower.current  # one model for the whole batch
-        columns = model.detector.encoder_.schema_.names
-        out = model.detector.verdicts(pd.DataFrame.from_records(records, columns=columns))
-        out["model"] = model.tag
-        out["threshold"] = model.detector.threshold_
-        out["target_fpr"] = model.detector.target_fpr
-        return out.to_dict("records")
+        detector = model.detector
+        out = detector.verdicts(pd.DataFrame(rows, columns=detector.encoder_.schema_.names))
+        constant = [model.tag, detector.threshold_, detector.target_fpr]
+        return [[*values, *constant] for values in zip(
+            out["score"].tolist(), out["log_likelihood"].tolist(), out["p_value"].tolist(),
+            out["is_anomaly"].tolist(), strict=True,
+        )]
 
     @bentoml.api
     def reload(self) -> str:
@@ -176,7 +180,9 @@ class FlowadService:
                 "too_large", HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
             )
         model = self.follower.current  # this request's model, even if a swap happens now
-        return self._score_frame(model, self._frame(model, records))
+        # A ready-made JSONResponse skips BentoML re-validating 1000s of result dicts against
+        # the declared output type (a third of the time of a 1000-record request).
+        return JSONResponse(self._score_frame(model, self._frame(model, records)))
 
     @bentoml.api(route="/score_file")
     def score_file(self, file: Path) -> dict[str, Any]:
@@ -201,7 +207,9 @@ class FlowadService:
             self._reject(f"could not read the uploaded file: {error}", "validation")
         if not results:
             self._reject("empty file: no records to score", "empty")
-        return {**response, "n": len(results), "results": results, "unknown_categories": unknown}
+        return JSONResponse(
+            {**response, "n": len(results), "results": results, "unknown_categories": unknown}
+        )
 
     @bentoml.api(route="/admin/reload")
     def admin_reload(self) -> dict[str, Any]:
@@ -264,38 +272,34 @@ class FlowadService:
     def _score_frame(self, model: LoadedModel, frame: pd.DataFrame) -> dict[str, Any]:
         encoder = model.detector.encoder_
         unknown = {k: v for k, v in encoder.unknown_counts(frame).items() if v}
-        verdicts = self.scorer.verdicts(frame[list(encoder.schema_.names)].to_dict("records"))
-        first = verdicts[0]  # the scorer scores one request with one model
-        self._observe(first["model"], verdicts)
+        rows = list(frame[list(encoder.schema_.names)].itertuples(index=False, name=None))
+        verdicts = self.scorer.verdicts(rows)
+        tag, threshold, target_fpr = verdicts[0][4:]  # one request is scored by one model
+        self._observe(tag, verdicts)
         results = [
-            {
-                "score": _finite_or_none(v["score"]),
-                "log_likelihood": _finite_or_none(v["log_likelihood"]),
-                "p_value": float(v["p_value"]),
-                "is_anomaly": bool(v["is_anomaly"]),
-            }
-            for v in verdicts
+            {"score": _finite_or_none(score), "log_likelihood": _finite_or_none(log_likelihood),
+             "p_value": p_value, "is_anomaly": is_anomaly}
+            for score, log_likelihood, p_value, is_anomaly, *_ in verdicts
         ]
         return {
-            "model": first["model"],
-            "threshold": _finite_or_none(first["threshold"]),
-            "target_fpr": first["target_fpr"],
+            "model": tag,
+            "threshold": _finite_or_none(threshold),
+            "target_fpr": target_fpr,
             "n": len(results),
             "results": results,
             "unknown_categories": unknown,
         }
 
-    def _observe(self, tag: str, verdicts: list[dict[str, Any]]) -> None:
+    def _observe(self, tag: str, verdicts: list[list[Any]]) -> None:
         m = self.metrics
-        scores = np.array([v["score"] for v in verdicts], dtype=np.float64)
-        flagged = sum(bool(v["is_anomaly"]) for v in verdicts)
+        scores = np.array([v[0] for v in verdicts], dtype=np.float64)
+        flagged = sum(v[3] for v in verdicts)
         m.records.labels(tag).inc(len(verdicts))
         if flagged:
             m.anomalies.labels(tag).inc(flagged)
-        score_histogram, p_histogram = m.scores.labels(tag), m.p_values.labels(tag)
-        for v in verdicts:
-            score_histogram.observe(v["score"])
-            p_histogram.observe(v["p_value"])
+        service_metrics.observe_many(m.scores.labels(tag), scores)
+        service_metrics.observe_many(m.p_values.labels(tag),
+                                     np.array([v[2] for v in verdicts], dtype=np.float64))
         self.window.add(scores)
         now = time.monotonic()
         if now - self._drift_updated >= 1.0:  # KS on a full window costs ~1 ms; once a second

@@ -138,6 +138,7 @@ def test_score_file_csv_and_parquet(client):
 def test_metrics_are_exposed(client):
     client.post("/score", json=records(45))
     client.post("/score", json=records(45, seed=2))  # the drift window needs 50 records
+    client.post("/score", content=b"[{", headers={"content-type": "application/json"})
     text = client.get("/metrics").text
     for name in ["flowad_records_scored_total", "flowad_score_bucket", "flowad_p_value_bucket",
                  "flowad_requests_rejected_total", "flowad_model_info", "flowad_drift_psi"]:
@@ -179,3 +180,21 @@ def test_reload_with_the_token_swaps_the_model(client):
         registry.promote(client.tag)
         client.post("/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
     assert client.post("/score", json=records(2)).json()["model"] == client.tag
+
+
+def test_observe_many_matches_one_by_one_observations():
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from service.metrics import observe_many
+
+    values = np.concatenate([np.random.default_rng(0).normal(size=500), [0.0, 1.0, 1.0, 50.0]])
+    registry = CollectorRegistry()
+    one = Histogram("one", "", buckets=(-1.0, 0.0, 1.0, 2.0), registry=registry)
+    many = Histogram("many", "", buckets=(-1.0, 0.0, 1.0, 2.0), registry=registry)
+    for v in values:
+        one.observe(v)
+    observe_many(many, values)
+    samples = {m.name: {(s.name.replace("many", "one"), tuple(sorted(s.labels.items()))): s.value
+                        for s in m.samples if not s.name.endswith("_created")}
+               for m in registry.collect()}
+    assert samples["one"] == pytest.approx(samples["many"])
