@@ -70,7 +70,7 @@ def train(model: FFJORD, data: Tensor, steps: int, batch: int, lam_k: float, lam
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
     start = time.perf_counter()
     for step in range(1, steps + 1):
-        rows = data[torch.randint(0, data.shape[0], (batch,))]
+        rows = data[torch.randint(0, data.shape[0], (batch,), device=data.device)]
         log_prob, kinetic, jacobian = model.training_terms(rows)
         loss = -log_prob.mean() + lam_k * kinetic.mean() + lam_j * jacobian.mean()
         optimizer.zero_grad()
@@ -99,6 +99,8 @@ def measure(model: FFJORD, x: Tensor, outliers: Tensor, ref: Tensor, ref_out: Te
     for _ in range(repeats):
         wall, cpu = time.perf_counter(), time.process_time()
         log_prob = model.log_prob(x)
+        if x.is_cuda:
+            torch.cuda.synchronize()
         walls.append(time.perf_counter() - wall)
         cpus.append(time.process_time() - cpu)
     nfe = model.nfe
@@ -121,7 +123,7 @@ def report(title: str, model: FFJORD, x: Tensor, outliers: Tensor, repeats: int,
           f"{'err outl':>8s} {'batch eff':>9s}")
     rows = [(name, model, options) for name, options in CONFIGS]
     if baseline:
-        slow = FFJORD(model.dim, field=AutogradTraceField(model.field))
+        slow = FFJORD(model.dim, field=AutogradTraceField(model.field)).to(x.device)
         rows.append((f"{CONFIGS[0][0]}, torch.func trace", slow, CONFIGS[0][1]))
     saved = model.get_extra_state()
     for name, flow, options in rows:
@@ -146,6 +148,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="default: torch's own")
     parser.add_argument("--no-baseline", action="store_true", help="skip the torch.func trace")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
 
     if args.threads is not None:
@@ -153,12 +156,12 @@ def main() -> None:
     torch.manual_seed(args.seed)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpus {os.cpu_count()}, "
           f"dim {args.dim}, batch {args.batch}, hidden {args.hidden}")
-    x = make_data(args.batch, args.dim, seed=1000)
-    outliers = (torch.rand(args.batch, args.dim) * 2 - 1) * 4
-    model = FFJORD(args.dim, hidden=args.hidden)
+    x = make_data(args.batch, args.dim, seed=1000).to(args.device)
+    outliers = ((torch.rand(args.batch, args.dim) * 2 - 1) * 4).to(args.device)
+    model = FFJORD(args.dim, hidden=args.hidden).to(args.device)
     report("untrained", model, x, outliers, args.repeats, baseline=not args.no_baseline)
 
-    train_data = make_data(20_000, args.dim, seed=args.seed)
+    train_data = make_data(20_000, args.dim, seed=args.seed).to(args.device)
     default = model.get_extra_state()
     model.set_solver(method="dopri5", rtol=args.train_tol, atol=args.train_tol)
     print(f"training {args.steps} steps, batch {args.train_batch}, dopri5 tol {args.train_tol}, "
