@@ -30,7 +30,6 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from pipelines import registry
-from pipelines.detector import Detector
 from pipelines.schema import SchemaError
 from pipelines.tables import iter_table
 from service import metrics as service_metrics
@@ -133,10 +132,6 @@ class FlowadService:
 
     def __is_ready__(self) -> bool:
         return _front is self
-
-    @property
-    def detector(self) -> Detector:
-        return self.follower.current.detector
 
     @property
     def tag(self) -> str:
