@@ -184,25 +184,32 @@ def plot_roc_pr(scores: ArrayLike, y_true: ArrayLike, path: str | os.PathLike[st
 
 def plot_training_curve(history: Sequence[Mapping[str, Any]],
                         path: str | os.PathLike[str]) -> Path:
-    """Train and validation NLL per epoch, best validation epoch marked.
+    """Train and validation NLL per epoch, best validation epoch marked; one pair of curves
+    per member of a mixture (history rows with a ``member`` key).
 
     NLL in nats can be negative, so the y axis stays linear.
     """
     if not history:
         raise ValueError("empty training history")
-
-    def column(key: str) -> NDArray[np.float64]:
-        return np.array([np.nan if h.get(key) is None else float(h[key]) for h in history])
-
-    epoch, train, val = column("epoch"), column("train_nll"), column("val_nll")
     fig = Figure(figsize=(8, 4.5))
     ax = fig.subplots()
-    ax.plot(epoch, train, marker=".", color="tab:blue", label="train NLL")
-    if np.isfinite(val).any():
-        ax.plot(epoch, val, marker=".", color="tab:orange", label="validation NLL")
-        best = int(np.nanargmin(val))
-        ax.axvline(epoch[best], color="grey", linestyle="--",
-                   label=f"best validation: epoch {epoch[best]:g} ({val[best]:.4g})")
+    members = sorted({h.get("member", 0) for h in history})
+    for member in members:
+        rows = [h for h in history if h.get("member", 0) == member]
+
+        def column(key: str, rows: list[Mapping[str, Any]] = rows) -> NDArray[np.float64]:
+            return np.array([np.nan if h.get(key) is None else float(h[key]) for h in rows])
+
+        epoch, train, val = column("epoch"), column("train_nll"), column("val_nll")
+        suffix = f" (member {member})" if len(members) > 1 else ""
+        ax.plot(epoch, train, marker=".", color="tab:blue", alpha=0.8,
+                label=f"train NLL{suffix}")
+        if np.isfinite(val).any():
+            ax.plot(epoch, val, marker=".", color="tab:orange", alpha=0.8,
+                    label=f"validation NLL{suffix}")
+            best = int(np.nanargmin(val))
+            ax.axvline(epoch[best], color="grey", linestyle="--",
+                       label=f"best validation: epoch {epoch[best]:g} ({val[best]:.4g}){suffix}")
     ax.set_xlabel("epoch")
     ax.set_ylabel("mean NLL (nats per record)")
     ax.set_title("Training curve")

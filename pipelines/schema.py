@@ -328,9 +328,12 @@ def _as_float(frame: pd.DataFrame, name: str, series: pd.Series) -> NDArray[np.f
 
 def _as_text(series: pd.Series) -> NDArray[np.object_]:
     """A categorical column as an object array of ``str`` (None where missing)."""
-    missing = series.isna().to_numpy()
-    text = np.full(len(series), None, dtype=object)
-    text[~missing] = series[~missing].astype(object).map(str).to_numpy(dtype=object)
+    text = series.to_numpy(dtype=object, na_value=None, copy=True)
+    missing = pd.isna(text)
+    text[missing] = None
+    present = text[~missing]
+    if not all(type(value) is str for value in present):  # skip the copy when all are str
+        text[~missing] = [str(value) for value in present]
     return text
 
 

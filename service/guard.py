@@ -13,11 +13,23 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
+
 Scope = dict[str, Any]
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def parse_json(body: bytes) -> Any:
+    """orjson (3x faster) with a fallback to the standard parser, which also accepts the
+    ``NaN``/``Infinity`` tokens that clients such as Python's ``json`` emit: their values
+    then reach validation and are rejected there with the row and column named."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return json.loads(body)
 
 
 def records_of(body: Any) -> list[Any] | None:
@@ -85,7 +97,7 @@ class RequestGuard:
             more = message.get("more_body", False)
         if path in self.json_routes:
             try:
-                parsed = json.loads(body)
+                parsed = parse_json(bytes(body))
             except (ValueError, UnicodeDecodeError) as error:
                 await self._reject(send, 400, "malformed_json", f"malformed JSON: {error}")
                 return

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import torch
+
 from pipelines.store import DEFAULT_NAME
 
 
@@ -22,7 +24,15 @@ class Settings:
     torch_threads: CPU threads per worker; one is fastest for small batches on few cores
         [FLOWAD_TORCH_THREADS].
     drift_window: recent scores the drift statistics are computed over [FLOWAD_DRIFT_WINDOW].
-    workers: HTTP front-end worker processes [FLOWAD_WORKERS]; the scorer is always one.
+    scoring: where records are scored [FLOWAD_SCORING]: ``scorer`` sends them to the
+        ``Scorer`` service (one process holding the accelerator, adaptive batching across
+        requests); ``local`` scores them in the front-end worker that parsed them, saving a
+        serialisation round trip per request; ``auto`` (default) is ``scorer`` when CUDA is
+        available, else ``local``.
+    workers: HTTP front-end worker processes [FLOWAD_WORKERS], default 1; the scorer is
+        always one process. More workers only help when clients open many connections:
+        BentoML 1.4 workers share one listening socket and a client's keep-alive connections
+        all stay with the worker that accepted them (bentoml/BentoML#5426).
     """
 
     model: str
@@ -33,11 +43,17 @@ class Settings:
     max_file_bytes: int
     torch_threads: int
     drift_window: int
+    scoring: str
     workers: int
 
     @classmethod
     def from_env(cls) -> Settings:
         env = os.environ.get
+        scoring = env("FLOWAD_SCORING", "auto")
+        if scoring not in ("auto", "local", "scorer"):
+            raise ValueError(f"FLOWAD_SCORING={scoring!r}: expected auto, local or scorer")
+        if scoring == "auto":
+            scoring = "scorer" if torch.cuda.is_available() else "local"
         return cls(
             model=env("FLOWAD_MODEL", DEFAULT_NAME),
             reload_interval=float(env("FLOWAD_RELOAD_INTERVAL", "30")),
@@ -47,5 +63,11 @@ class Settings:
             max_file_bytes=int(env("FLOWAD_MAX_FILE_BYTES", str(512 * 2**20))),
             torch_threads=int(env("FLOWAD_TORCH_THREADS", "1")),
             drift_window=int(env("FLOWAD_DRIFT_WINDOW", "2000")),
+            scoring=scoring,
             workers=int(env("FLOWAD_WORKERS", "1")),
         )
+
+    @property
+    def remote_scoring(self) -> bool:
+        """Whether records go to the ``Scorer`` service rather than being scored in place."""
+        return self.scoring == "scorer"

@@ -71,13 +71,19 @@ def test_realised_fpr_matches_the_target_on_fresh_normal_data():
     assert low <= flagged <= high
 
 
-@pytest.mark.parametrize("name", ["4_breastw", "20_letter", "5_campaign", "30_satellite",
-                                  "31_satimage-2", "32_shuttle", "6_cardio"])
+BENCHMARK_DATASETS = ["2_annthyroid", "4_breastw", "5_campaign", "6_cardio", "20_letter",
+                      "23_mammography", "27_PageBlocks", "28_pendigits", "29_Pima",
+                      "30_satellite", "31_satimage-2", "32_shuttle", "38_thyroid", "40_vowels"]
+
+
+@pytest.mark.parametrize("name", BENCHMARK_DATASETS)
 def test_every_dataset_kind_trains_without_nonfinite_values(adbench_dir, name):
+    """The default configuration, on a short epoch budget."""
     X, y = load_npz(adbench_dir / f"{name}.npz")
     X = X[y == 0][:3000]
     frame = pd.DataFrame(X, columns=[f"f{j}" for j in range(X.shape[1])])
     detector = Detector(train_options={"max_epochs": 3}, progress=False).fit(frame)
+    assert detector.metrics_["members"] == 1
     assert all(np.isfinite(h["train_nll"]) and np.isfinite(h["val_nll"])
                for h in detector.history_)
     assert detector.metrics_["recovered_nonfinite"] == 0

@@ -77,8 +77,10 @@ def records(n: int, seed: int, shift: bool = False) -> list[dict]:
     return json.loads(frame.to_json(orient="records"))
 
 
-@pytest.fixture(scope="module")
-def servers(tmp_path_factory):
+# Under `bentoml serve`, both places records can be scored: in the front-end workers (the
+# CPU default) and in the separate, batching Scorer process (the GPU default).
+@pytest.fixture(scope="module", params=["local", "scorer"])
+def servers(request, tmp_path_factory):
     if PROMETHEUS is None:
         pytest.skip("prometheus is not installed (Debian package 'prometheus')")
     tmp = tmp_path_factory.mktemp("integration")
@@ -90,6 +92,7 @@ def servers(tmp_path_factory):
     service_port, prometheus_port = free_port(), free_port()
     env = {**os.environ, "FLOWAD_MODEL": "integration-test", "FLOWAD_DRIFT_WINDOW": "500",
            "FLOWAD_RELOAD_INTERVAL": str(RELOAD_INTERVAL), "FLOWAD_WORKERS": "2",
+           "FLOWAD_SCORING": request.param,
            "BENTOML_DO_NOT_TRACK": "true"}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # bentoml serve sets its own
     bentoml_bin = str(Path(os.sys.executable).with_name("bentoml"))

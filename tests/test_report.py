@@ -62,6 +62,15 @@ def test_write_report_files(tmp_path: Path) -> None:
         assert data.startswith(PNG_MAGIC) and len(data) > 10_000, name
 
 
+def test_training_curve_of_a_mixture_has_a_line_pair_per_member(tmp_path: Path) -> None:
+    from pipelines.report import plot_training_curve
+
+    history = [{"epoch": e, "train_nll": k + 5 / e, "val_nll": k + 5.5 / e, "member": k}
+               for k in range(3) for e in range(1, 11)]
+    path = plot_training_curve(history, tmp_path / "curve.png")
+    assert path.read_bytes().startswith(PNG_MAGIC)
+
+
 def test_infinite_and_missing_thresholds_stay_strict_json(tmp_path: Path) -> None:
     y, s = _data()
     m = write_report(tmp_path / "inf", y, s, math.inf, history=None)

@@ -1,5 +1,6 @@
 """In-process API tests: ``TestClient(FlowadService.to_asgi())`` on a freshly trained model."""
 
+import dataclasses
 import importlib
 import io
 import json
@@ -25,22 +26,33 @@ def train(seed: int) -> Detector:
 
 
 @pytest.fixture(scope="module")
-def client():
+def served():
+    """The service module, imported with the ``Scorer`` dependency, and a client of it."""
     detector = train(0)
     tag = save_detector(detector, "service-test")
     registry.promote(tag)
-    saved = {k: os.environ.get(k) for k in SETTINGS}
-    os.environ.update(SETTINGS)
+    settings = {**SETTINGS, "FLOWAD_SCORING": "scorer"}
+    saved = {k: os.environ.get(k) for k in settings}
+    os.environ.update(settings)
     import service.service as module
 
     module = importlib.reload(module)  # settings are read at import
     try:
         with TestClient(module.FlowadService.to_asgi()) as test_client:
             test_client.detector, test_client.tag = detector, tag
-            yield test_client
+            yield module, test_client
     finally:
         for key, value in saved.items():
             os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+
+
+# Both places records can be scored: in the front worker, and by the batching Scorer service
+# (the mode is read per request, so one app serves both).
+@pytest.fixture(scope="module", params=["local", "scorer"])
+def client(request, served):
+    module, test_client = served
+    module.SETTINGS = dataclasses.replace(module.SETTINGS, scoring=request.param)
+    return test_client
 
 
 def records(n: int, seed: int = 1) -> list[dict]:
@@ -104,11 +116,12 @@ def _with(row: int, **changes) -> list[dict]:
         (_with(2, surprise=1), 400, ["row 2", "surprise"]),
         (_with(3, amount="abc"), 400, ["row 3", "amount"]),
         (_with(1, ratio=None), 400, ["row 1", "ratio"]),
+        (json.dumps(_with(4, amount=float("nan"))).encode(), 400, ["row 4", "amount"]),
         (records(51), 413, ["51", "50"]),
         (json.dumps(records(40) * 10).encode(), 413, ["bytes"]),
     ],
     ids=["malformed", "empty", "wrong-shape", "not-objects", "missing-column",
-         "unknown-column", "string-in-number", "null", "too-many", "too-many-bytes"],
+         "unknown-column", "string-in-number", "null", "nan-token", "too-many", "too-many-bytes"],
 )
 def test_bad_input_is_a_clear_4xx(client, body, status, needles):
     if isinstance(body, bytes):

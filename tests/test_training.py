@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from flowmodels import RealNVP
-from pipelines.training import TrainConfig, default_train_config, learning_rate, train_flow
+from pipelines.training import (
+    TrainConfig,
+    default_train_config,
+    estimate_nll,
+    learning_rate,
+    train_flow,
+)
 
 
 def test_learning_rate_warms_up_then_decays_to_the_floor():
@@ -37,13 +43,30 @@ def test_early_stopping_restores_the_best_validation_weights():
     train, val = _data(400, 0), _data(400, 1)
     config = TrainConfig(batch_size=64, max_epochs=60, patience=5, progress=False)
     result = train_flow(flow, train, torch.zeros(2), val, torch.zeros(len(val)), config)
-    with torch.no_grad():
-        restored = -flow.log_prob(val).double().mean().item()
+    with torch.no_grad():  # the stopping criterion: mean NLL without the worst 5% of rows
+        nll = np.sort(-flow.log_prob(val).double().numpy())
+        restored = nll[: len(nll) - int(0.05 * len(nll))].mean()
     best = min(h["val_nll"] for h in result.history)
     assert restored == pytest.approx(result.best_val_nll, abs=1e-6)
     # Improvements under the 1e-4 nats tolerance don't replace the best weights.
     assert best <= result.best_val_nll <= best + 1e-4
     assert len(result.history) < 60 or result.best_epoch == 59
+
+
+def test_trimmed_validation_nll_ignores_a_few_extreme_rows():
+    torch.manual_seed(0)
+    flow = RealNVP(2, n_layers=2, hidden=8).eval()
+    val = _data(100, 1)
+    with torch.no_grad():
+        nll = -flow.log_prob(val).double().numpy()
+    outliers = torch.cat([val, torch.full((3, 2), 1e3)])  # three rows far outside the data
+    zeros = torch.zeros(len(outliers))
+    plain = estimate_nll(flow, outliers, zeros)
+    trimmed = estimate_nll(flow, outliers, zeros, trim=0.05)  # drops int(0.05 * 103) = 5 rows
+    kept = np.sort(nll)[: 100 - 2]  # the 3 outliers and the 2 worst regular rows go
+    assert trimmed == pytest.approx(kept.mean(), rel=1e-6)
+    assert plain > trimmed + 100  # untrimmed, three rows of 103 dominate the mean
+    assert estimate_nll(flow, val, zeros[:100]) == pytest.approx(nll.mean(), rel=1e-6)
 
 
 def test_a_nonfinite_loss_is_recovered_from():

@@ -1,0 +1,172 @@
+"""Measure detection-quality levers on the benchmark protocol (issue 6).
+
+For each dataset, protocol seed and named configuration, fits ``--members`` detectors (member m
+uses ``random_state = seed + 100 * m``, so member 0 is exactly what ``flowad benchmark`` fits)
+and stores, per member, the validation NLL (from the training split only), the fit time and the
+calibration/test scores. ``--analyse`` then prints, per dataset, the test ROC-AUC of:
+
+- each configuration with a single member and as an ensemble of all members: ``-ens`` is the
+  mean of the members' log-likelihoods (a score, not a density), ``-mix`` their equal-weight
+  mixture (log of the mean density: exact, what ``flow_options={"members": K}`` builds),
+- ``select``: per member, the configuration with the lowest validation NLL (no test labels),
+  then the ensemble of the selected members,
+
+plus the realised conformal FPR at alpha = 0.05, all with the protocol's metrics.
+
+    python benchmarks/levers.py --data-dir ../shared/data/adbench --out /tmp/levers \
+        --configs standard quantile --members 3 --datasets 6_cardio 40_vowels
+    python benchmarks/levers.py --out /tmp/levers --analyse
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.special import logsumexp
+from sklearn.preprocessing import StandardScaler
+
+from pipelines import protocol
+from pipelines.benchmark import ProtocolDetector
+
+# Named Detector options; ``flow_options``/``train_options`` override the size-scaled defaults.
+CONFIGS: dict[str, dict[str, Any]] = {
+    "standard": {"scaling": "standard"},
+    "quantile": {"scaling": "quantile"},
+    "robust": {"scaling": "robust"},
+    "standard-h64": {"scaling": "standard", "flow_options": {"hidden": 64}},
+    "standard-l4": {"scaling": "standard", "flow_options": {"n_layers": 4}},
+    "standard-wd": {"scaling": "standard", "train_options": {"weight_decay": 1e-2}},
+    "standard-p40": {"scaling": "standard", "train_options": {"patience": 40}},
+    "standard-lr3e-4": {"scaling": "standard", "train_options": {"learning_rate": 3e-4}},
+}
+for _trim in (0.01, 0.02, 0.05, 0.1):
+    for _scaling in ("standard", "quantile"):
+        CONFIGS[f"{_scaling}-t{_trim:g}"] = {
+            "scaling": _scaling, "train_options": {"validation_trim": _trim}
+        }
+
+
+def run(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = sorted(Path(args.data_dir).glob("*.npz"),
+                   key=lambda p: protocol.dataset_sort_key(p.stem))
+    for path in paths:
+        name = protocol.dataset_name(path)
+        if args.datasets and name not in args.datasets:
+            continue
+        X, y = protocol.load_npz(path)
+        for seed in args.seeds:
+            tr, cal, te, y_te = protocol.split(y, seed)
+            scaler = StandardScaler().fit(X[tr])
+            Xtr, Xcal, Xte = (scaler.transform(X[i]) for i in (tr, cal, te))
+            for config in args.configs:
+                for member in range(args.members):
+                    file = out / f"{name}__{config}__s{seed}__m{member}.npz"
+                    if file.exists():
+                        continue
+                    start = time.perf_counter()
+                    model = ProtocolDetector(
+                        args.model, seed + 100 * member, **CONFIGS[config]
+                    ).fit(Xtr)
+                    fit_s = time.perf_counter() - start
+                    np.savez(
+                        file,
+                        cal=model.decision_function(Xcal),
+                        test=model.decision_function(Xte),
+                        y_test=y_te,
+                        val_nll=model.detector.metrics_["val_nll"],
+                        fit_s=fit_s,
+                    )
+                    print(f"{name:16s} s{seed} {config:16s} m{member} "
+                          f"val_nll={model.detector.metrics_['val_nll']:.3f} fit={fit_s:.1f}s "
+                          f"{model.info_}", flush=True)
+
+
+def load(out: Path) -> pd.DataFrame:
+    rows = []
+    for file in out.glob("*.npz"):
+        name, config, seed, member = file.stem.split("__")
+        with np.load(file) as z:
+            rows.append({"dataset": name, "config": config, "seed": int(seed[1:]),
+                         "member": int(member[1:]), "val_nll": float(z["val_nll"]),
+                         "fit_s": float(z["fit_s"]), "cal": z["cal"], "test": z["test"],
+                         "y_test": z["y_test"]})
+    return pd.DataFrame(rows)
+
+
+def _metrics(members: pd.DataFrame, mixture: bool = False) -> dict[str, float]:
+    """Protocol metrics of an ensemble of ``members`` (one seed): the mean of their scores
+    (negative log-likelihoods) or, with ``mixture``, the score of their equal-weight mixture."""
+    def combine(scores: list[np.ndarray]) -> np.ndarray:
+        stacked = np.stack(scores)
+        if mixture:  # -log(mean_k exp(-score_k))
+            return -(logsumexp(-stacked, axis=0) - np.log(len(scores)))
+        return stacked.mean(axis=0)
+
+    return protocol.evaluate_scores(members["y_test"].iloc[0],
+                                    combine(members["test"].to_list()),
+                                    combine(members["cal"].to_list()))
+
+
+def analyse(out: Path) -> None:
+    df = load(out)
+    results = []
+    for (name, seed), group in df.groupby(["dataset", "seed"]):
+        for config, runs in group.groupby("config"):
+            runs = runs.sort_values("member")
+            results.append({"dataset": name, "seed": seed, "variant": f"{config}",
+                            **_metrics(runs.iloc[:1])})
+            if len(runs) > 1:
+                results.append({"dataset": name, "seed": seed, "variant": f"{config}-ens",
+                                **_metrics(runs)})
+                results.append({"dataset": name, "seed": seed, "variant": f"{config}-mix",
+                                **_metrics(runs, mixture=True)})
+        if group["config"].nunique() > 1:
+            chosen = group.loc[group.groupby("member")["val_nll"].idxmin()]
+            results.append({"dataset": name, "seed": seed, "variant": "select",
+                            **_metrics(chosen.iloc[:1])})
+            results.append({"dataset": name, "seed": seed, "variant": "select-ens",
+                            **_metrics(chosen)})
+    res = pd.DataFrame(results)
+    table = res.pivot_table(index="dataset", columns="variant", values="roc_auc", aggfunc="mean")
+    table = table.loc[sorted(table.index, key=protocol.dataset_sort_key)]
+    pd.set_option("display.width", 250)
+    print(table.round(3).to_string())
+    print("\nmean ROC-AUC over the datasets above:")
+    print(table.mean().round(4).to_string())
+    print("\nmean |FPR@0.05 - 0.05|:")
+    print(res.assign(dev=(res["fpr_05"] - 0.05).abs()).groupby("variant")["dev"].mean()
+          .round(4).to_string())
+    chosen_counts = df.loc[df.groupby(["dataset", "seed", "member"])["val_nll"].idxmin()]
+    print("\nconfiguration chosen by validation NLL (count over seeds x members):")
+    print(chosen_counts.groupby(["dataset", "config"]).size().unstack(fill_value=0).to_string())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default="../shared/data/adbench")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--model", default="realnvp")
+    parser.add_argument("--configs", nargs="+", default=["standard", "quantile"])
+    parser.add_argument("--members", type=int, default=3)
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(protocol.SEEDS))
+    parser.add_argument("--datasets", nargs="*", default=None)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--analyse", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.analyse:
+        analyse(Path(args.out))
+    else:
+        run(args)
+
+
+if __name__ == "__main__":
+    main()
