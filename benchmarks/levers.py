@@ -45,6 +45,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "standard-p40": {"scaling": "standard", "train_options": {"patience": 40}},
     "standard-lr3e-4": {"scaling": "standard", "train_options": {"learning_rate": 3e-4}},
 }
+for _noise in (0.03, 0.1, 0.3):
+    CONFIGS[f"standard-n{_noise:g}"] = {"scaling": "standard",
+                                        "train_options": {"noise_std": _noise}}
 for _trim in (0.01, 0.02, 0.05, 0.1):
     for _scaling in ("standard", "quantile"):
         CONFIGS[f"{_scaling}-t{_trim:g}"] = {
