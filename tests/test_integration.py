@@ -150,15 +150,21 @@ def send(base: str, batches: int, shift: bool, seed: int) -> None:
 def test_drift_rises_and_every_dashboard_and_alert_expression_runs(servers):
     base, prometheus, _ = servers
     send(base, 8, shift=False, seed=100)
-    time.sleep(1.1)
-    send(base, 1, shift=False, seed=200)  # the drift gauges update at most once a second
-    # Each of the two workers keeps its own window of the traffic that reaches it.
-    wait_for(lambda: gauge(prometheus, "flowad_drift_window_records") >= 300, 30, "a scrape")
+    sent = 8  # batches of 100 records so far
+    # Each of the two workers keeps its own window of the traffic that reaches it, and the
+    # gauges show the worker that updated last (at most once a second): send a batch a second
+    # until that worker's window holds 300 records.
+    deadline = time.monotonic() + 60
+    while not gauge(prometheus, "flowad_drift_window_records") >= 300:
+        assert time.monotonic() < deadline, "no drift window filled within 60 s"
+        time.sleep(1.1)
+        send(base, 1, shift=False, seed=200 + sent)
+        sent += 1
     before = {name: gauge(prometheus, name) for name in
               ("flowad_drift_psi", "flowad_drift_ks_statistic")}
 
     send(base, 8, shift=True, seed=300)
-    sent = 8 + 1 + 8  # batches of 100 records so far
+    sent += 8
     # Each worker's window fills with shifted records only as fast as traffic reaches that
     # worker, and BentoML spreads connections unevenly (bentoml/BentoML#5426): keep shifted
     # traffic coming, a batch a second (one drift update per worker and second), until the
