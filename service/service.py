@@ -65,6 +65,9 @@ class RecordsEnvelope(BaseModel):
     records: list[dict[str, Any]]
 
 
+VERDICT_COLUMNS = ("score", "log_likelihood", "p_value", "is_anomaly")
+
+
 @dataclass(frozen=True)
 class Verdicts:
     """One request's verdicts, as columns, and the model that scored them."""
@@ -101,9 +104,6 @@ class Verdicts:
         ]
         return {"model": self.tag, "threshold": self.threshold, "target_fpr": self.target_fpr,
                 "n": len(results), "results": results, "unknown_categories": unknown}
-
-
-VERDICT_COLUMNS = ("score", "log_likelihood", "p_value", "is_anomaly")
 
 
 def json_response(body: dict[str, Any]) -> Response:

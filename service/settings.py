@@ -26,9 +26,9 @@ class Settings:
     drift_window: recent scores the drift statistics are computed over [FLOWAD_DRIFT_WINDOW].
     scoring: where records are scored [FLOWAD_SCORING]: ``scorer`` sends them to the
         ``Scorer`` service (one process holding the accelerator, adaptive batching across
-        requests); ``local`` scores them in the front-end worker that parsed them, saving a
-        serialisation round trip per request; ``auto`` (default) is ``scorer`` when CUDA is
-        available, else ``local``.
+        requests); ``local`` scores them on the CPU, in the front-end worker that parsed
+        them, saving a serialisation round trip per request; ``auto`` (default) is
+        ``scorer`` when CUDA is available, else ``local``.
     workers: HTTP front-end worker processes [FLOWAD_WORKERS], default 1; the scorer is
         always one process. More workers only help when clients open many connections:
         BentoML 1.4 workers share one listening socket and a client's keep-alive connections
