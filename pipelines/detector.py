@@ -141,17 +141,15 @@ class Detector(BaseEstimator):
         )
         self.train_config_ = asdict(config)
         members = self.flow_.components if isinstance(self.flow_, FlowMixture) else [self.flow_]
-        results: list[TrainResult] = []
-        for k, member in enumerate(members):  # independent fits, each with its own noise
-            results.append(train_flow(
-                member,
-                self._tensor(train_lower),
-                self._tensor(self.encoder_.dequantization_width_),
-                self._tensor(val_x),
-                self._tensor(val_log_jacobian),
-                replace(config, seed=config.seed + k),
-                train_log_jacobian_mean=float(np.mean(train_log_jacobian)),
-            ))
+        train_t = self._tensor(train_lower)
+        width_t = self._tensor(self.encoder_.dequantization_width_)
+        val_t, val_jacobian_t = self._tensor(val_x), self._tensor(val_log_jacobian)
+        results: list[TrainResult] = [  # independent fits, each with its own seed and noise
+            train_flow(member, train_t, width_t, val_t, val_jacobian_t,
+                       replace(config, seed=config.seed + k),
+                       train_log_jacobian_mean=float(np.mean(train_log_jacobian)))
+            for k, member in enumerate(members)
+        ]
         self.flow_.eval()
         self.history_ = [
             {**epoch, "member": k} for k, result in enumerate(results) for epoch in result.history
@@ -169,10 +167,7 @@ class Detector(BaseEstimator):
             "best_epoch": [r.best_epoch for r in results] if len(results) > 1
             else results[0].best_epoch,
             "epochs": sum(len(r.history) for r in results),
-            "val_nll": estimate_nll(
-                self.flow_, self._tensor(val_x), self._tensor(val_log_jacobian),
-                trim=config.validation_trim,
-            ),
+            "val_nll": estimate_nll(self.flow_, val_t, val_jacobian_t, trim=config.validation_trim),
             "recovered_nonfinite": sum(r.recovered_nonfinite for r in results),
             "fit_seconds": time.perf_counter() - start,
         }

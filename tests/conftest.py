@@ -46,3 +46,12 @@ def adbench_dir() -> Path:
     if not ADBENCH.is_dir():
         pytest.skip(f"benchmark data not found at {ADBENCH}")
     return ADBENCH
+
+
+def mass_on_grid(log_prob, half_width: float = 12.0, points: int = 1201) -> float:
+    """Riemann sum of ``exp(log_prob)`` over the square ``[-half_width, half_width]^2``."""
+    grid = torch.linspace(-half_width, half_width, points, dtype=torch.float64)
+    xx, yy = torch.meshgrid(grid, grid, indexing="ij")
+    with torch.no_grad():
+        density = log_prob(torch.stack([xx.ravel(), yy.ravel()], dim=1)).exp()
+    return float(density.sum() * (grid[1] - grid[0]) ** 2)
