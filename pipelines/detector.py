@@ -181,7 +181,9 @@ class Detector(BaseEstimator):
         """Exact log-likelihood of each record (nats, raw-data units)."""
         check_is_fitted(self, "flow_")
         x, log_jacobian = self.encoder_.transform(data)
-        flow: Flow | FlowMixture = self.flow_.eval()
+        flow: Flow | FlowMixture = self.flow_
+        if flow.training:  # eval() walks every submodule: 0.2 ms a call, so only when needed
+            flow.eval()
         out = np.empty(len(x), dtype=np.float64)
         with torch.inference_mode():
             for start in range(0, len(x), SCORE_BATCH_ROWS):

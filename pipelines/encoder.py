@@ -67,7 +67,14 @@ from sklearn.preprocessing import (
 )
 from sklearn.utils.validation import check_is_fitted
 
-from pipelines.schema import NUMERIC_KINDS, ColumnSpec, Schema, SchemaError, infer_schema
+from pipelines.schema import (
+    NUMERIC_KINDS,
+    ColumnSpec,
+    Schema,
+    SchemaError,
+    as_text,
+    infer_schema,
+)
 
 Scaling = Literal["standard", "robust", "quantile"]
 MISSING = "<missing>"
@@ -280,14 +287,17 @@ class TabularEncoder(BaseEstimator):
     def unknown_counts(self, df: pd.DataFrame) -> dict[str, int]:
         """Values per categorical column not seen in training (scored via the unknown slot).
 
+        Reads only the categorical columns and checks nothing else: call it on a frame that
+        :meth:`validate` or :meth:`transform` accepted (the service does, so that a request
+        is checked once).
+
         Arguments:
-            df: records (checked like :meth:`transform`).
+            df: records with the categorical columns.
         """
         check_is_fitted(self)
-        values = self.schema_.check(df)
         counts = {}
         for spec in self.schema_.of_kind("categorical"):
-            text = values[spec.name]
+            text = as_text(df[spec.name])
             known = _seen(text, spec) | pd.isna(text)
             counts[spec.name] = int((~known).sum())
         return counts

@@ -191,7 +191,7 @@ class Schema:
         for spec in self.columns:
             series = frame[spec.name]
             if spec.kind == "categorical":
-                values[spec.name] = _as_text(series)
+                values[spec.name] = as_text(series)
             else:
                 values[spec.name] = _as_float(frame, spec.name, series)
             if spec.n_missing_train == 0:
@@ -290,7 +290,7 @@ def _numeric_spec(name: str, dtype: str, x: NDArray[np.float64], max_levels: int
 
 def _categorical_spec(name: str, series: pd.Series, n_missing: int) -> ColumnSpec:
     """Spec of an object / string / category column."""
-    categories = tuple(sorted({value for value in _as_text(series) if value is not None}))
+    categories = tuple(sorted({value for value in as_text(series) if value is not None}))
     return ColumnSpec(
         name,
         "categorical",
@@ -326,7 +326,7 @@ def _as_float(frame: pd.DataFrame, name: str, series: pd.Series) -> NDArray[np.f
     return x
 
 
-def _as_text(series: pd.Series) -> NDArray[np.object_]:
+def as_text(series: pd.Series) -> NDArray[np.object_]:
     """A categorical column as an object array of ``str`` (None where missing)."""
     text = series.to_numpy(dtype=object, na_value=None, copy=True)
     missing = pd.isna(text)

@@ -29,7 +29,6 @@ import orjson
 import pandas as pd
 import torch
 from bentoml.exceptions import BentoMLException
-from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -59,10 +58,6 @@ class RequestRejected(BentoMLException):
     def __init__(self, message: str, reason: str, status: HTTPStatus = HTTPStatus.BAD_REQUEST):
         super().__init__(message, error_code=status)
         self.reason = reason
-
-
-class RecordsEnvelope(BaseModel):
-    records: list[dict[str, Any]]
 
 
 VERDICT_COLUMNS = ("score", "log_likelihood", "p_value", "is_anomaly")
@@ -117,7 +112,14 @@ def _resources() -> dict[str, Any]:
     return {"gpu": 1} if torch.cuda.is_available() else {"cpu": "1"}
 
 
-@bentoml.service(resources=_resources(), workers=1, traffic={"timeout": 120})
+# OpenMP pools size themselves per thread from OMP_NUM_THREADS (default: every core), and
+# torch.set_num_threads in __init__ does not reach the threads BentoML scores in. With two
+# workers on two cores their spinning OpenMP threads cut throughput on small requests ~15x.
+# BentoML sets ``envs`` in the worker processes before they start (the caller's value wins).
+THREAD_ENVS = [{"name": "OMP_NUM_THREADS", "value": str(SETTINGS.torch_threads)}]
+
+
+@bentoml.service(resources=_resources(), workers=1, traffic={"timeout": 120}, envs=THREAD_ENVS)
 class Scorer:
     """Scores validated records with the flow; the only place that touches the accelerator."""
 
@@ -160,7 +162,7 @@ async def model_info(request: Request) -> JSONResponse:
 
 
 @bentoml.asgi_app(Starlette(routes=[Route("/model", model_info, methods=["GET"])]), path="/")
-@bentoml.service(workers=SETTINGS.workers, traffic={"timeout": 120})
+@bentoml.service(workers=SETTINGS.workers, traffic={"timeout": 120}, envs=THREAD_ENVS)
 class FlowadService:
     """HTTP front: request validation, metrics, drift; scoring is delegated to ``Scorer``."""
 
@@ -213,9 +215,11 @@ class FlowadService:
 
     # ------------------------------------------------------------------ endpoints
     @bentoml.api(route="/score")
-    def score(self, body: list[dict[str, Any]] | RecordsEnvelope, /) -> dict[str, Any]:
-        """Scores a JSON array of records (or ``{"records": [...]}``), in order."""
-        records = body.records if isinstance(body, RecordsEnvelope) else body
+    def score(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        """Scores a JSON array of records (or ``{"records": [...]}``), in order.
+
+        ``RequestGuard`` has checked the body and turned an array into the envelope form.
+        """
         if not records:
             self._reject("empty request: no records to score", "empty")
         if len(records) > SETTINGS.max_records:
@@ -306,15 +310,16 @@ class FlowadService:
 
     def _score_frame(self, model: LoadedModel, frame: pd.DataFrame) -> dict[str, Any]:
         encoder = model.detector.encoder_
-        try:  # checks the whole frame against the schema before anything is scored
-            unknown = {k: v for k, v in encoder.unknown_counts(frame).items() if v}
+        try:  # the whole frame is checked against the schema before anything is scored
+            if SETTINGS.remote_scoring:
+                encoder.validate(frame)
+                rows = list(frame[list(encoder.schema_.names)].itertuples(index=False, name=None))
+                verdicts = Verdicts.from_rows(self.scorer.verdicts(rows))
+            else:
+                verdicts = Verdicts.of(model, frame)  # the encoder validates it
         except SchemaError as error:
             self._reject(str(error), "schema")
-        if SETTINGS.remote_scoring:
-            rows = list(frame[list(encoder.schema_.names)].itertuples(index=False, name=None))
-            verdicts = Verdicts.from_rows(self.scorer.verdicts(rows))
-        else:
-            verdicts = Verdicts.of(model, frame)
+        unknown = {k: v for k, v in encoder.unknown_counts(frame).items() if v}
         self._observe(verdicts)
         return verdicts.response(unknown)
 
