@@ -17,6 +17,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 from conftest import REPO, mixed_frame
@@ -95,6 +96,7 @@ def servers(request, tmp_path_factory):
            "FLOWAD_SCORING": request.param,
            "BENTOML_DO_NOT_TRACK": "true"}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # bentoml serve sets its own
+    env.pop("OMP_NUM_THREADS", None)  # the service sets it
     bentoml_bin = str(Path(os.sys.executable).with_name("bentoml"))
     service_log = open(tmp / "service.log", "w")  # noqa: SIM115 - closed below
     service = subprocess.Popen(
@@ -121,7 +123,7 @@ def servers(request, tmp_path_factory):
         wait_for(lambda: http("GET", f"{base}/readyz")[0] == 200, 120, "bentoml serve")
         wait_for(lambda: http("GET", f"http://127.0.0.1:{prometheus_port}/-/ready")[0] == 200,
                  60, "prometheus")
-        yield base, f"http://127.0.0.1:{prometheus_port}", tag
+        yield base, f"http://127.0.0.1:{prometheus_port}", tag, service.pid
     finally:
         stop(service)
         stop(prometheus)
@@ -148,7 +150,7 @@ def send(base: str, batches: int, shift: bool, seed: int) -> None:
 
 
 def test_drift_rises_and_every_dashboard_and_alert_expression_runs(servers):
-    base, prometheus, _ = servers
+    base, prometheus, _, _ = servers
     send(base, 8, shift=False, seed=100)
     sent = 8  # batches of 100 records so far
     # Each of the two workers keeps its own window of the traffic that reaches it, and the
@@ -213,7 +215,7 @@ def test_drift_rises_and_every_dashboard_and_alert_expression_runs(servers):
 
 
 def test_promotion_under_load_drops_no_request(servers):
-    base, _, tag = servers
+    base, _, tag, _ = servers
     new_tag = save_detector(
         Detector(exclude=["id"], target_fpr=0.05, train_options={"max_epochs": 3},
                  random_state=1, progress=False).fit(mixed_frame(2000, seed=1)),
@@ -260,3 +262,13 @@ def test_promotion_under_load_drops_no_request(servers):
     assert delay <= RELOAD_INTERVAL + 5  # the interval plus loading and warming the model
     after = [t for at, t in seen if at > switched[0] + RELOAD_INTERVAL + 2.0]
     assert after and set(after) == {new_tag}, "a worker still served the old model"
+
+
+def test_every_service_process_runs_one_openmp_thread(servers):
+    """With OpenMP pools sized for every core, each worker spun a second thread and two workers
+    stalled on small concurrent requests (benchmarks/README.md, service throughput)."""
+    *_, pid = servers
+    processes = [p for p in psutil.Process(pid).children(recursive=True)
+                 if "_bentoml_impl.worker.service" in " ".join(p.cmdline())]
+    assert len(processes) >= 2  # two front-end workers (+ the scorer when it is used)
+    assert {p.environ().get("OMP_NUM_THREADS") for p in processes} == {"1"}
