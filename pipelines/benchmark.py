@@ -28,17 +28,17 @@ class ProtocolDetector:
         )
 
     @staticmethod
-    def _frame(X: np.ndarray) -> pd.DataFrame:
+    def frame(X: np.ndarray) -> pd.DataFrame:
         return pd.DataFrame(X, columns=[f"f{j}" for j in range(X.shape[1])])
 
     def fit(self, X: np.ndarray) -> ProtocolDetector:
-        self.detector.fit(self._frame(X))
+        self.detector.fit(self.frame(X))
         metrics = self.detector.metrics_
         self.info_ = f"epochs={metrics['epochs']} best={metrics['best_epoch']}"
         return self
 
     def decision_function(self, X: np.ndarray) -> np.ndarray:
-        return self.detector.score_samples(self._frame(X))
+        return self.detector.score_samples(self.frame(X))
 
 
 def run_benchmark(
