@@ -130,8 +130,9 @@ def test_bad_input_is_a_clear_4xx(client, body, status, needles):
     else:
         response = client.post("/score", json=body)
     assert response.status_code == status, response.text
+    assert set(response.json()) == {"error", "reason"}  # one body shape for every rejection
     for needle in needles:
-        assert needle in response.text
+        assert needle in response.json()["error"]
     # ... and the service is unaffected
     assert client.post("/score", json=records(2)).status_code == 200
 
@@ -145,7 +146,8 @@ def test_score_file_csv_and_parquet(client):
         assert response.json()["n"] == 120
     bad = frame.drop(columns=["amount"]).to_csv(index=False).encode()
     response = client.post("/score_file", files={"file": ("bad.csv", io.BytesIO(bad))})
-    assert response.status_code == 400 and "amount" in response.text
+    assert response.status_code == 400, response.text
+    assert response.json()["reason"] == "schema" and "amount" in response.json()["error"]
 
 
 def test_metrics_are_exposed(client):
