@@ -117,10 +117,11 @@ def _resources() -> dict[str, Any]:
     return {"gpu": 1} if torch.cuda.is_available() else {"cpu": "1"}
 
 
-# OpenMP pools size themselves per thread from OMP_NUM_THREADS (default: every core), and
-# torch.set_num_threads in __init__ does not reach the threads BentoML scores in. With two
-# workers on two cores their spinning OpenMP threads cut throughput on small requests ~15x.
-# BentoML sets ``envs`` in the worker processes before they start (the caller's value wins).
+# torch.set_num_threads in __init__ sets torch's own count, but the OpenMP runtimes loaded in
+# the worker (scikit-learn's and torch's libgomp) size the pools of the thread BentoML scores in
+# from OMP_NUM_THREADS, default every core: with two workers on two cores, their spinning
+# threads cut small-request throughput ~20x. BentoML sets ``envs`` in the worker processes
+# before they start (a value the caller sets wins).
 THREAD_ENVS = [{"name": "OMP_NUM_THREADS", "value": str(SETTINGS.torch_threads)}]
 
 
