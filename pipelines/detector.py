@@ -209,17 +209,19 @@ class Detector(BaseEstimator):
         """True where the score exceeds the calibrated threshold."""
         return self._calibrator().predict(self.score_samples(data))
 
-    def verdicts(self, data: pd.DataFrame) -> pd.DataFrame:
-        """``score, log_likelihood, p_value, is_anomaly`` per record, in input order."""
+    def verdict_columns(self, data: pd.DataFrame) -> dict[str, np.ndarray]:
+        """``score, log_likelihood, p_value, is_anomaly`` per record, as arrays (what the
+        service answers with: building the frame of :meth:`verdicts` would cost it 0.5 ms)."""
         calibrator = self._calibrator()
         log_likelihood = self.log_likelihood(data)
         scores = -log_likelihood
-        return pd.DataFrame(
-            {
-                "score": scores,
-                "log_likelihood": log_likelihood,
-                "p_value": calibrator.p_values(scores),
-                "is_anomaly": calibrator.predict(scores),
-            },
-            index=data.index,
-        )
+        return {
+            "score": scores,
+            "log_likelihood": log_likelihood,
+            "p_value": calibrator.p_values(scores),
+            "is_anomaly": calibrator.predict(scores),
+        }
+
+    def verdicts(self, data: pd.DataFrame) -> pd.DataFrame:
+        """``score, log_likelihood, p_value, is_anomaly`` per record, in input order."""
+        return pd.DataFrame(self.verdict_columns(data), index=data.index)

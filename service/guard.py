@@ -3,10 +3,10 @@
 BentoML has no request-size limit, and a body that isn't JSON reaches its parser as a 500.
 This middleware reads the body of JSON POSTs once (stopping as soon as it exceeds the limit),
 checks that it parses and has the shape ``[{...}, ...]`` or ``{"records": [{...}, ...]}``,
-and replays it to the application in the second form: then the API's input is a plain
-pydantic model that BentoML parses with pydantic's JSON parser, where a bare-list input
-goes through BentoML's root-model path (the standard ``json`` module, then validation, and a
-JSON schema rebuilt on every request: together 15% of a 1000-record request).
+and hands the parsed records on in the ASGI scope (``scope[PARSED_RECORDS]``): the API's input
+spec takes them from there instead of parsing the body a second time (pydantic's parse was 7%
+of a 1000-record request). The body itself is replayed in the envelope form, which is what the
+API documents.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+PARSED_RECORDS = "flowad.records"  # the scope key of a checked body's record list
 
 
 def parse_json(body: bytes) -> Any:
@@ -106,9 +108,10 @@ class RequestGuard:
             if problem:
                 await self._reject(send, 400, "validation", problem)
                 return
+            scope = {**scope, PARSED_RECORDS: records_of(parsed)}
             if isinstance(parsed, list):
                 body = b'{"records":' + body + b"}"
-                scope = {**scope, "headers": _with_content_length(scope, len(body))}
+                scope["headers"] = _with_content_length(scope, len(body))
         replayed = False
 
         async def replay() -> Message:

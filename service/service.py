@@ -40,7 +40,7 @@ from pipelines.tables import iter_table
 from service import metrics as service_metrics
 from service.drift import DriftWindow
 from service.follower import LoadedModel, ModelFollower
-from service.guard import AdminAuth, RequestGuard
+from service.guard import PARSED_RECORDS, AdminAuth, RequestGuard
 from service.settings import Settings
 
 SETTINGS = Settings.from_env()
@@ -84,8 +84,8 @@ class Verdicts:
     def of(cls, model: LoadedModel, frame: pd.DataFrame) -> Verdicts:
         """Scores a validated frame with ``model``."""
         detector = model.detector
-        out = detector.verdicts(frame)
-        return cls(*(out[c].to_numpy() for c in VERDICT_COLUMNS), model.tag,
+        out = detector.verdict_columns(frame)
+        return cls(*(out[c] for c in VERDICT_COLUMNS), model.tag,
                    detector.threshold_, detector.target_fpr)
 
     @classmethod
@@ -104,6 +104,21 @@ class Verdicts:
         ]
         return {"model": self.tag, "threshold": self.threshold, "target_fpr": self.target_fpr,
                 "n": len(results), "results": results, "unknown_categories": unknown}
+
+
+class ScoreRequest(bentoml.IODescriptor):
+    """The ``/score`` input: ``{"records": [...]}``, or the bare array ``RequestGuard`` turns
+    into it."""
+
+    records: list[dict[str, Any]]
+
+    @classmethod
+    async def from_http_request(cls, request: Request, serde: Any) -> ScoreRequest:
+        """The records ``RequestGuard`` parsed and shape-checked, without parsing them again."""
+        records = request.scope.get(PARSED_RECORDS)
+        if records is None:  # not through the guard
+            return await super().from_http_request(request, serde)
+        return cls.model_construct(records=records)
 
 
 def json_response(body: dict[str, Any], status: int = HTTPStatus.OK) -> Response:
@@ -220,7 +235,7 @@ class FlowadService:
             self.metrics.load_failures.inc()
 
     # ------------------------------------------------------------------ endpoints
-    @bentoml.api(route="/score")
+    @bentoml.api(route="/score", input_spec=ScoreRequest)
     def score(self, records: list[dict[str, Any]]) -> dict[str, Any]:
         """Scores a JSON array of records (or ``{"records": [...]}``), in order.
 

@@ -80,6 +80,25 @@ def test_envelope_form_and_ignored_id_column(client):
     assert response.json()["n"] == 3
 
 
+def test_body_is_parsed_once_and_the_schema_still_documents_records(served, monkeypatch):
+    module, test_client = served
+
+    def second_parse(*args, **kwargs):
+        raise AssertionError("the /score body was parsed a second time")
+
+    monkeypatch.setattr(module.ScoreRequest, "model_validate_json", second_parse)
+    for body in (records(3), {"records": records(3)}):
+        response = test_client.post("/score", json=body)
+        assert response.status_code == 200, response.text
+        assert response.json()["n"] == 3
+    docs = test_client.get("/docs.json").json()
+    media = docs["paths"]["/score"]["post"]["requestBody"]["content"]["application/json"]
+    schema = media["schema"]
+    if "$ref" in schema:
+        schema = docs["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+    assert schema["properties"]["records"]["type"] == "array"
+
+
 def test_unseen_category_is_scored_and_reported(client):
     body = records(3)
     body[1]["channel"] = "carrier-pigeon"
