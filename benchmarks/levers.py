@@ -56,6 +56,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "standard-wd": {"scaling": "standard", "train_options": {"weight_decay": 1e-2}},
     "standard-p40": {"scaling": "standard", "train_options": {"patience": 40}},
     "standard-lr3e-4": {"scaling": "standard", "train_options": {"learning_rate": 3e-4}},
+    "flow-matching": {"scaling": "standard", "train_options": {"objective": "flow_matching"}},
 }
 for _noise in (0.03, 0.1, 0.3):
     CONFIGS[f"standard-n{_noise:g}"] = {"scaling": "standard",

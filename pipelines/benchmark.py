@@ -46,6 +46,7 @@ def run_benchmark(
     output_dir: str | Path,
     *,
     model: str = "realnvp",
+    objective: str = "likelihood",
     seeds: tuple[int, ...] = protocol.SEEDS,
     datasets: list[str] | None = None,
     log: Callable[[str], None] = print,
@@ -53,12 +54,16 @@ def run_benchmark(
 ) -> tuple[Path, Path]:
     """Runs every ``*.npz`` in ``data_dir`` through the protocol; returns (csv, markdown) paths.
 
+    The detector is named ``flowad-{model}``, with ``-fm`` appended when trained by flow matching.
+
     Rows already in the output CSV (same dataset, detector and seed) are kept and not rerun, so
     an interrupted benchmark resumes where it stopped.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    detector_name = f"flowad-{model}"
+    detector_name = f"flowad-{model}" + ("-fm" if objective == "flow_matching" else "")
+    options = {**options, "train_options": {**options.get("train_options", {}),
+                                            "objective": objective}}
     csv_path = output_dir / f"{detector_name}.csv"
     rows = protocol.read_rows(csv_path) if csv_path.exists() else []
     done = {(r["dataset"], r["detector"], int(r["seed"])) for r in rows}

@@ -19,6 +19,8 @@ app = typer.Typer(help="Anomaly detection with exact normalizing-flow likelihood
                   no_args_is_help=True, pretty_exceptions_enable=False)
 
 Model = Annotated[str, typer.Option("--model", help="Flow: realnvp or ffjord.")]
+Objective = Annotated[str, typer.Option(
+    help="likelihood, or flow_matching (ffjord only: 10-20x faster to train, lower likelihood).")]
 
 
 @app.callback()
@@ -66,6 +68,7 @@ def train(
     label: Annotated[str | None, typer.Option(help="Label column; anomalies are left out.")] = None,
     scaling: Annotated[str, typer.Option(help="standard, robust or quantile.")] = "standard",
     max_epochs: Annotated[int | None, typer.Option(help="Cap on training epochs.")] = None,
+    objective: Objective = "likelihood",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Train a detector on DATA and save it to the model store; prints the model tag."""
@@ -79,9 +82,12 @@ def train(
         if label is not None:
             frame = frame[_labels(frame, label) == 0]
             excluded.append(label)
+        train_options: dict[str, object] = {"objective": objective}
+        if max_epochs:
+            train_options["max_epochs"] = max_epochs
         detector = Detector(
             model, target_fpr=target_fpr, scaling=scaling, exclude=excluded, random_state=seed,
-            train_options={"max_epochs": max_epochs} if max_epochs else None,
+            train_options=train_options,
         ).fit(frame)
     tag = save_detector(detector, name)
     metrics = detector.metrics_
@@ -216,12 +222,13 @@ def benchmark(
     model: Model = "realnvp",
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "0,1,2",
     datasets: Annotated[str | None, typer.Option(help="Comma-separated dataset names.")] = None,
+    objective: Objective = "likelihood",
 ) -> None:
     """Run the evaluation protocol on every dataset; CSV + markdown vs the ten baselines."""
     from pipelines.benchmark import run_benchmark
 
     csv_path, md_path = run_benchmark(
-        data_dir, output, model=model,
+        data_dir, output, model=model, objective=objective,
         seeds=tuple(int(s) for s in seeds.split(",")),
         datasets=datasets.split(",") if datasets else None,
     )
