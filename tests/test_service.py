@@ -99,6 +99,23 @@ def test_body_is_parsed_once_and_the_schema_still_documents_records(served, monk
     assert schema["properties"]["records"]["type"] == "array"
 
 
+def test_score_input_parses_the_body_itself_when_not_behind_the_guard(served):
+    import asyncio
+
+    from _bentoml_impl.serde import JSONSerde
+    from starlette.requests import Request
+
+    module, _ = served
+    body = json.dumps({"records": records(2)}).encode()
+
+    async def receive():
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    request = Request({"type": "http", "method": "POST", "headers": []}, receive)
+    parsed = asyncio.run(module.ScoreRequest.from_http_request(request, JSONSerde()))
+    assert parsed.records == records(2)
+
+
 def test_unseen_category_is_scored_and_reported(client):
     body = records(3)
     body[1]["channel"] = "carrier-pigeon"
