@@ -352,7 +352,6 @@ class FFJORD(Flow):
         log_prob = standard_normal_log_prob(z) + log_det
         return log_prob, -kinetic, -frobenius
 
-
     def flow_matching_loss(self, x: Tensor) -> Tensor:
         """Per-row conditional flow-matching loss (Lipman et al. 2023, linear path, sigma = 0).
 
