@@ -107,8 +107,8 @@ class Verdicts:
 
 
 class ScoreRequest(bentoml.IODescriptor):
-    """The ``/score`` input: ``{"records": [...]}``, or the bare array ``RequestGuard`` turns
-    into it."""
+    """The ``/score`` input as documented: ``{"records": [...]}`` (``RequestGuard`` also
+    accepts the bare array)."""
 
     records: list[dict[str, Any]]
 
@@ -239,7 +239,7 @@ class FlowadService:
     def score(self, records: list[dict[str, Any]]) -> dict[str, Any]:
         """Scores a JSON array of records (or ``{"records": [...]}``), in order.
 
-        ``RequestGuard`` has checked the body and turned an array into the envelope form.
+        ``RequestGuard`` has parsed and checked the body; ``ScoreRequest`` takes its records.
         """
         try:
             return json_response(self._score_records(records))

@@ -306,6 +306,18 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def two_moons() -> tuple[Tensor, Tensor, float]:
+    """Standardised two-moons train (1500) and test (500) points, and the held-out NLL of the
+    best Gaussian fitted to the training points: the bar a trained flow must clear."""
+    from sklearn.datasets import make_moons
+
+    data = torch.from_numpy(make_moons(2000, noise=0.08, random_state=0)[0]).float()
+    data = (data - data.mean(0)) / data.std(0)
+    train, test = data[:1500], data[1500:]
+    gaussian = torch.distributions.MultivariateNormal(train.mean(0), torch.cov(train.T))
+    return train, test, -gaussian.log_prob(test).mean().item()
+
+
 @pytest.mark.parametrize("time_length", [1.0, 2.5])
 def test_flow_matching_loss_matches_its_closed_form_for_a_linear_field(time_length) -> None:
     """Field ``c z``, data and base both N(0, I): the loss at time ``t`` (of ``[0, 1]``) is
@@ -326,13 +338,7 @@ def test_flow_matching_loss_matches_its_closed_form_for_a_linear_field(time_leng
 def test_flow_matching_training_beats_a_gaussian_on_two_moons(one_thread) -> None:
     """Trained by flow matching only (no ODE solve in training), the model's exact
     likelihood still beats the best Gaussian on held-out points."""
-    from sklearn.datasets import make_moons
-
-    data = torch.from_numpy(make_moons(2000, noise=0.08, random_state=0)[0]).float()
-    data = (data - data.mean(0)) / data.std(0)
-    train, test = data[:1500], data[1500:]
-    gaussian = torch.distributions.MultivariateNormal(train.mean(0), torch.cov(train.T))
-    gaussian_nll = -gaussian.log_prob(test).mean().item()
+    train, test, gaussian_nll = two_moons()
     torch.manual_seed(0)
     model = FFJORD(2, hidden=64)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -350,13 +356,7 @@ def test_flow_matching_training_beats_a_gaussian_on_two_moons(one_thread) -> Non
 
 @pytest.mark.slow
 def test_short_training_beats_a_gaussian_on_two_moons(one_thread) -> None:
-    from sklearn.datasets import make_moons
-
-    data = torch.from_numpy(make_moons(2000, noise=0.08, random_state=0)[0]).float()
-    data = (data - data.mean(0)) / data.std(0)
-    train, test = data[:1500], data[1500:]
-    gaussian = torch.distributions.MultivariateNormal(train.mean(0), torch.cov(train.T))
-    gaussian_nll = -gaussian.log_prob(test).mean().item()
+    train, test, gaussian_nll = two_moons()
 
     torch.manual_seed(0)
     model = FFJORD(2, hidden=64, step_size=0.25)  # coarse steps while training: 4x faster
