@@ -49,6 +49,7 @@ from pipelines.detector import split_rows
 # Named Detector options; ``flow_options``/``train_options`` override the size-scaled defaults.
 CONFIGS: dict[str, dict[str, Any]] = {
     "standard": {"scaling": "standard"},
+    "standard-noatoms": {"scaling": "standard", "atom_share": None},
     "quantile": {"scaling": "quantile"},
     "robust": {"scaling": "robust"},
     "standard-h64": {"scaling": "standard", "flow_options": {"hidden": 64}},
@@ -58,6 +59,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "standard-lr3e-4": {"scaling": "standard", "train_options": {"learning_rate": 3e-4}},
     "flow-matching": {"scaling": "standard", "train_options": {"objective": "flow_matching"}},
 }
+for _decay in (0.99, 0.999):
+    CONFIGS[f"noatoms-ema{_decay:g}"] = {"scaling": "standard", "atom_share": None,
+                                        "train_options": {"ema_decay": _decay}}
 for _noise in (0.03, 0.1, 0.3):
     CONFIGS[f"standard-n{_noise:g}"] = {"scaling": "standard",
                                         "train_options": {"noise_std": _noise}}

@@ -67,6 +67,9 @@ def train(
     exclude: Annotated[list[str] | None, typer.Option(help="Column to ignore (repeat).")] = None,
     label: Annotated[str | None, typer.Option(help="Label column; anomalies are left out.")] = None,
     scaling: Annotated[str, typer.Option(help="standard, robust or quantile.")] = "standard",
+    atom_share: Annotated[float, typer.Option(
+        help="A continuous value held by this share of rows is dequantised as a point mass; "
+        "0 turns it off.")] = 0.01,
     max_epochs: Annotated[int | None, typer.Option(help="Cap on training epochs.")] = None,
     objective: Objective = "likelihood",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
@@ -87,7 +90,7 @@ def train(
             train_options["max_epochs"] = max_epochs
         detector = Detector(
             model, target_fpr=target_fpr, scaling=scaling, exclude=excluded, random_state=seed,
-            train_options=train_options,
+            atom_share=atom_share or None, train_options=train_options,
         ).fit(frame)
     tag = save_detector(detector, name)
     metrics = detector.metrics_

@@ -62,6 +62,8 @@ class Detector(BaseEstimator):
         target_fpr: the false-positive rate the threshold guarantees on exchangeable data.
         scaling: continuous-column scaling of the encoder (standard, robust or quantile).
         exclude: columns to ignore (ids, timestamps, labels).
+        atom_share: continuous values held by at least this share of the training rows are
+            dequantised as atoms (:class:`~pipelines.encoder.TabularEncoder`); ``None``: off.
         flow_options: overrides of the flow's constructor options.
         train_options: overrides of :class:`~pipelines.training.TrainConfig` fields.
         validation_fraction: share of non-calibration rows held out for early stopping.
@@ -79,6 +81,7 @@ class Detector(BaseEstimator):
         target_fpr: float = 0.01,
         scaling: str = "standard",
         exclude: tuple[str, ...] | list[str] = (),
+        atom_share: float | None = 0.01,
         flow_options: dict[str, Any] | None = None,
         train_options: dict[str, Any] | None = None,
         validation_fraction: float = 0.15,
@@ -91,6 +94,7 @@ class Detector(BaseEstimator):
         self.target_fpr = target_fpr
         self.scaling = scaling
         self.exclude = exclude
+        self.atom_share = atom_share
         self.flow_options = flow_options
         self.train_options = train_options
         self.validation_fraction = validation_fraction
@@ -124,7 +128,9 @@ class Detector(BaseEstimator):
             raise ValueError("no calibration rows: pass more data or calibration_data")
 
         self.device_ = resolve_device(self.device)
-        self.encoder_ = TabularEncoder(scaling=self.scaling, exclude=tuple(self.exclude)).fit(train)
+        self.encoder_ = TabularEncoder(
+            scaling=self.scaling, exclude=tuple(self.exclude), atom_share=self.atom_share
+        ).fit(train)
         self.n_features_in_ = self.encoder_.n_features_out_
         self.flow_options_ = {
             **default_flow_options(self.model, len(train)),
@@ -142,7 +148,10 @@ class Detector(BaseEstimator):
         self.train_config_ = asdict(config)
         members = self.flow_.components if isinstance(self.flow_, FlowMixture) else [self.flow_]
         train_t = self._tensor(train_lower)
-        width_t = self._tensor(self.encoder_.dequantization_width_)
+        width = self.encoder_.dequantization_width_
+        if any(len(atoms) for atoms in self.encoder_.atoms_):  # widths differ between rows
+            width = self.encoder_.cell_widths(train)
+        width_t = self._tensor(width)
         val_t, val_jacobian_t = self._tensor(val_x), self._tensor(val_log_jacobian)
         results: list[TrainResult] = [  # independent fits, each with its own seed and noise
             train_flow(member, train_t, width_t, val_t, val_jacobian_t,

@@ -101,7 +101,7 @@ def load_detector(tag: str, *, device: str = "auto") -> Detector:
     """
     ref = bentoml.models.get(registry.resolve(tag))
     state = json.loads(Path(ref.path_of("detector.json")).read_text())
-    params = {**state["params"], "device": device}
+    params = {"atom_share": None, **state["params"], "device": device}  # None: saved before atoms
     detector = Detector(**params)
     detector.device_ = resolve_device(device)
     detector.encoder_ = TabularEncoder.load(ref.path_of("encoder.skops"))

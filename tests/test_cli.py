@@ -36,16 +36,17 @@ def test_train_prints_the_tag_and_models_lists_it(tag):
     assert result.exit_code == 0 and "cli-test" in result.stdout
 
 
-def test_train_ffjord_by_flow_matching(labelled_csv):
+def test_train_ffjord_by_flow_matching_without_atoms(labelled_csv):
     from pipelines.store import load_detector
 
     result = runner.invoke(app, ["train", str(labelled_csv), "--name", "cli-fm", "--model",
                                  "ffjord", "--objective", "flow_matching", "--exclude", "id",
-                                 "--label", "label", "--max-epochs", "3"])
+                                 "--label", "label", "--max-epochs", "3", "--atom-share", "0"])
     assert result.exit_code == 0, result.output
     detector = load_detector(result.stdout.strip().splitlines()[-1])
     assert detector.model == "ffjord"
     assert detector.train_config_["objective"] == "flow_matching"
+    assert detector.atom_share is None and detector.encoder_.atom_share is None
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])

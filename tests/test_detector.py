@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import mixed_frame
-from scipy.stats import betabinom
+from scipy.stats import betabinom, norm
 
 from pipelines import Detector, SchemaError
 from pipelines.protocol import load_npz
@@ -88,6 +88,23 @@ def test_every_dataset_kind_trains_without_nonfinite_values(adbench_dir, name):
                for h in detector.history_)
     assert detector.metrics_["recovered_nonfinite"] == 0
     assert np.isfinite(detector.score_samples(frame)).all()
+
+
+def test_an_atom_of_a_continuous_column_gets_its_mass_per_cell_not_a_spike():
+    """Half of ``a`` sits exactly at 0. Dequantised over its cell of width h, the density of
+    ``(0, b)`` is ``(0.5 / h + 0.5 phi(0)) phi(b)`` in closed form; without atoms the flow
+    piles density onto the point mass, and the log-likelihood there runs away."""
+    rng = np.random.default_rng(0)
+    n = 3000
+    frame = pd.DataFrame({"a": np.where(rng.random(n) < 0.5, 0.0, rng.normal(0, 1, n)),
+                          "b": rng.normal(0, 1, n)})
+    probe = pd.DataFrame({"a": 0.0, "b": [-0.5, 0.0, 0.5]})
+    fitted = {share: Detector(atom_share=share, calibration_fraction=0.0, progress=False)
+              .fit(frame) for share in (0.01, None)}
+    h = fitted[0.01].encoder_.atom_width_[0]
+    exact = np.log(0.5 / h + 0.5 * norm.pdf(0.0)) + norm.logpdf(probe["b"])
+    assert np.abs(fitted[0.01].log_likelihood(probe) - exact).max() < 0.5
+    assert (fitted[None].log_likelihood(probe) - exact).min() > 1.5
 
 
 @pytest.mark.parametrize(

@@ -94,10 +94,13 @@ def test_not_fitted_and_params() -> None:
         "exclude": ("id",),
         "max_discrete_levels": 20,
         "max_categories": 50,
+        "atom_share": 0.01,
     }
     assert enc.fit(train_frame()) is enc
     with pytest.raises(ValueError, match="scaling"):
         TabularEncoder(scaling="minmax").fit(train_frame())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="atom_share"):
+        TabularEncoder(atom_share=0.0).fit(train_frame())
 
 
 # ------------------------------------------------------------------------ log-Jacobian
@@ -200,6 +203,77 @@ def test_offsets_give_cell_corners_and_midpoints() -> None:
     np.testing.assert_allclose(X5 - X0, np.broadcast_to(0.5 * width, X0.shape), atol=1e-12)
     assert np.array_equal(X0[:, ~discrete], X5[:, ~discrete])
     assert np.array_equal(log0, log5)
+
+
+def spiky_frame(n: int = 500, seed: int = 0) -> pd.DataFrame:
+    """``spike``: 40% of rows exactly 2.0, the rest continuous; ``smooth``: no repeats;
+    ``rooms``: a discrete column."""
+    rng = np.random.default_rng(seed)
+    spike = np.where(rng.random(n) < 0.4, 2.0, rng.normal(0, 3, n))
+    spike[:3] = 7.5  # a repeated value below the 1% share: not an atom
+    return pd.DataFrame(
+        {
+            "spike": spike,
+            "smooth": rng.normal(10, 2, n),
+            "rooms": rng.integers(1, 6, n).astype(float),
+        }
+    )
+
+
+@pytest.mark.parametrize("scaling", ["standard", "robust"])
+def test_atoms_of_continuous_columns_get_one_scott_cell(scaling: str, tmp_path: Path) -> None:
+    df = spiky_frame()
+    enc = TabularEncoder(scaling=scaling).fit(df)  # type: ignore[arg-type]
+    spike = df["spike"].to_numpy()
+    assert [list(atoms) for atoms in enc.atoms_] == [[2.0], []]
+    h = 3.49 * spike.std() * len(spike) ** (-1 / 3)  # Scott's bin width, by hand
+    np.testing.assert_allclose(enc.atom_width_[0], h, rtol=1e-12)
+
+    X0, log0 = enc.transform(df, offset=0.0)
+    X5, log5 = enc.transform(df, offset=0.5)
+    at_atom = spike == 2.0
+    q25, median, q75 = np.percentile(spike, [25, 50, 75])
+    center, scale = (spike.mean(), spike.std()) if scaling == "standard" else (median, q75 - q25)
+    width_encoded = h / scale  # the scaler's unit
+    np.testing.assert_allclose(X5[at_atom, 0] - X0[at_atom, 0], 0.5 * width_encoded, rtol=1e-9)
+    assert np.array_equal(X0[~at_atom, 0], X5[~at_atom, 0])
+    assert np.array_equal(X0[:, 1], X5[:, 1]) and np.array_equal(log0, log5)
+    np.testing.assert_allclose(X5[:, 0], (spike - center) / scale, atol=1e-12)
+
+    widths = enc.cell_widths(df)
+    expected = np.tile(enc.dequantization_width_, (len(df), 1))
+    expected[at_atom, 0] = width_encoded
+    np.testing.assert_allclose(widths, expected, rtol=1e-9)
+
+    enc.save(tmp_path / "enc.skops")
+    loaded = TabularEncoder.load(tmp_path / "enc.skops")
+    assert np.array_equal(loaded.cell_widths(df), widths)
+    assert np.array_equal(loaded.transform(df, offset=0.0)[0], X0)
+
+
+@pytest.mark.parametrize(
+    "options", [{"atom_share": None}, {"scaling": "quantile"}], ids=["off", "quantile"]
+)
+def test_no_atoms_when_off_or_under_quantile_scaling(options: dict[str, object]) -> None:
+    df = spiky_frame()
+    enc = TabularEncoder(**options).fit(df)  # type: ignore[arg-type]
+    assert all(len(atoms) == 0 for atoms in enc.atoms_)
+    widths = enc.cell_widths(df)
+    assert np.array_equal(widths, np.tile(enc.dequantization_width_, (len(df), 1)))
+    assert np.array_equal(enc.transform(df, offset=0.0)[0][:, :2], enc.transform(df)[0][:, :2])
+
+
+def test_encoders_saved_before_atoms_load_without_atoms(tmp_path: Path) -> None:
+    df = spiky_frame()
+    enc = TabularEncoder(atom_share=None).fit(df)
+    enc.save(tmp_path / "enc.skops")
+    state = sio.load(tmp_path / "enc.skops", trusted=sio.get_untrusted_types(
+        file=tmp_path / "enc.skops"))
+    del state["atoms_"], state["atom_width_"], state["params"]["atom_share"]
+    sio.dump(state, tmp_path / "old.skops")
+    old = TabularEncoder.load(tmp_path / "old.skops")
+    assert old.atom_share is None and all(len(atoms) == 0 for atoms in old.atoms_)
+    assert np.array_equal(old.transform(df)[0], enc.transform(df)[0])
 
 
 # ------------------------------------------------------------ determinism and persistence

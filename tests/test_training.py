@@ -89,6 +89,40 @@ def test_gaussian_noise_smooths_the_fit():
     assert spread[0.5] == pytest.approx(math.sqrt(1.2504), abs=0.15)
 
 
+def _flat(parameters) -> torch.Tensor:
+    return torch.cat([p.detach().flatten().clone() for p in parameters])
+
+
+def test_weight_averaging_returns_the_moving_average_of_the_iterates(monkeypatch):
+    """With ``ema_decay`` the returned weights are the exponential moving average, computed
+    here by hand from the optimiser's iterates, at the step of the best validation epoch."""
+    iterates = []
+
+    class RecordingAdamW(torch.optim.AdamW):
+        def step(self, closure=None):
+            loss = super().step(closure)
+            iterates.append(_flat(p for group in self.param_groups for p in group["params"]))
+            return loss
+
+    monkeypatch.setattr(torch.optim, "AdamW", RecordingAdamW)
+    torch.manual_seed(0)
+    flow = RealNVP(2, n_layers=2, hidden=16)
+    train, val = _data(256, 0), _data(200, 1)
+    decay = 0.9
+    config = TrainConfig(batch_size=64, max_epochs=6, patience=100, ema_decay=decay,
+                         progress=False)
+    result = train_flow(flow, train, torch.zeros(2), val, torch.zeros(len(val)), config)
+    averages = [iterates[0]]
+    for weights in iterates[1:]:
+        averages.append(decay * averages[-1] + (1 - decay) * weights)
+    best_step = result.history[result.best_epoch]["step"]
+    np.testing.assert_allclose(_flat(flow.parameters()), averages[best_step - 1], atol=1e-5)
+    assert not torch.allclose(_flat(flow.parameters()), iterates[best_step - 1], atol=1e-3)
+    assert estimate_nll(flow, val, torch.zeros(len(val)), trim=0.05) == pytest.approx(
+        result.best_val_nll, abs=1e-6
+    )
+
+
 def test_a_nonfinite_loss_is_recovered_from():
     torch.manual_seed(0)
     flow = RealNVP(2, n_layers=2, hidden=16)
