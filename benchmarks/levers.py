@@ -50,6 +50,7 @@ from pipelines.detector import split_rows
 CONFIGS: dict[str, dict[str, Any]] = {
     "standard": {"scaling": "standard"},
     "standard-noatoms": {"scaling": "standard", "atom_share": None},
+    "student": {"scaling": "standard", "flow_options": {"base": "student"}},
     "quantile": {"scaling": "quantile"},
     "robust": {"scaling": "robust"},
     "standard-h64": {"scaling": "standard", "flow_options": {"hidden": 64}},
@@ -102,7 +103,7 @@ def run(args: argparse.Namespace) -> None:
                         test=model.decision_function(Xte),
                         y_test=y_te,
                         val_nll=model.detector.metrics_["val_nll"],
-                        val_crossover_auc=crossover_auc(model, Xtr, seed + 100 * member),
+                        **validation_scores(model, Xtr, seed + 100 * member),
                         fit_s=fit_s,
                     )
                     print(f"{name:16s} s{seed} {config:16s} m{member} "
@@ -140,14 +141,16 @@ def separation_auc(normal_scores: np.ndarray, outlier_scores: np.ndarray) -> flo
     return float(roc_auc_score(labels, rankdata(scores)))
 
 
-def crossover_auc(model: ProtocolDetector, Xtr: np.ndarray, seed: int) -> float:
-    """Separation of the fit's own validation rows (training split only) from crossovers of
-    them: a label-free criterion to choose settings by (module docstring)."""
+def validation_scores(model: ProtocolDetector, Xtr: np.ndarray, seed: int) -> dict[str, Any]:
+    """Scores of the fit's own validation rows (training split only), and the separation of
+    those rows from crossovers of them: a label-free criterion to choose settings by (module
+    docstring). The scores give the untrimmed validation NLL too (their mean)."""
     detector = model.detector
     _, val_rows, _ = split_rows(len(Xtr), (detector.validation_fraction, 0.0), seed)
     val = model.frame(Xtr[val_rows])
-    outliers = crossover_outliers(val, seed=seed)
-    return separation_auc(detector.score_samples(val), detector.score_samples(outliers))
+    scores = detector.score_samples(val)
+    outliers = detector.score_samples(crossover_outliers(val, seed=seed))
+    return {"val_scores": scores, "val_crossover_auc": separation_auc(scores, outliers)}
 
 
 def load(out: Path) -> pd.DataFrame:
@@ -158,6 +161,8 @@ def load(out: Path) -> pd.DataFrame:
             rows.append({"dataset": name, "config": config, "seed": int(seed[1:]),
                          "member": int(member[1:]), "val_nll": float(z["val_nll"]),
                          "val_crossover_auc": float(z.get("val_crossover_auc", np.nan)),
+                         "val_nll_full": float(np.mean(z["val_scores"])) if "val_scores" in z
+                         else np.nan,
                          "fit_s": float(z["fit_s"]), "cal": z["cal"], "test": z["test"],
                          "y_test": z["y_test"]})
     return pd.DataFrame(rows)
@@ -196,6 +201,10 @@ def analyse(out: Path) -> None:
                             **_metrics(chosen.iloc[:1])})
             results.append({"dataset": name, "seed": seed, "variant": "select-ens",
                             **_metrics(chosen)})
+            if group["val_nll_full"].notna().all():
+                full = group.loc[group.groupby("member")["val_nll_full"].idxmin()]
+                results.append({"dataset": name, "seed": seed, "variant": "select-fullnll",
+                                **_metrics(full.iloc[:1])})
             if group["val_crossover_auc"].notna().all():
                 crossed = group.loc[group.groupby("member")["val_crossover_auc"].idxmax()]
                 results.append({"dataset": name, "seed": seed, "variant": "select-crossover",
@@ -213,6 +222,10 @@ def analyse(out: Path) -> None:
     if df["val_crossover_auc"].notna().any():
         print("\nvalidation crossover AUC (training split only), mean over seeds and members:")
         print(df.pivot_table(index="dataset", columns="config", values="val_crossover_auc")
+              .round(3).to_string())
+    if df["val_nll_full"].notna().any():
+        print("\nuntrimmed validation NLL, mean over seeds and members:")
+        print(df.pivot_table(index="dataset", columns="config", values="val_nll_full")
               .round(3).to_string())
     chosen_counts = df.loc[df.groupby(["dataset", "seed", "member"])["val_nll"].idxmin()]
     print("\nconfiguration chosen by validation NLL (count over seeds x members):")

@@ -45,14 +45,21 @@ class Flow(nn.Module):
         """Constructor keyword arguments (besides ``dim``) that rebuild this architecture."""
         raise NotImplementedError
 
+    def base_log_prob(self, z: Tensor) -> Tensor:
+        """Log-density of the base distribution (a standard normal), per row."""
+        return standard_normal_log_prob(z)
+
+    def base_sample(self, n: int) -> Tensor:
+        """``n`` draws from the base distribution."""
+        reference = next(self.parameters())
+        return torch.randn(n, self.dim, device=reference.device, dtype=reference.dtype)
+
     def log_prob(self, x: Tensor) -> Tensor:
         """Exact log-density of each row of ``x`` in nats, shape ``(n,)``."""
         z, log_det = self.inverse(x)
-        return standard_normal_log_prob(z) + log_det
+        return self.base_log_prob(z) + log_det
 
     @torch.no_grad()
     def sample(self, n: int) -> Tensor:
         """Draws ``n`` samples, shape ``(n, dim)``."""
-        reference = next(self.parameters())
-        z = torch.randn(n, self.dim, device=reference.device, dtype=reference.dtype)
-        return self.forward(z)[0]
+        return self.forward(self.base_sample(n))[0]
