@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from torchdiffeq import odeint, odeint_adjoint
 
-from .base import Flow, standard_normal_log_prob
+from .base import Flow
 from .divergence import make_probe, vector_jacobian_product
 
 TrainDivergence = Literal["exact", "rademacher", "gaussian"]
@@ -349,7 +349,7 @@ class FFJORD(Flow):
             (x, zero, zero, zero), self.time_length, 0.0, dynamics
         )
         # Integrated backwards in time, the accumulated integrals come out negated.
-        log_prob = standard_normal_log_prob(z) + log_det
+        log_prob = self.base_log_prob(z) + log_det
         return log_prob, -kinetic, -frobenius
 
     def flow_matching_loss(self, x: Tensor) -> Tensor:
@@ -364,7 +364,7 @@ class FFJORD(Flow):
         Arguments:
             x: data rows, shape ``(n, dim)``.
         """
-        base = torch.randn_like(x)
+        base = self.base_sample(len(x)).to(x)
         t = torch.rand(x.shape[0], 1, device=x.device, dtype=x.dtype)
         z_t = (1 - t) * base + t * x
         velocity = self.field(t * self.time_length, z_t)

@@ -291,8 +291,9 @@ class TabularEncoder(BaseEstimator):
         blocks = []
         if self.cont_scaler_ is not None:
             cont = self.cont_imputer_.transform(self._continuous(values))
-            for j, at_atom in self._atom_masks(cont):
-                cont[at_atom, j] += (offset - 0.5) * self.atom_width_[j]
+            if offset != 0.5:  # scoring (0.5) puts an atom at its own value: nothing to move
+                for j, at_atom in self._atom_masks(cont):
+                    cont[at_atom, j] += (offset - 0.5) * self.atom_width_[j]
             if self.scaling == "quantile":
                 z = np.empty_like(cont)
                 for j, (xk, fk) in enumerate(self.quantile_knots_):
