@@ -34,7 +34,9 @@ class ProtocolDetector:
     def fit(self, X: np.ndarray) -> ProtocolDetector:
         self.detector.fit(self.frame(X))
         metrics = self.detector.metrics_
-        self.info_ = f"epochs={metrics['epochs']} best={metrics['best_epoch']}"
+        best = metrics["best_epoch"]
+        best = "/".join(map(str, best)) if isinstance(best, list) else best
+        self.info_ = f"epochs={metrics['epochs']} best={best} val_nll={metrics['val_nll']:.4f}"
         return self
 
     def decision_function(self, X: np.ndarray) -> np.ndarray:
@@ -47,6 +49,7 @@ def run_benchmark(
     *,
     model: str = "realnvp",
     objective: str = "likelihood",
+    members: int = 1,
     seeds: tuple[int, ...] = protocol.SEEDS,
     datasets: list[str] | None = None,
     log: Callable[[str], None] = print,
@@ -54,7 +57,8 @@ def run_benchmark(
 ) -> tuple[Path, Path]:
     """Runs every ``*.npz`` in ``data_dir`` through the protocol; returns (csv, markdown) paths.
 
-    The detector is named ``flowad-{model}``, with ``-fm`` appended when trained by flow matching.
+    The detector is named ``flowad-{model}``, with ``-fm`` appended when trained by flow matching
+    and ``-mix{members}`` for a mixture of ``members > 1`` flows.
 
     Rows already in the output CSV (same dataset, detector and seed) are kept and not rerun, so
     an interrupted benchmark resumes where it stopped.
@@ -62,6 +66,10 @@ def run_benchmark(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     detector_name = f"flowad-{model}" + ("-fm" if objective == "flow_matching" else "")
+    if members > 1:
+        detector_name += f"-mix{members}"
+        options = {**options, "flow_options": {**options.get("flow_options", {}),
+                                                "members": members}}
     options = {**options, "train_options": {**options.get("train_options", {}),
                                             "objective": objective}}
     csv_path = output_dir / f"{detector_name}.csv"

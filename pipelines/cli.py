@@ -72,6 +72,9 @@ def train(
         "0 turns it off.")] = 0.01,
     max_epochs: Annotated[int | None, typer.Option(help="Cap on training epochs.")] = None,
     objective: Objective = "likelihood",
+    members: Annotated[int, typer.Option(
+        help="Flows in an equal-weight mixture (each trained with its own seed); 0 or 1: one "
+        "flow.", min=0)] = 0,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Train a detector on DATA and save it to the model store; prints the model tag."""
@@ -91,11 +94,13 @@ def train(
         detector = Detector(
             model, target_fpr=target_fpr, scaling=scaling, exclude=excluded, random_state=seed,
             atom_share=atom_share or None, train_options=train_options,
+            flow_options={"members": members} if members > 1 else None,
         ).fit(frame)
     tag = save_detector(detector, name)
     metrics = detector.metrics_
     typer.echo(
-        f"trained {model} on {metrics['n_train']} rows: validation NLL {metrics['val_nll']:.4f}, "
+        f"trained {model} ({metrics['members']} flow(s)) on {metrics['n_train']} rows: "
+        f"validation NLL {metrics['val_nll']:.4f}, "
         f"threshold {detector.threshold_:.4f} at target FPR {target_fpr}",
         err=True,
     )
@@ -226,12 +231,13 @@ def benchmark(
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "0,1,2",
     datasets: Annotated[str | None, typer.Option(help="Comma-separated dataset names.")] = None,
     objective: Objective = "likelihood",
+    members: Annotated[int, typer.Option(help="Flows in an equal-weight mixture.", min=1)] = 1,
 ) -> None:
     """Run the evaluation protocol on every dataset; CSV + markdown vs the ten baselines."""
     from pipelines.benchmark import run_benchmark
 
     csv_path, md_path = run_benchmark(
-        data_dir, output, model=model, objective=objective,
+        data_dir, output, model=model, objective=objective, members=members,
         seeds=tuple(int(s) for s in seeds.split(",")),
         datasets=datasets.split(",") if datasets else None,
     )

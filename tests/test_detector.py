@@ -5,6 +5,7 @@ from conftest import mixed_frame
 from scipy.stats import betabinom, norm
 
 from pipelines import Detector, SchemaError
+from pipelines.detector import default_flow_options
 from pipelines.protocol import load_npz
 
 FAST = {"max_epochs": 15, "patience": 5}
@@ -131,3 +132,9 @@ def test_an_all_nan_column_is_rejected_at_fit():
     frame = mixed_frame(200).assign(broken=np.nan)
     with pytest.raises(SchemaError, match="broken"):
         Detector(exclude=["id"], progress=False).fit(frame)
+
+
+def test_default_flow_options_grow_realnvp_from_200k_rows_and_build_one_flow():
+    assert default_flow_options("realnvp", 199_999) == {"n_layers": 8, "hidden": 128}
+    assert default_flow_options("realnvp", 200_000) == {"n_layers": 10, "hidden": 256}
+    assert default_flow_options("ffjord", 1_000) == {}

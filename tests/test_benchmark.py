@@ -1,0 +1,26 @@
+"""``flowad benchmark`` runs the protocol with our detector (pipelines/benchmark.py)."""
+
+from pathlib import Path
+
+import numpy as np
+
+from pipelines import protocol
+from pipelines.benchmark import run_benchmark
+
+
+def test_a_mixture_benchmark_names_its_rows_and_records_each_members_fit(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    X = np.r_[rng.normal(size=(300, 3)), rng.normal(4.0, 1.0, size=(20, 3))]
+    y = np.r_[np.zeros(300, dtype=int), np.ones(20, dtype=int)]
+    np.savez(tmp_path / "1_toy.npz", X=X, y=y)
+    csv_path, md_path = run_benchmark(
+        tmp_path, tmp_path / "out", members=2, seeds=(0,), log=lambda _: None,
+        train_options={"max_epochs": 3},
+    )
+    (row,) = protocol.read_rows(csv_path)
+    assert row["detector"] == "flowad-realnvp-mix2" and not row["error"]
+    assert float(row["roc_auc"]) > 0.9  # anomalies 4 standard deviations away
+    best, val_nll = row["info"].split()[1:]
+    assert len(best.removeprefix("best=").split("/")) == 2  # one early-stopping epoch per member
+    assert np.isfinite(float(val_nll.removeprefix("val_nll=")))
+    assert "flowad-realnvp-mix2" in md_path.read_text()
