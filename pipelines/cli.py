@@ -73,8 +73,7 @@ def train(
     max_epochs: Annotated[int | None, typer.Option(help="Cap on training epochs.")] = None,
     objective: Objective = "likelihood",
     members: Annotated[int, typer.Option(
-        help="Flows in an equal-weight mixture (each trained with its own seed); 0 or 1: one "
-        "flow.", min=0)] = 0,
+        help="Flows in an equal-weight mixture, each trained with its own seed.", min=1)] = 1,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Train a detector on DATA and save it to the model store; prints the model tag."""
