@@ -1,7 +1,8 @@
 """Measure detection-quality levers on the benchmark protocol (issue 6).
 
-For each dataset, protocol seed and named configuration, fits ``--members`` detectors (member m
-uses ``random_state = seed + 100 * m``, so member 0 is exactly what ``flowad benchmark`` fits)
+For each dataset, protocol seed and named configuration, fits ``--members`` one-flow detectors
+(member m uses ``random_state = seed + 100 * m``, so member 0 is exactly what ``flowad benchmark
+--members 1`` fits, and the first flow of the default mixture)
 and stores, per member, the validation NLL (from the training split only), the fit time and the
 calibration/test scores. ``--analyse`` then prints, per dataset, the test ROC-AUC of:
 
@@ -73,6 +74,11 @@ for _trim in (0.01, 0.02, 0.05, 0.1):
         }
 
 
+def one_flow(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with one flow per detector: the ensembles here are built from members."""
+    return {**options, "flow_options": {**options.get("flow_options", {}), "members": 1}}
+
+
 def run(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -94,7 +100,7 @@ def run(args: argparse.Namespace) -> None:
                         continue
                     start = time.perf_counter()
                     model = ProtocolDetector(
-                        args.model, seed + 100 * member, **CONFIGS[config]
+                        args.model, seed + 100 * member, **one_flow(CONFIGS[config])
                     ).fit(Xtr)
                     fit_s = time.perf_counter() - start
                     np.savez(

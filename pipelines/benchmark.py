@@ -49,7 +49,7 @@ def run_benchmark(
     *,
     model: str = "realnvp",
     objective: str = "likelihood",
-    members: int = 1,
+    members: int | None = None,
     seeds: tuple[int, ...] = protocol.SEEDS,
     datasets: list[str] | None = None,
     log: Callable[[str], None] = print,
@@ -57,8 +57,9 @@ def run_benchmark(
 ) -> tuple[Path, Path]:
     """Runs every ``*.npz`` in ``data_dir`` through the protocol; returns (csv, markdown) paths.
 
-    The detector is named ``flowad-{model}``, with ``-fm`` appended when trained by flow matching
-    and ``-mix{members}`` for a mixture of ``members > 1`` flows.
+    The detector is named ``flowad-{model}``, with ``-fm`` appended when trained by flow matching.
+    ``members`` overrides the default number of flows in the mixture and is named in the rows:
+    ``-mix{members}``, or ``-single`` for one flow.
 
     Rows already in the output CSV (same dataset, detector and seed) are kept and not rerun, so
     an interrupted benchmark resumes where it stopped.
@@ -66,8 +67,8 @@ def run_benchmark(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     detector_name = f"flowad-{model}" + ("-fm" if objective == "flow_matching" else "")
-    if members > 1:
-        detector_name += f"-mix{members}"
+    if members is not None:
+        detector_name += f"-mix{members}" if members > 1 else "-single"
         options = {**options, "flow_options": {**options.get("flow_options", {}),
                                                 "members": members}}
     options = {**options, "train_options": {**options.get("train_options", {}),

@@ -72,8 +72,9 @@ def train(
         "0 turns it off.")] = 0.01,
     max_epochs: Annotated[int | None, typer.Option(help="Cap on training epochs.")] = None,
     objective: Objective = "likelihood",
-    members: Annotated[int, typer.Option(
-        help="Flows in an equal-weight mixture, each trained with its own seed.", min=1)] = 1,
+    members: Annotated[int | None, typer.Option(
+        help="Flows in an equal-weight mixture, each trained with its own seed "
+        "[default: 3 for realnvp, 1 for ffjord].", min=1, show_default=False)] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Train a detector on DATA and save it to the model store; prints the model tag."""
@@ -93,7 +94,7 @@ def train(
         detector = Detector(
             model, target_fpr=target_fpr, scaling=scaling, exclude=excluded, random_state=seed,
             atom_share=atom_share or None, train_options=train_options,
-            flow_options={"members": members} if members > 1 else None,
+            flow_options={"members": members} if members else None,
         ).fit(frame)
     tag = save_detector(detector, name)
     metrics = detector.metrics_
@@ -230,7 +231,9 @@ def benchmark(
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "0,1,2",
     datasets: Annotated[str | None, typer.Option(help="Comma-separated dataset names.")] = None,
     objective: Objective = "likelihood",
-    members: Annotated[int, typer.Option(help="Flows in an equal-weight mixture.", min=1)] = 1,
+    members: Annotated[int | None, typer.Option(
+        help="Flows in an equal-weight mixture [default: the detector's default]; names the "
+        "rows -mix{N} (-single for 1).", min=1, show_default=False)] = None,
 ) -> None:
     """Run the evaluation protocol on every dataset; CSV + markdown vs the ten baselines."""
     from pipelines.benchmark import run_benchmark

@@ -24,3 +24,14 @@ def test_a_mixture_benchmark_names_its_rows_and_records_each_members_fit(tmp_pat
     assert len(best.removeprefix("best=").split("/")) == 2  # one early-stopping epoch per member
     assert np.isfinite(float(val_nll.removeprefix("val_nll=")))
     assert "flowad-realnvp-mix2" in md_path.read_text()
+
+
+def test_a_benchmark_that_asks_for_one_flow_names_its_rows_single(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(190, dtype=int), np.ones(10, dtype=int)]
+    np.savez(tmp_path / "1_toy.npz", X=rng.normal(size=(200, 2)), y=y)
+    csv_path, _ = run_benchmark(tmp_path, tmp_path / "out", members=1, seeds=(0,),
+                                log=lambda _: None, train_options={"max_epochs": 2})
+    (row,) = protocol.read_rows(csv_path)
+    assert row["detector"] == "flowad-realnvp-single" and not row["error"]
+    assert "/" not in row["info"].split()[1]  # one flow: one early-stopping epoch

@@ -36,18 +36,18 @@ def test_train_prints_the_tag_and_models_lists_it(tag):
     assert result.exit_code == 0 and "cli-test" in result.stdout
 
 
-def test_train_builds_one_flow_unless_members_asks_for_a_mixture(tag, labelled_csv):
+def test_train_mixes_three_realnvp_flows_unless_members_says_otherwise(tag, labelled_csv):
     from flowmodels import FlowMixture, RealNVP
     from pipelines.store import load_detector
 
-    assert isinstance(load_detector(tag).flow_, RealNVP)
-    result = runner.invoke(app, ["train", str(labelled_csv), "--name", "cli-mix", "--exclude",
-                                 "id", "--label", "label", "--max-epochs", "2", "--members", "3"])
+    default = load_detector(tag)
+    assert isinstance(default.flow_, FlowMixture) and len(default.flow_.components) == 3
+    result = runner.invoke(app, ["train", str(labelled_csv), "--name", "cli-one", "--exclude",
+                                 "id", "--label", "label", "--max-epochs", "2", "--members", "1"])
     assert result.exit_code == 0, result.output
-    assert "(3 flow(s))" in result.output
-    mixture = load_detector(result.stdout.strip().splitlines()[-1])
-    assert isinstance(mixture.flow_, FlowMixture) and len(mixture.flow_.components) == 3
-    assert mixture.metrics_["members"] == 3
+    assert "(1 flow(s))" in result.output
+    single = load_detector(result.stdout.strip().splitlines()[-1])
+    assert isinstance(single.flow_, RealNVP) and single.metrics_["members"] == 1
 
 
 def test_train_ffjord_by_flow_matching_without_atoms(labelled_csv):

@@ -84,7 +84,7 @@ def test_every_dataset_kind_trains_without_nonfinite_values(adbench_dir, name):
     X = X[y == 0][:3000]
     frame = pd.DataFrame(X, columns=[f"f{j}" for j in range(X.shape[1])])
     detector = Detector(train_options={"max_epochs": 3}, progress=False).fit(frame)
-    assert detector.metrics_["members"] == 1
+    assert detector.metrics_["members"] == 3
     assert all(np.isfinite(h["train_nll"]) and np.isfinite(h["val_nll"])
                for h in detector.history_)
     assert detector.metrics_["recovered_nonfinite"] == 0
@@ -100,7 +100,8 @@ def test_an_atom_of_a_continuous_column_gets_its_mass_per_cell_not_a_spike():
     frame = pd.DataFrame({"a": np.where(rng.random(n) < 0.5, 0.0, rng.normal(0, 1, n)),
                           "b": rng.normal(0, 1, n)})
     probe = pd.DataFrame({"a": 0.0, "b": [-0.5, 0.0, 0.5]})
-    fitted = {share: Detector(atom_share=share, calibration_fraction=0.0, progress=False)
+    fitted = {share: Detector(atom_share=share, calibration_fraction=0.0, progress=False,
+                              flow_options={"members": 1})  # one flow: a third of the time
               .fit(frame) for share in (0.01, None)}
     h = fitted[0.01].encoder_.atom_width_[0]
     exact = np.log(0.5 / h + 0.5 * norm.pdf(0.0)) + norm.logpdf(probe["b"])
@@ -134,7 +135,8 @@ def test_an_all_nan_column_is_rejected_at_fit():
         Detector(exclude=["id"], progress=False).fit(frame)
 
 
-def test_default_flow_options_grow_realnvp_from_200k_rows_and_build_one_flow():
-    assert default_flow_options("realnvp", 199_999) == {"n_layers": 8, "hidden": 128}
-    assert default_flow_options("realnvp", 200_000) == {"n_layers": 10, "hidden": 256}
+def test_default_flow_options_grow_realnvp_from_200k_rows_and_mix_three_flows():
+    assert default_flow_options("realnvp", 199_999) == {"n_layers": 8, "hidden": 128, "members": 3}
+    assert default_flow_options("realnvp", 200_000) == {"n_layers": 10, "hidden": 256,
+                                                        "members": 3}
     assert default_flow_options("ffjord", 1_000) == {}
