@@ -56,8 +56,10 @@ class Detector(BaseEstimator):
 
     ``fit`` splits the rows into train / validation / calibration, fits a
     :class:`~pipelines.encoder.TabularEncoder` on train, trains a flow by maximum likelihood
-    (early stopping on validation NLL) and calibrates a conformal threshold on the calibration
-    rows. Scores are ``-log p(record)`` in the units of the raw data (higher = more anomalous).
+    (early stopping on validation NLL; by default RealNVP is an equal-weight mixture of three
+    flows, see :func:`default_flow_options`) and calibrates a conformal threshold on the
+    calibration rows. Scores are ``-log p(record)`` in the units of the raw data (higher = more
+    anomalous).
 
     Arguments:
         model: ``"realnvp"`` or ``"ffjord"``.
