@@ -45,10 +45,21 @@ class SchemaError(ValueError):
         row: the 0-based positional row, if one.
     """
 
-    def __init__(self, message: str, column: str | None = None, row: int | None = None) -> None:
+    def __init__(self, message: str, column: str | None = None, row: int | None = None,
+                 problem: str | None = None) -> None:
         super().__init__(message)
         self.column = column
         self.row = row
+        self.problem = problem
+
+    def in_file(self, first_row: int) -> SchemaError:
+        """The same error about a chunk that starts at row ``first_row`` of a file, naming
+        the row in the file (a chunk's own positions mean nothing to the user)."""
+        if self.row is None or self.column is None or self.problem is None:
+            return self
+        row = first_row + self.row
+        return SchemaError(f"column {self.column!r}, row {row}: {self.problem}",
+                           column=self.column, row=row, problem=self.problem)
 
     @classmethod
     def at(cls, frame: pd.DataFrame, column: str, row: int, problem: str) -> SchemaError:
@@ -63,7 +74,8 @@ class SchemaError(ValueError):
         label = frame.index[row]
         plain = isinstance(label, int | np.integer) and label == row
         where = f"row {row}" if plain else f"row {row} (index label {label!r})"
-        return cls(f"column {column!r}, {where}: {problem}", column=column, row=row)
+        return cls(f"column {column!r}, {where}: {problem}", column=column, row=row,
+                   problem=problem)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import pandas as pd
 import pyarrow as pa
@@ -29,14 +30,23 @@ def read_table(path: str | Path) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
-def iter_table(path: str | Path, chunk_rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
+def iter_table(
+    source: str | Path | BinaryIO, chunk_rows: int = CHUNK_ROWS, *, fmt: str | None = None
+) -> Iterator[pd.DataFrame]:
     """Yields consecutive chunks of at most ``chunk_rows`` rows; the index counts from 0 across
-    chunks, so error messages name the row of the file."""
-    if table_format(path) == "csv":
-        yield from pd.read_csv(path, chunksize=chunk_rows)
+    chunks, so error messages name the row of the file.
+
+    Arguments:
+        source: a file path, or an open binary file (seekable for Parquet) with ``fmt``.
+        chunk_rows: rows per chunk.
+        fmt: ``"csv"`` or ``"parquet"``; by default from the path's extension.
+    """
+    fmt = fmt or table_format(source)
+    if fmt == "csv":
+        yield from pd.read_csv(source, chunksize=chunk_rows)
         return
     offset = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows):
+    for batch in pq.ParquetFile(source).iter_batches(batch_size=chunk_rows):
         frame = batch.to_pandas()
         frame.index = pd.RangeIndex(offset, offset + len(frame))
         offset += len(frame)

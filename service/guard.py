@@ -1,4 +1,4 @@
-"""ASGI middleware that rejects oversized and malformed JSON request bodies with a clear 4xx.
+"""ASGI middleware that rejects oversized and malformed request bodies with a clear 4xx.
 
 BentoML has no request-size limit, and a body that isn't JSON reaches its parser as a 500.
 This middleware reads the body of JSON POSTs once (stopping as soon as it exceeds the limit),
@@ -6,12 +6,17 @@ checks that it parses and has the shape ``[{...}, ...]`` or ``{"records": [{...}
 and hands the parsed records on in the ASGI scope (``scope[PARSED_RECORDS]``): the API's input
 spec takes them from there instead of parsing the body a second time (pydantic's parse was 7%
 of a 1000-record request), so either shape is accepted. The body is replayed unchanged.
+
+Uploads are not buffered (a 512 MiB file would sit in memory several times over): their bytes
+pass through as they arrive, counted, and the first message past the limit raises
+:class:`BodyTooLargeError`, which becomes a 413 unless the route answered already.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+import reprlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -25,15 +30,41 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 PARSED_RECORDS = "flowad.records"  # the scope key of a checked body's record list
 
+# Echoed values are cut short: a 1 MB string or a list nested 900 deep must not come back
+# whole in an error body (or take the time and stack its full repr would).
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlist, _SHORT.maxdict = 2, 60, 60, 4, 4
+
+
+def short_repr(value: Any) -> str:
+    """``repr(value)``, cut to about 60 characters and two levels of nesting."""
+    return _SHORT.repr(value)
+
+
+class BodyTooLargeError(Exception):
+    """An upload went past its byte limit while it was being read."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body exceeds {limit} bytes")
+        self.limit = limit
+
 
 def parse_json(body: bytes) -> Any:
     """orjson (3x faster) with a fallback to the standard parser, which also accepts the
     ``NaN``/``Infinity`` tokens that clients such as Python's ``json`` emit: their values
-    then reach validation and are rejected there with the row and column named."""
+    then reach validation and are rejected there with the row and column named.
+
+    Raises:
+        ValueError: not JSON, or nested too deeply to be records (the standard parser raises
+            ``RecursionError`` past ~1000 levels; orjson stops at 1024).
+    """
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError:
-        return json.loads(body)
+        try:
+            return json.loads(body)
+        except RecursionError:
+            raise ValueError("JSON nested too deeply (records are flat objects)") from None
 
 
 def records_of(body: Any) -> list[Any] | None:
@@ -52,7 +83,7 @@ def shape_error(body: Any) -> str | None:
         return 'expected a JSON array of records or an object {"records": [...]}'
     for row, record in enumerate(records):
         if not isinstance(record, dict):
-            return f"row {row}: expected an object keyed by column name, got {record!r:.60}"
+            return f"row {row}: expected an object keyed by column name, got {short_repr(record)}"
     return None
 
 
@@ -88,6 +119,9 @@ class RequestGuard:
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await self._reject(send, 413, "too_large", f"request body exceeds {limit} bytes")
             return
+        if path in self.upload_routes:
+            await self._stream_upload(scope, receive, send, limit)
+            return
         body = bytearray()
         more = True
         while more:
@@ -97,27 +131,52 @@ class RequestGuard:
                 await self._reject(send, 413, "too_large", f"request body exceeds {limit} bytes")
                 return
             more = message.get("more_body", False)
-        if path in self.json_routes:
-            try:
-                parsed = parse_json(bytes(body))
-            except (ValueError, UnicodeDecodeError) as error:
-                await self._reject(send, 400, "malformed_json", f"malformed JSON: {error}")
-                return
-            problem = shape_error(parsed)
-            if problem:
-                await self._reject(send, 400, "validation", problem)
-                return
-            scope = {**scope, PARSED_RECORDS: records_of(parsed)}
+        try:
+            parsed = parse_json(bytes(body))
+        except (ValueError, UnicodeDecodeError) as error:
+            await self._reject(send, 400, "malformed_json", f"malformed JSON: {error}")
+            return
+        problem = shape_error(parsed)
+        if problem:
+            await self._reject(send, 400, "validation", problem)
+            return
+        scope = {**scope, PARSED_RECORDS: records_of(parsed)}
         replayed = False
 
         async def replay() -> Message:
             nonlocal replayed
-            if replayed:
-                return {"type": "http.disconnect"}
+            if replayed:  # then the real channel, so that a client's disconnect is seen
+                return await receive()
             replayed = True
             return {"type": "http.request", "body": bytes(body), "more_body": False}
 
         await self.app(scope, replay, send)
+
+    async def _stream_upload(self, scope: Scope, receive: Receive, send: Send,
+                             limit: int) -> None:
+        """Passes an upload through as it arrives, counting its bytes; 413 past ``limit``."""
+        received = 0
+        started = False
+
+        async def counted_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise BodyTooLargeError(limit)
+            return message
+
+        async def watched_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, watched_send)
+        except BodyTooLargeError as error:
+            if started:  # the route answered already; nothing left to say
+                raise
+            await self._reject(send, 413, "too_large", str(error))
 
     async def _reject(self, send: Send, status: int, reason: str, message: str) -> None:
         self.on_reject(reason)

@@ -8,13 +8,21 @@ rejections and ``quantile`` of the reference quantiles.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-REJECTION_REASONS = ("malformed_json", "validation", "schema", "too_large", "empty")
+REJECTION_REASONS = ("malformed_json", "validation", "schema", "too_large", "empty",
+                     "unscorable")
+# BentoML labels its request metrics with the raw path, so every random path a scanner tries
+# would become a new series; paths outside the service's routes share this one label value.
+UNMATCHED_ENDPOINT = "/unmatched"
+ORIGINAL_PATH = "flowad.original_path"  # scope key: the path before it was relabelled
 REFERENCE_QUANTILES = (0.5, 0.9, 0.99)
 # Score histogram buckets at these calibration quantiles, so each bucket's observed share can
 # be compared with the reference share it was built from.
@@ -106,3 +114,77 @@ def score_buckets(quantile_values: np.ndarray) -> tuple[float, ...]:
     """Strictly increasing finite bucket bounds (ties between quantiles are merged)."""
     finite = [float(v) for v in np.unique(quantile_values) if np.isfinite(v)]
     return (*finite, float("inf"))
+
+
+def bound_endpoint_label(is_known: Callable[[str], bool]) -> None:
+    """Makes BentoML's request metrics label any path for which ``is_known`` is false as
+    ``UNMATCHED_ENDPOINT``. BentoML has no option for this, so its metrics middleware (the
+    outermost one) is wrapped; :class:`RestorePath` gives routing the real path back.
+    Idempotent; checked by a test against a real ``bentoml serve``."""
+    from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
+
+    middleware: Any = RunnerTrafficMetricsMiddleware
+    if getattr(middleware, "flowad_bounded", False):
+        return
+    original = middleware.__call__
+
+    async def relabelled(self: Any, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        path = scope.get("path", "")
+        if scope.get("type") == "http" and not is_known(path):
+            scope = {**scope, "path": UNMATCHED_ENDPOINT, ORIGINAL_PATH: path}
+        await original(self, scope, receive, send)
+
+    middleware.__call__ = relabelled
+    middleware.flowad_bounded = True
+
+
+class RestorePath:
+    """ASGI middleware that undoes :func:`bound_endpoint_label`'s relabelling for routing.
+
+    Arguments:
+        app: the wrapped ASGI application.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if ORIGINAL_PATH in scope:
+            scope = {**scope, "path": scope[ORIGINAL_PATH]}
+        await self.app(scope, receive, send)
+
+
+def forget_dead_processes(directory: str | None = None) -> list[int]:
+    """Removes the live-gauge files of processes that no longer exist; returns their pids.
+
+    In multiprocess mode every process writes its gauges to files named by its pid, and only
+    a clean exit removes them: after a ``kill -9`` (or an OOM kill) of a worker, its last
+    drift and model gauges would stay in ``/metrics`` for ever. Counters and histograms of dead
+    processes are kept, as they must be (totals never go down). Each worker calls this when it
+    starts, which is when BentoML replaces a dead one.
+
+    Arguments:
+        directory: the multiprocess directory; default ``PROMETHEUS_MULTIPROC_DIR``.
+    """
+    from prometheus_client import multiprocess
+
+    directory = directory or os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        return []
+    pids = {int(path.stem.rsplit("_", 1)[1])
+            for path in Path(directory).glob("gauge_live*_*.db")
+            if path.stem.rsplit("_", 1)[1].isdigit()}
+    dead = sorted(pid for pid in pids if not _alive(pid))
+    for pid in dead:
+        multiprocess.mark_process_dead(pid, directory)
+    return dead
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True

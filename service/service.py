@@ -16,11 +16,13 @@ is its own process and the front's workers reach it over BentoML's internal tran
 
 from __future__ import annotations
 
+import logging
 import math
 import time
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
-from pathlib import Path
 from typing import Any
 
 import bentoml
@@ -28,10 +30,11 @@ import numpy as np
 import orjson
 import pandas as pd
 import torch
+from anyio import to_thread
 from bentoml.exceptions import BentoMLException
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from pipelines import registry
@@ -42,8 +45,10 @@ from service.drift import DriftWindow
 from service.follower import LoadedModel, ModelFollower
 from service.guard import PARSED_RECORDS, AdminAuth, RequestGuard
 from service.settings import Settings
+from service.uploads import UploadError, read_upload
 
 SETTINGS = Settings.from_env()
+log = logging.getLogger("flowad.service")
 UNKNOWN_CATEGORY_POLICY = (
     "unseen categories are scored, not rejected: they map to the column's 'unknown' slot, "
     "which training never saw, so they raise the score"
@@ -94,16 +99,45 @@ class Verdicts:
         columns = list(zip(*rows, strict=True))
         return cls(*(np.asarray(c) for c in columns[:4]), *rows[0][4:])
 
+    @classmethod
+    def concat(cls, parts: list[Verdicts]) -> Verdicts:
+        """One request's verdicts from those of its chunks (all scored by one model)."""
+        columns = (np.concatenate([getattr(p, c) for p in parts]) for c in VERDICT_COLUMNS)
+        first = parts[0]
+        return cls(*columns, first.tag, first.threshold, first.target_fpr)
+
+    def __len__(self) -> int:
+        return len(self.score)
+
+    def results(self, start: int = 0, stop: int | None = None) -> list[dict[str, Any]]:
+        """Per-record verdicts of rows ``start:stop``, as the response lists them."""
+        part = slice(start, stop)
+        return [
+            {"score": s, "log_likelihood": ll, "p_value": p, "is_anomaly": a}
+            for s, ll, p, a in zip(self.score[part].tolist(), self.log_likelihood[part].tolist(),
+                                   self.p_value[part].tolist(), self.is_anomaly[part].tolist(),
+                                   strict=True)
+        ]
+
+    def head(self, unknown: dict[str, int]) -> dict[str, Any]:
+        """Everything in the response but the per-record results."""
+        return {"model": self.tag, "threshold": self.threshold, "target_fpr": self.target_fpr,
+                "n": len(self), "unknown_categories": unknown}
+
     def response(self, unknown: dict[str, int]) -> dict[str, Any]:
         """The ``/score`` body. orjson writes non-finite floats as null: JSON has no infinity,
         and an infinite score (a record the model gives zero density) is certainly anomalous."""
-        results = [
-            {"score": s, "log_likelihood": ll, "p_value": p, "is_anomaly": a}
-            for s, ll, p, a in zip(self.score.tolist(), self.log_likelihood.tolist(),
-                                   self.p_value.tolist(), self.is_anomaly.tolist(), strict=True)
-        ]
-        return {"model": self.tag, "threshold": self.threshold, "target_fpr": self.target_fpr,
-                "n": len(results), "results": results, "unknown_categories": unknown}
+        return {**self.head(unknown), "results": self.results()}
+
+    def stream(self, unknown: dict[str, int], rows: int = 10_000) -> Iterator[bytes]:
+        """The same body as :meth:`response`, encoded ``rows`` results at a time: a file's
+        response never exists whole in memory as Python objects (a million result dicts
+        would take ~1 GB)."""
+        yield orjson.dumps(self.head(unknown))[:-1] + b',"results":['
+        for start in range(0, len(self), rows):
+            comma = b"," if start else b""
+            yield comma + orjson.dumps(self.results(start, start + rows))[1:-1]
+        yield b"]}"
 
 
 class ScoreRequest(bentoml.IODescriptor):
@@ -182,7 +216,21 @@ async def model_info(request: Request) -> JSONResponse:
     return JSONResponse(_front.describe())
 
 
-@bentoml.asgi_app(Starlette(routes=[Route("/model", model_info, methods=["GET"])]), path="/")
+async def score_file(request: Request) -> Response:
+    """``POST /score_file``: a plain Starlette route rather than a BentoML API, so that the
+    upload is parsed here (BentoML's file input downloads any URL sent in place of a file,
+    writes the client's file name to disk and answers 500 to a malformed multipart body) and
+    scoring stops when the client goes away or the time is up."""
+    if _front is None:
+        return JSONResponse({"error": "model not loaded"}, status_code=503)
+    return await _front.score_upload(request)
+
+
+ROUTES = [Route("/model", model_info, methods=["GET"]),
+          Route("/score_file", score_file, methods=["POST"])]
+
+
+@bentoml.asgi_app(Starlette(routes=ROUTES), path="/")
 @bentoml.service(workers=SETTINGS.workers, traffic={"timeout": 120}, envs=THREAD_ENVS)
 class FlowadService:
     """HTTP front: request validation, metrics, drift; scoring is delegated to ``Scorer``."""
@@ -193,6 +241,7 @@ class FlowadService:
     def __init__(self) -> None:
         global _front
         torch.set_num_threads(SETTINGS.torch_threads)
+        service_metrics.forget_dead_processes()  # e.g. the worker this one replaces
         self.metrics: service_metrics.Metrics | None = None
         self.window: DriftWindow | None = None
         self._drift_updated = 0.0
@@ -246,13 +295,64 @@ class FlowadService:
         except RequestRejected as rejected:
             return rejected.response()
 
-    @bentoml.api(route="/score_file")
-    def score_file(self, file: Path) -> dict[str, Any]:
-        """Scores an uploaded CSV or Parquet file in chunks; same response as ``/score``."""
+    async def score_upload(self, request: Request) -> Response:
+        """Scores an uploaded CSV or Parquet file (multipart field ``file``), all or nothing:
+        every chunk is validated and scored before anything is counted or answered, and a bad
+        row rejects the whole file, naming its row in the file."""
+        started = time.monotonic()
         try:
-            return json_response(self._score_upload(file))
+            async with read_upload(request) as upload:
+                verdicts, unknown = await self._score_table(request, upload, started)
+        except UploadError as rejected:
+            self._count_rejection(rejected.reason)
+            return RequestRejected(rejected.message, rejected.reason, rejected.status).response()
         except RequestRejected as rejected:
             return rejected.response()
+        if verdicts is None:  # the client went away: nothing was counted
+            return Response(status_code=HTTPStatus.NO_CONTENT)
+        self._observe(verdicts)
+        return StreamingResponse(verdicts.stream(unknown), media_type="application/json")
+
+    async def _score_table(self, request: Request, upload: Any,
+                           started: float) -> tuple[Verdicts | None, dict[str, int]]:
+        """Validates and scores an upload chunk by chunk, each in a worker thread; between
+        chunks it stops if the client disconnected or the time limit passed."""
+        model = self.follower.current  # one model for the whole file
+        chunks = iter_table(upload.file, SETTINGS.file_chunk_rows, fmt=upload.format)
+        parts: list[Verdicts] = []
+        unknown: Counter[str] = Counter()
+        n_rows = 0
+        while (chunk := await to_thread.run_sync(_next_chunk, chunks, upload.format)) is not None:
+            if n_rows + len(chunk) > SETTINGS.max_file_rows:
+                self._reject(f"the file has more than {SETTINGS.max_file_rows} rows, the limit "
+                             "of /score_file (FLOWAD_MAX_FILE_ROWS): score it with `flowad "
+                             "score` instead", "too_large", HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+            part, counts = await to_thread.run_sync(self._score_chunk, model, chunk, n_rows)
+            parts.append(part)
+            unknown.update(counts)
+            n_rows += len(chunk)
+            if await request.is_disconnected():
+                log.info("/score_file: client disconnected after %d rows; stopped", n_rows)
+                return None, {}
+            if time.monotonic() - started > SETTINGS.file_seconds:
+                self._reject(f"scoring the file took more than {SETTINGS.file_seconds:g} s "
+                             f"(FLOWAD_FILE_SECONDS; {n_rows} rows done, none returned): split "
+                             "it or score it with `flowad score`", "too_large",
+                             HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+        if not parts:
+            self._reject("empty file: no records to score", "empty")
+        return Verdicts.concat(parts), {k: v for k, v in unknown.items() if v}
+
+    def _score_chunk(self, model: LoadedModel, chunk: pd.DataFrame,
+                     first_row: int) -> tuple[Verdicts, dict[str, int]]:
+        """Verdicts and unseen-category counts of one chunk, counting nothing; a rejection
+        names the row in the whole file."""
+        chunk = chunk.reset_index(drop=True)
+        try:
+            verdicts = self._verdicts(model, chunk)
+        except SchemaError as error:
+            self._reject(str(error.in_file(first_row)), "schema")
+        return verdicts, model.detector.encoder_.unknown_counts(chunk)
 
     def _score_records(self, records: list[dict[str, Any]]) -> dict[str, Any]:
         if not records:
@@ -264,29 +364,6 @@ class FlowadService:
             )
         model = self.follower.current  # this request's model, even if a swap happens now
         return self._score_frame(model, self._frame(model, records))
-
-    def _score_upload(self, file: Path) -> dict[str, Any]:
-        model = self.follower.current
-        results: list[dict[str, Any]] = []
-        unknown: dict[str, int] = {}
-        suffix = Path(getattr(file, "name", str(file))).suffix.lower()
-        if suffix not in (".csv", ".parquet", ".pq"):
-            self._reject(f"unsupported file type {suffix!r}: upload a .csv or .parquet file",
-                         "validation")
-        response: dict[str, Any] = {}
-        try:
-            for chunk in iter_table(file):
-                response = self._score_frame(model, chunk)
-                results += response["results"]
-                for column, count in response["unknown_categories"].items():
-                    unknown[column] = unknown.get(column, 0) + count
-        except (ValueError, OSError) as error:
-            if isinstance(error, SchemaError):
-                self._reject(str(error), "schema")
-            self._reject(f"could not read the uploaded file: {error}", "validation")
-        if not results:
-            self._reject("empty file: no records to score", "empty")
-        return {**response, "n": len(results), "results": results, "unknown_categories": unknown}
 
     @bentoml.api(route="/admin/reload")
     def admin_reload(self) -> dict[str, Any]:
@@ -322,8 +399,11 @@ class FlowadService:
     # ------------------------------------------------------------------ helpers
     def _reject(self, message: str, reason: str,
                 status: HTTPStatus = HTTPStatus.BAD_REQUEST) -> None:
-        self.metrics.rejected.labels(self.tag, reason).inc()
+        self._count_rejection(reason)
         raise RequestRejected(message, reason, status)
+
+    def _count_rejection(self, reason: str) -> None:
+        self.metrics.rejected.labels(self.tag, reason).inc()
 
     def _frame(self, model: LoadedModel, records: list[dict[str, Any]]) -> pd.DataFrame:
         """Records -> DataFrame, rejecting a record with a missing or unknown column."""
@@ -340,19 +420,22 @@ class FlowadService:
         return pd.DataFrame.from_records(records, columns=columns)
 
     def _score_frame(self, model: LoadedModel, frame: pd.DataFrame) -> dict[str, Any]:
-        encoder = model.detector.encoder_
         try:  # the whole frame is checked against the schema before anything is scored
-            if SETTINGS.remote_scoring:
-                encoder.validate(frame)
-                rows = list(frame[list(encoder.schema_.names)].itertuples(index=False, name=None))
-                verdicts = Verdicts.from_rows(self.scorer.verdicts(rows))
-            else:
-                verdicts = Verdicts.of(model, frame)  # the encoder validates it
+            verdicts = self._verdicts(model, frame)
         except SchemaError as error:
             self._reject(str(error), "schema")
-        unknown = {k: v for k, v in encoder.unknown_counts(frame).items() if v}
+        unknown = {k: v for k, v in model.detector.encoder_.unknown_counts(frame).items() if v}
         self._observe(verdicts)
         return verdicts.response(unknown)
+
+    def _verdicts(self, model: LoadedModel, frame: pd.DataFrame) -> Verdicts:
+        """Validates and scores a frame, here or on the ``Scorer``; counts nothing."""
+        if not SETTINGS.remote_scoring:
+            return Verdicts.of(model, frame)  # the encoder validates it
+        encoder = model.detector.encoder_
+        encoder.validate(frame)
+        rows = list(frame[list(encoder.schema_.names)].itertuples(index=False, name=None))
+        return Verdicts.from_rows(self.scorer.verdicts(rows))
 
     def _observe(self, verdicts: Verdicts) -> None:
         m, tag, scores = self.metrics, verdicts.tag, verdicts.score.astype(np.float64)
@@ -376,11 +459,34 @@ class FlowadService:
                 m.window_records.labels(tag).set(stats.n)
 
 
+def _next_chunk(chunks: Iterator[pd.DataFrame], fmt: str) -> pd.DataFrame | None:
+    """The next chunk of an upload, None at its end; an unreadable file is a 400."""
+    try:
+        return next(chunks, None)
+    except (ValueError, OSError, UnicodeDecodeError) as error:  # pandas' and pyarrow's
+        raise RequestRejected(f"could not read the uploaded {fmt} file: {error}",
+                              "validation") from None
+
+
 def _count_guard_rejection(reason: str) -> None:
     if _front is not None:
-        _front.metrics.rejected.labels(_front.tag, reason).inc()
+        _front._count_rejection(reason)
 
 
+# Paths the service answers; any other is one "unmatched" value of BentoML's endpoint label.
+KNOWN_PATHS = frozenset({
+    "/", "/docs.json", "/schema.json", "/livez", "/healthz", "/readyz", "/metrics",
+    *(api.route for api in FlowadService.apis.values()), *(route.path for route in ROUTES),
+})
+KNOWN_PREFIXES = ("/static_content/", "/assets/")  # the docs page's files
+
+
+def _known_path(path: str) -> bool:
+    return path in KNOWN_PATHS or path.startswith(KNOWN_PREFIXES)
+
+
+service_metrics.bound_endpoint_label(_known_path)
+FlowadService.add_asgi_middleware(service_metrics.RestorePath)  # first: the others read paths
 FlowadService.add_asgi_middleware(
     AdminAuth, paths=("/admin/reload",), token=SETTINGS.admin_token
 )

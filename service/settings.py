@@ -21,6 +21,13 @@ class Settings:
     max_records: records per /score request, more is a 413 [FLOWAD_MAX_RECORDS].
     max_body_bytes: bytes per /score request body, more is a 413 [FLOWAD_MAX_BODY_BYTES].
     max_file_bytes: bytes per /score_file upload [FLOWAD_MAX_FILE_BYTES].
+    max_file_rows: rows per /score_file upload, more is a 413 [FLOWAD_MAX_FILE_ROWS]: the
+        response holds a verdict per row, so bigger tables belong to ``flowad score``.
+    file_seconds: time allowed for one /score_file request, from its first byte; past it the
+        request stops at the next chunk and answers 413 [FLOWAD_FILE_SECONDS]. Below the
+        traffic timeout (120 s), so that the client hears why instead of a bare 504.
+    file_chunk_rows: rows read, validated and scored at a time from an upload
+        [FLOWAD_FILE_CHUNK_ROWS].
     torch_threads: CPU threads per worker; one is fastest for small batches on few cores
         [FLOWAD_TORCH_THREADS].
     drift_window: recent scores the drift statistics are computed over [FLOWAD_DRIFT_WINDOW].
@@ -41,6 +48,9 @@ class Settings:
     max_records: int
     max_body_bytes: int
     max_file_bytes: int
+    max_file_rows: int
+    file_seconds: float
+    file_chunk_rows: int
     torch_threads: int
     drift_window: int
     scoring: str
@@ -61,6 +71,9 @@ class Settings:
             max_records=int(env("FLOWAD_MAX_RECORDS", "10000")),
             max_body_bytes=int(env("FLOWAD_MAX_BODY_BYTES", str(16 * 2**20))),
             max_file_bytes=int(env("FLOWAD_MAX_FILE_BYTES", str(512 * 2**20))),
+            max_file_rows=int(env("FLOWAD_MAX_FILE_ROWS", "1000000")),
+            file_seconds=float(env("FLOWAD_FILE_SECONDS", "100")),
+            file_chunk_rows=int(env("FLOWAD_FILE_CHUNK_ROWS", "50000")),
             torch_threads=int(env("FLOWAD_TORCH_THREADS", "1")),
             drift_window=int(env("FLOWAD_DRIFT_WINDOW", "2000")),
             scoring=scoring,

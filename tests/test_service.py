@@ -17,7 +17,8 @@ from pipelines.store import save_detector
 TOKEN = "s3cret-token"
 SETTINGS = {"FLOWAD_MODEL": "service-test", "FLOWAD_MAX_RECORDS": "50",
             "FLOWAD_MAX_BODY_BYTES": "20000", "FLOWAD_ADMIN_TOKEN": TOKEN,
-            "FLOWAD_RELOAD_INTERVAL": "0"}
+            "FLOWAD_RELOAD_INTERVAL": "0", "FLOWAD_FILE_CHUNK_ROWS": "100",
+            "FLOWAD_MAX_FILE_ROWS": "1000"}
 
 
 def train(seed: int) -> Detector:
@@ -249,3 +250,131 @@ def test_observe_many_matches_one_by_one_observations():
                         for s in m.samples if not s.name.endswith("_created")}
                for m in registry.collect()}
     assert samples["one"] == pytest.approx(samples["many"])
+
+
+# ------------------------------------------------------------ hostile input and faults
+def _scored(client) -> float:
+    """flowad_records_scored_total summed over models, from /metrics."""
+    total = 0.0
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith("flowad_records_scored_total{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+@pytest.mark.parametrize("body", ["[" * 2000 + "]" * 2000, '{"a":' * 2000 + "1" + "}" * 2000,
+                                  "[" + '{"a":' * 1100 + "1" + "}" * 1100 + "]"],
+                         ids=["arrays", "objects", "in-a-record"])
+def test_deeply_nested_json_is_a_fast_400(client, body):
+    import time
+
+    start = time.perf_counter()
+    response = client.post("/score", content=body.encode(),
+                           headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert time.perf_counter() - start < 5
+    assert len(response.text) < 1000  # the nested value is not echoed whole
+
+
+def test_score_file_ignores_a_long_file_name(client):
+    data = mixed_frame(30, seed=4).to_csv(index=False).encode()
+    response = client.post("/score_file", files={"file": ("x" * 300 + ".csv", io.BytesIO(data))})
+    assert response.status_code == 200, response.text
+    assert response.json()["n"] == 30
+
+
+def test_score_file_without_a_boundary_is_a_400(client):
+    response = client.post("/score_file", content=b"--abc\r\nnonsense",
+                           headers={"content-type": "multipart/form-data"})
+    assert response.status_code == 400, response.text
+    assert response.json()["reason"] == "validation" and "boundary" in response.json()["error"]
+    response = client.post("/score_file", content=b"--abc\r\nnonsense",
+                           headers={"content-type": "multipart/form-data; boundary=abc"})
+    assert response.status_code == 400, response.text
+    assert set(response.json()) == {"error", "reason"}
+
+
+def test_score_file_never_downloads_a_url_sent_as_text(client):
+    import http.server
+    import threading
+
+    hits = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            hits.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(mixed_frame(5).to_csv(index=False).encode())
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/data.csv"
+        response = client.post("/score_file", files={"file": (None, url)})  # a text part
+        assert response.status_code == 400, response.text
+        assert "not a file" in response.json()["error"]
+        response = client.post("/score_file", data={"file": url})  # a url-encoded form
+        assert response.status_code == 400, response.text
+        assert hits == []
+    finally:
+        server.shutdown()
+
+
+def test_score_file_is_all_or_nothing_and_names_the_row_in_the_file(client):
+    frame = mixed_frame(300, seed=5)
+    frame["amount"] = frame["amount"].astype(object)
+    frame.loc[250, "amount"] = "not a number"  # in the third chunk of 100 rows
+    before = _scored(client)
+    response = client.post("/score_file", files={
+        "file": ("bad.csv", io.BytesIO(frame.to_csv(index=False).encode()))})
+    assert response.status_code == 400, response.text
+    assert "row 250" in response.json()["error"] and "index label" not in response.json()["error"]
+    assert _scored(client) == before  # the first 250 rows were not counted
+
+
+def test_score_file_over_the_row_limit_is_a_413(client):
+    data = mixed_frame(1001, seed=6).to_csv(index=False).encode()
+    response = client.post("/score_file", files={"file": ("big.csv", io.BytesIO(data))})
+    assert response.status_code == 413, response.text
+    assert "1000" in response.json()["error"]
+
+
+def test_an_upload_streamed_past_the_byte_limit_is_a_413():
+    from service.guard import RequestGuard
+
+    async def app(scope, receive, send):  # reads everything, like the multipart parser
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    wrapped = RequestGuard(app, json_routes={}, upload_routes={"/score_file": 1000})
+
+    def chunks():  # no content-length: the guard must count
+        for _ in range(20):
+            yield b"x" * 100
+
+    response = TestClient(wrapped).post("/score_file", content=chunks())
+    assert response.status_code == 413, response.text
+    assert response.json()["reason"] == "too_large"
+
+
+def test_unknown_paths_share_one_endpoint_label(client):
+    import uuid
+
+    for _ in range(30):
+        client.get(f"/{uuid.uuid4().hex}")
+        client.post(f"/score/{uuid.uuid4().hex}", json=[])
+    endpoints = set()
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith("bentoml_") and 'endpoint="' in line:
+            endpoints.add(line.split('endpoint="', 1)[1].split('"', 1)[0])
+    assert "/unmatched" in endpoints
+    assert len(endpoints) < 15, sorted(endpoints)
+    # ... and the real routes still answer
+    assert client.get("/model").status_code == 200
+    assert client.get("/docs.json").status_code == 200

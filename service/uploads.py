@@ -1,0 +1,80 @@
+"""Reading a ``/score_file`` upload: one multipart file part, spooled to disk as it arrives.
+
+Starlette's multipart parser keeps the first MiB of a file in memory and the rest in a
+temporary file, so memory does not grow with the upload. Only the file part named ``file`` is
+accepted: a text value in its place (which BentoML's file input would download as a URL) is a
+400, and the client's file name is only read for its suffix, never used as a path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from http import HTTPStatus
+from pathlib import PurePosixPath
+from typing import BinaryIO
+
+from python_multipart.multipart import parse_options_header
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
+from starlette.requests import Request
+
+from service.guard import short_repr
+
+FIELD = "file"
+FORMATS = {".csv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet"}
+USAGE = "send a multipart/form-data body with the table as the file part 'file' (.csv or .parquet)"
+
+
+class UploadError(Exception):
+    """An upload that cannot be scored; ``reason`` labels the rejection metric."""
+
+    def __init__(self, message: str, reason: str = "validation",
+                 status: HTTPStatus = HTTPStatus.BAD_REQUEST) -> None:
+        super().__init__(message)
+        self.message, self.reason, self.status = message, reason, status
+
+
+@dataclass(frozen=True)
+class Upload:
+    """Arguments:
+    file: the uploaded bytes, seekable (memory, then a temporary file).
+    format: ``"csv"`` or ``"parquet"``, from the file name's suffix.
+    """
+
+    file: BinaryIO
+    format: str
+
+
+@asynccontextmanager
+async def read_upload(request: Request) -> AsyncIterator[Upload]:
+    """Parses the multipart body of ``request``; the temporary file is closed on exit.
+
+    Raises:
+        UploadError: not multipart, no boundary, a malformed body, no file part ``file``, a
+            text value instead of a file, or an unsupported file type.
+    """
+    content_type, options = parse_options_header(request.headers.get("content-type", ""))
+    if content_type != b"multipart/form-data" or not options.get(b"boundary"):
+        raise UploadError(f"expected multipart/form-data with a boundary: {USAGE}")
+    try:
+        form = await request.form(max_files=1, max_fields=16)
+    except (MultiPartException, HTTPException) as error:
+        detail = getattr(error, "message", None) or getattr(error, "detail", "")
+        raise UploadError(f"malformed multipart body ({detail}): {USAGE}") from None
+    try:
+        part = form.get(FIELD)
+        if part is None:
+            raise UploadError(f"no part named {FIELD!r}: {USAGE}")
+        if not isinstance(part, UploadFile):
+            raise UploadError(
+                f"part {FIELD!r} is a text value ({short_repr(part)}), not a file; URLs are "
+                f"never fetched: {USAGE}")
+        suffix = PurePosixPath(part.filename or "").suffix.lower()
+        if suffix not in FORMATS:
+            raise UploadError(f"unsupported file type {short_repr(suffix)}: {USAGE}")
+        yield Upload(part.file, FORMATS[suffix])
+    finally:
+        await form.close()
