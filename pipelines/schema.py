@@ -34,6 +34,8 @@ KINDS = ("continuous", "discrete", "binary", "categorical")
 NUMERIC_KINDS = ("continuous", "discrete", "binary")
 GRID_TOL = 1e-6  # in units of the grid step
 SCHEMA_VERSION = 1
+SHOWN_CHARS = 60  # longest echo of a value in an error message
+SHOWN_NAMES = 5  # most column names listed in one error message
 
 
 class SchemaError(ValueError):
@@ -51,19 +53,45 @@ class SchemaError(ValueError):
         self.row = row
 
     @classmethod
-    def at(cls, frame: pd.DataFrame, column: str, row: int, problem: str) -> SchemaError:
+    def at(
+        cls, frame: pd.DataFrame | pd.Series, column: str, row: int, problem: str
+    ) -> SchemaError:
         """An error about one cell, e.g. "column 'age', row 3: expected a number, got 'abc'".
 
         Arguments:
-            frame: the frame checked (for the row's index label).
+            frame: the frame checked, or one of its columns (for the row's index label).
             column: the column name.
             row: the 0-based positional row.
-            problem: what is wrong with the value.
+            problem: what is wrong with the value (echo values through :func:`shown`).
         """
         label = frame.index[row]
         plain = isinstance(label, int | np.integer) and label == row
-        where = f"row {row}" if plain else f"row {row} (index label {label!r})"
-        return cls(f"column {column!r}, {where}: {problem}", column=column, row=row)
+        where = f"row {row}" if plain else f"row {row} (index label {shown(label)})"
+        return cls(f"column {shown(column)}, {where}: {problem}", column=column, row=row)
+
+
+def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
+    """``repr(value)`` for an error message, cut to ``limit`` characters.
+
+    Clients control the values they send: a 1 MB string must not become a 1 MB message. A cut
+    repr ends with "…" and the full length (of the string itself for ``str``, else of the repr).
+
+    Arguments:
+        value: the value to echo.
+        limit: the most characters of the repr kept.
+    """
+    if isinstance(value, str):
+        # repr of a slice: no copy of a huge string just to cut it
+        text, size = repr(value[: limit + 1]), len(value)
+    else:
+        try:
+            text = repr(value)
+        except ValueError:  # an int beyond sys.get_int_max_str_digits()
+            return f"<an integer of about {int(value.bit_length() * 0.30103)} digits>"
+        size = len(text)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({size} characters)"
 
 
 @dataclass(frozen=True)
@@ -229,7 +257,7 @@ def infer_schema(
         series = frame[name]
         n_missing = int(series.isna().sum())
         if n_missing == len(series):
-            raise SchemaError(f"column {name!r} has only missing values", column=name)
+            raise SchemaError(f"column {shown(name)} has only missing values", column=name)
         if _is_text(series.dtype):
             specs.append(_categorical_spec(name, series, n_missing))
         elif pd.api.types.is_bool_dtype(series.dtype):
@@ -252,7 +280,7 @@ def infer_schema(
             specs.append(_numeric_spec(name, str(series.dtype), x, max_discrete_levels))
         else:
             raise SchemaError(
-                f"column {name!r}: unsupported dtype {series.dtype}; exclude or convert it",
+                f"column {shown(name)}: unsupported dtype {series.dtype}; exclude or convert it",
                 column=name,
             )
     if not specs:
@@ -313,11 +341,13 @@ def _as_float(frame: pd.DataFrame, name: str, series: pd.Series) -> NDArray[np.f
         bad = np.flatnonzero(parsed.isna().to_numpy() & series.notna().to_numpy())
         if len(bad):
             row = int(bad[0])
-            raise SchemaError.at(frame, name, row, f"expected a number, got {series.iloc[row]!r}")
+            problem = f"expected a number, got {shown(series.iloc[row])}"
+            raise SchemaError.at(frame, name, row, problem)
         x = parsed.to_numpy(dtype=np.float64, na_value=np.nan)
     else:
         raise SchemaError(
-            f"column {name!r}: expected a numeric column, got dtype {series.dtype}", column=name
+            f"column {shown(name)}: expected a numeric column, got dtype {series.dtype}",
+            column=name,
         )
     infinite = np.flatnonzero(np.isinf(x))
     if len(infinite):
@@ -351,7 +381,7 @@ def _check_frame(frame: pd.DataFrame) -> None:
     bad = [name for name in frame.columns if not isinstance(name, str)]
     if bad:
         raise SchemaError(
-            f"column names must be strings, got {bad[:5]!r} "
+            f"column names must be strings, got {_quoted(bad)} "
             "(e.g. frame.columns = frame.columns.astype(str))",
             column=str(bad[0]),
         )
@@ -361,4 +391,7 @@ def _check_frame(frame: pd.DataFrame) -> None:
 
 
 def _quoted(names: list[str]) -> str:
-    return ", ".join(repr(n) for n in names)
+    """Names for a message: each cut by :func:`shown`, at most ``SHOWN_NAMES`` of them."""
+    listed = ", ".join(shown(n) for n in names[:SHOWN_NAMES])
+    more = len(names) - SHOWN_NAMES
+    return f"{listed} and {more} more" if more > 0 else listed

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.schema import Schema, SchemaError, infer_schema
+from pipelines.schema import Schema, SchemaError, infer_schema, shown
 
 
 def mixed_frame(n: int = 1000, seed: int = 0) -> pd.DataFrame:
@@ -115,3 +115,49 @@ def test_unsupported_dtype_at_fit_names_the_column() -> None:
         infer_schema(df)
     assert info.value.column == "when"
     assert infer_schema(df, exclude=("when",)).names == ["x"]
+
+
+# ----------------------------------------------------- hostile input, as the service parses it
+def json_frame(records: list[dict[str, object]], names: list[str]) -> pd.DataFrame:
+    """Records as the service builds them from parsed JSON."""
+    return pd.DataFrame.from_records(records, columns=names)
+
+
+def check_error(schema: Schema, frame: pd.DataFrame, column: str, row: int) -> str:
+    """The message of the SchemaError that ``schema.check(frame)`` raises at ``column, row``."""
+    with pytest.raises(SchemaError) as info:
+        schema.check(frame)
+    assert (info.value.column, info.value.row) == (column, row), str(info.value)
+    message = str(info.value)
+    assert message.startswith(f"column {column!r}, row {row}"), message
+    return message
+
+
+def test_shown_cuts_long_values() -> None:
+    assert shown("abc") == "'abc'"
+    assert shown(1.5) == "1.5"
+    long = shown("x" * 1_000_000)
+    assert long == "'" + "x" * 59 + "… (1000000 characters)"
+    assert shown(list(range(1000))).endswith("… (4890 characters)")
+    assert len(shown(list(range(1000)))) < 100
+    huge = 10**5000 - 1  # beyond Python's int-to-str limit: repr raises
+    assert shown(huge) == "<an integer of about 5000 digits>"
+
+
+def test_errors_echo_at_most_a_cut_value() -> None:
+    schema = infer_schema(pd.DataFrame({"x": [1.5, 2.0, 3.0, 4.0], "c": ["a", "b", "a", "b"]}))
+    names = ["x", "c"]
+    message = check_error(schema, json_frame([{"x": "y" * 1_000_000, "c": "a"}], names), "x", 0)
+    assert len(message) < 150 and message.endswith("… (1000000 characters)")
+    frame = json_frame([{"x": 1.0, "c": "a"}], names).assign(**{"z" * 1_000_000: 1.0})
+    with pytest.raises(SchemaError) as info:
+        schema.check(frame)
+    assert len(str(info.value)) < 150
+    extra = [f"u{k}" for k in range(100)]
+    many = json_frame([{"x": 1.0, "c": "a", **dict.fromkeys(extra, 1)}], names + extra)
+    with pytest.raises(SchemaError, match=r"'u4' and 95 more$"):
+        schema.check(many)
+    labelled = json_frame([{"x": "bad", "c": "a"}], names).set_axis(["L" * 10_000])
+    with pytest.raises(SchemaError) as info:
+        schema.check(labelled)
+    assert len(str(info.value)) < 200 and "(10000 characters)" in str(info.value)
