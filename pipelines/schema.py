@@ -18,11 +18,21 @@ Column kinds:
 Dtype decides at fit time: a column of numeric strings is categorical. At check time a numeric
 column given as strings (e.g. from CSV or JSON) is accepted if every non-missing value parses as a
 number. Other dtypes (datetime, timedelta, ...) are rejected: exclude or convert them.
+
+Values are checked, not only dtypes (a JSON record holding ``true`` turns a float column into
+object dtype): numeric columns reject booleans unless their levels are 0 and 1 (a bool column,
+or a binary 0/1 column, where they count as 1 and 0); a column trained as bool takes only true,
+false, 1 and 0; a numeric binary column given a third value scores it as a discrete column
+would (an anomaly can take a value normal records never do); a categorical column rejects
+containers (dict, list, set, tuple, array), which ``str`` would
+otherwise turn into an unseen category. Messages echo values through :func:`shown` (at most
+``SHOWN_CHARS`` characters of a repr).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -36,6 +46,9 @@ GRID_TOL = 1e-6  # in units of the grid step
 SCHEMA_VERSION = 1
 SHOWN_CHARS = 60  # longest echo of a value in an error message
 SHOWN_NAMES = 5  # most column names listed in one error message
+# Values a categorical column never takes: str() would turn a JSON object or list into an
+# unseen category and score it instead of rejecting it.
+CONTAINERS = (Mapping, AbstractSet, list, tuple, np.ndarray)
 
 
 class SchemaError(ValueError):
@@ -80,6 +93,8 @@ def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
         value: the value to echo.
         limit: the most characters of the repr kept.
     """
+    if isinstance(value, np.generic):  # np.True_, np.float64(1.5): show them as JSON gave them
+        value = value.item()
     if isinstance(value, str):
         # repr of a slice: no copy of a huge string just to cut it
         text, size = repr(value[: limit + 1]), len(value)
@@ -201,7 +216,9 @@ class Schema:
 
         Raises:
             SchemaError: empty frame, missing or unexpected columns, wrong dtypes, values that
-                are not numbers, or missing/infinite values where not allowed.
+                are not numbers (booleans too, unless the column's levels are 0 and 1), a bool
+                column's value other than true/false/1/0, a container (dict, list, ...) in a
+                categorical column, or missing/infinite values where not allowed.
         """
         _check_frame(frame)
         present = set(frame.columns)
@@ -221,7 +238,7 @@ class Schema:
             if spec.kind == "categorical":
                 values[spec.name] = as_text(series)
             else:
-                values[spec.name] = _as_float(frame, spec.name, series)
+                values[spec.name] = _numeric_values(frame, spec, series)
             if spec.n_missing_train == 0:
                 isna = pd.isna(values[spec.name])
                 if isna.any():
@@ -330,6 +347,72 @@ def _categorical_spec(name: str, series: pd.Series, n_missing: int) -> ColumnSpe
     )
 
 
+def _numeric_values(
+    frame: pd.DataFrame, spec: ColumnSpec, series: pd.Series
+) -> NDArray[np.float64]:
+    """A numeric column's values as float64, checked against its kind.
+
+    Arguments:
+        frame: the frame checked (for messages).
+        spec: the column's training spec.
+        series: the column.
+    """
+    if not (spec.kind == "binary" and (spec.min, spec.max) == (0.0, 1.0)):
+        _reject_booleans(frame, spec.name, series)
+    x = _as_float(frame, spec.name, series)
+    if pd.api.types.is_bool_dtype(spec.dtype):
+        _check_true_or_false(frame, spec, series, x)
+    return x
+
+
+def _reject_booleans(frame: pd.DataFrame, name: str, series: pd.Series) -> None:
+    """Booleans in a numeric column whose levels are not 0 and 1 are a type error.
+
+    A JSON record holding ``true`` gives the column bool dtype, or object dtype when other
+    records hold numbers: only then are values looked at one by one (float columns cost nothing).
+
+    Arguments:
+        frame: the frame checked (for messages).
+        name: the column name.
+        series: the column.
+    """
+    if pd.api.types.is_bool_dtype(series.dtype):
+        flags = series.notna().to_numpy()
+    elif pd.api.types.is_object_dtype(series.dtype) or isinstance(
+        series.dtype, pd.CategoricalDtype
+    ):
+        values = series.to_numpy(dtype=object)
+        flags = np.fromiter((isinstance(v, bool | np.bool_) for v in values), bool, len(values))
+    else:
+        return
+    if flags.any():
+        row = int(np.flatnonzero(flags)[0])
+        problem = f"expected a number, got the boolean {shown(series.iloc[row])}"
+        raise SchemaError.at(frame, name, row, problem)
+
+
+def _check_true_or_false(
+    frame: pd.DataFrame, spec: ColumnSpec, series: pd.Series, x: NDArray[np.float64]
+) -> None:
+    """A column trained as bool holds true, false, 1 or 0 (as ``x``: 1.0 or 0.0).
+
+    Only bool columns: a numeric column with two values in training is scored like a discrete
+    column when it shows a third (``6_cardio`` has such a column where 6 of its 176 anomalies
+    take other values: rejecting them would reject the anomalies).
+
+    Arguments:
+        frame: the frame checked (for messages).
+        spec: the column's spec.
+        series: the column as given (for messages).
+        x: its values as float64 (NaN where missing).
+    """
+    bad = np.flatnonzero((x != 0.0) & (x != 1.0) & ~np.isnan(x))
+    if len(bad):
+        row = int(bad[0])
+        problem = f"expected true or false (or 1 or 0), got {shown(series.iloc[row])}"
+        raise SchemaError.at(frame, spec.name, row, problem)
+
+
 def _as_float(frame: pd.DataFrame, name: str, series: pd.Series) -> NDArray[np.float64]:
     """A numeric column as float64 (NaN where missing); strings must parse as numbers."""
     if isinstance(series.dtype, pd.CategoricalDtype):
@@ -357,14 +440,38 @@ def _as_float(frame: pd.DataFrame, name: str, series: pd.Series) -> NDArray[np.f
 
 
 def as_text(series: pd.Series) -> NDArray[np.object_]:
-    """A categorical column as an object array of ``str`` (None where missing)."""
+    """A categorical column as an object array of ``str`` (None where missing).
+
+    Arguments:
+        series: the column; numbers and other scalars become ``str(value)``.
+
+    Raises:
+        SchemaError: a container (dict, list, set, tuple, array) in the column.
+    """
     text = series.to_numpy(dtype=object, na_value=None, copy=True)
     missing = pd.isna(text)
     text[missing] = None
     present = text[~missing]
     if not all(type(value) is str for value in present):  # skip the copy when all are str
+        _reject_containers(series, present, np.flatnonzero(~missing))
         text[~missing] = [str(value) for value in present]
     return text
+
+
+def _reject_containers(
+    series: pd.Series, present: NDArray[np.object_], rows: NDArray[np.intp]
+) -> None:
+    """Raises for the first container among a categorical column's non-missing values.
+
+    Arguments:
+        series: the column (for its name and index).
+        present: its non-missing values.
+        rows: their 0-based positions in ``series``.
+    """
+    for row, value in zip(rows, present, strict=True):
+        if isinstance(value, CONTAINERS):
+            problem = f"expected text or a number, got a {type(value).__name__} {shown(value)}"
+            raise SchemaError.at(series, str(series.name), int(row), problem)
 
 
 def _is_text(dtype: Any) -> bool:
