@@ -44,6 +44,7 @@ KINDS = ("continuous", "discrete", "binary", "categorical")
 NUMERIC_KINDS = ("continuous", "discrete", "binary")
 GRID_TOL = 1e-6  # in units of the grid step
 SCHEMA_VERSION = 1
+FLOAT64_MAX = float(np.finfo(np.float64).max)
 SHOWN_CHARS = 60  # longest echo of a value in an error message
 SHOWN_NAMES = 5  # most column names listed in one error message
 # Values a categorical column never takes: str() would turn a JSON object or list into an
@@ -420,7 +421,11 @@ def _as_float(frame: pd.DataFrame, name: str, series: pd.Series) -> NDArray[np.f
     if pd.api.types.is_numeric_dtype(series.dtype) or pd.api.types.is_bool_dtype(series.dtype):
         x = series.to_numpy(dtype=np.float64, na_value=np.nan)
     elif _is_text(series.dtype):
-        parsed = pd.to_numeric(series, errors="coerce")
+        try:
+            parsed = pd.to_numeric(series, errors="coerce")
+        except OverflowError:  # a Python int beyond float64, e.g. a 400-digit JSON literal
+            _reject_huge_int(frame, name, series)
+            raise
         bad = np.flatnonzero(parsed.isna().to_numpy() & series.notna().to_numpy())
         if len(bad):
             row = int(bad[0])
@@ -437,6 +442,23 @@ def _as_float(frame: pd.DataFrame, name: str, series: pd.Series) -> NDArray[np.f
         row = int(infinite[0])
         raise SchemaError.at(frame, name, row, f"infinite value {x[row]} is not allowed")
     return x
+
+
+def _reject_huge_int(frame: pd.DataFrame, name: str, series: pd.Series) -> None:
+    """Raises for the first int of an object column that no float64 can hold.
+
+    Arguments:
+        frame: the frame checked (for messages).
+        name: the column name.
+        series: the column (object dtype).
+    """
+    for row, value in enumerate(series.to_numpy(dtype=object)):
+        if isinstance(value, int) and abs(value) > FLOAT64_MAX:  # exact int-float comparison
+            problem = (
+                f"number out of range: {shown(value)} does not fit a 64-bit float "
+                f"(|x| <= {FLOAT64_MAX:.4g}; the model accepts far less, see its encoder)"
+            )
+            raise SchemaError.at(frame, name, row, problem)
 
 
 def as_text(series: pd.Series) -> NDArray[np.object_]:

@@ -226,3 +226,18 @@ def test_numbers_as_strings_and_missing_values_pass(
     values = schema.check(json_frame([as_text, {**good, "income": None}], names))
     assert values["height"][0] == pytest.approx(good["height"])
     assert np.isnan(values["income"][1])
+
+
+@pytest.mark.parametrize("column", ["height", "code", "bin01", "income"])
+def test_integers_beyond_float64_are_out_of_range(
+    typed: tuple[Schema, list[str], dict[str, object]], column: str
+) -> None:
+    schema, names, good = typed
+    huge = json.loads("-" + "9" * 401)  # Python's json parses it to an exact int
+    message = check_error(schema, json_frame([good, {**good, column: huge}], names), column, 1)
+    assert "number out of range: -9999" in message and "(402 characters)" in message
+    assert len(message) < 250
+    # within float64 they are numbers (the encoder bounds them further)
+    assert schema.check(json_frame([{**good, column: 10**300}], names))[column][0] == 1e300
+    # and a category as text
+    assert schema.check(json_frame([{**good, "color": huge}], names))["color"][0] == str(huge)
