@@ -110,6 +110,23 @@ def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
     return f"{text[:limit]}… ({size} characters)"
 
 
+class UnscorableRecordError(SchemaError):
+    """The flow gave a record no log-likelihood (NaN) although it passed every input check.
+
+    Scoring raises it instead of returning NaN. It is a :class:`SchemaError`, so a caller that
+    rejects bad input (the service: a 400) rejects this record too, naming its row; but it also
+    means the checks missed something or the model is broken, so callers should count or log
+    it apart. ``-inf`` (zero density) is a verdict, not this error.
+
+    Arguments:
+        message: the full message, naming the row.
+        row: the 0-based positional row.
+    """
+
+    def __init__(self, message: str, row: int) -> None:
+        super().__init__(message, column=None, row=row)
+
+
 @dataclass(frozen=True)
 class ColumnSpec:
     """One column as seen in training.
