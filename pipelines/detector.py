@@ -15,7 +15,7 @@ from sklearn.utils.validation import check_is_fitted
 from flowmodels import Flow, FlowMixture, build_flow
 from pipelines.calibration import Calibrator
 from pipelines.encoder import TabularEncoder
-from pipelines.schema import SchemaError
+from pipelines.schema import SchemaError, UnscorableRecordError
 from pipelines.training import TrainResult, default_train_config, estimate_nll, train_flow
 
 SCORE_BATCH_ROWS = 8192
@@ -191,7 +191,16 @@ class Detector(BaseEstimator):
 
     # ------------------------------------------------------------------ scoring
     def log_likelihood(self, data: pd.DataFrame) -> np.ndarray:
-        """Exact log-likelihood of each record (nats, raw-data units)."""
+        """Exact log-likelihood of each record (nats, raw-data units).
+
+        Arguments:
+            data: records with the training columns.
+
+        Raises:
+            SchemaError: a record the encoder rejects (names the column and row).
+            UnscorableRecordError: the flow gave a record NaN (never returned; ``-inf``, zero
+                density, is).
+        """
         check_is_fitted(self, "flow_")
         x, log_jacobian = self.encoder_.transform(data)
         flow: Flow | FlowMixture = self.flow_
@@ -202,7 +211,9 @@ class Detector(BaseEstimator):
             for start in range(0, len(x), SCORE_BATCH_ROWS):
                 batch = self._tensor(x[start : start + SCORE_BATCH_ROWS])
                 out[start : start + len(batch)] = flow.log_prob(batch).double().cpu().numpy()
-        return out + log_jacobian
+        out += log_jacobian
+        _reject_nan(out)
+        return out
 
     def score_samples(self, data: pd.DataFrame) -> np.ndarray:
         """Anomaly score ``-log p(record)``; higher = more anomalous."""
@@ -238,3 +249,22 @@ class Detector(BaseEstimator):
     def verdicts(self, data: pd.DataFrame) -> pd.DataFrame:
         """``score, log_likelihood, p_value, is_anomaly`` per record, in input order."""
         return pd.DataFrame(self.verdict_columns(data), index=data.index)
+
+
+def _reject_nan(log_likelihood: np.ndarray) -> None:
+    """NaN never leaves scoring: it is no verdict, and it breaks calibration and p-values.
+
+    Arguments:
+        log_likelihood: per-record log-likelihoods.
+
+    Raises:
+        UnscorableRecordError: naming the first NaN row.
+    """
+    nan = np.flatnonzero(np.isnan(log_likelihood))
+    if len(nan):
+        row = int(nan[0])
+        raise UnscorableRecordError(
+            f"row {row}: the model gives this record no log-likelihood (NaN) although it passed "
+            f"the input checks ({len(nan)} such record(s)); nothing was scored",
+            row=row,
+        )

@@ -18,11 +18,22 @@ Column kinds:
 Dtype decides at fit time: a column of numeric strings is categorical. At check time a numeric
 column given as strings (e.g. from CSV or JSON) is accepted if every non-missing value parses as a
 number. Other dtypes (datetime, timedelta, ...) are rejected: exclude or convert them.
+
+Values are checked, not only dtypes (a JSON record holding ``true`` turns a float column into
+object dtype): numeric columns reject booleans unless their levels are 0 and 1 (a bool column,
+or a binary 0/1 column, where they count as 1 and 0); a column trained as bool takes only true,
+false, 1 and 0; a numeric binary column given a third value scores it as a discrete column
+would (an anomaly can take a value normal records never do); a categorical column rejects
+containers (dict, list, set, tuple, array), which ``str`` would
+otherwise turn into an unseen category. Messages echo values through :func:`shown` (at most
+``SHOWN_CHARS`` characters of a repr).
 """
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -34,6 +45,15 @@ KINDS = ("continuous", "discrete", "binary", "categorical")
 NUMERIC_KINDS = ("continuous", "discrete", "binary")
 GRID_TOL = 1e-6  # in units of the grid step
 SCHEMA_VERSION = 1
+BOOL_DTYPES = ("bool", "boolean")  # ColumnSpec.dtype of columns trained as bool
+FLOAT64_MAX = float(np.finfo(np.float64).max)
+SHOWN_CHARS = 60  # longest echo of a value in an error message
+SHOWN_NAMES = 5  # most column names listed in one error message
+# Values a categorical column never takes: str() would turn a JSON object or list into an
+# unseen category and score it instead of rejecting it.
+CONTAINERS = (Mapping, AbstractSet, list, tuple, np.ndarray)
+_CONTAINER_REPR = reprlib.Repr()
+_CONTAINER_REPR.maxlevel, _CONTAINER_REPR.maxother = 2, SHOWN_CHARS
 
 
 class SchemaError(ValueError):
@@ -58,24 +78,74 @@ class SchemaError(ValueError):
         if self.row is None or self.column is None or self.problem is None:
             return self
         row = first_row + self.row
-        return SchemaError(f"column {self.column!r}, row {row}: {self.problem}",
+        return SchemaError(f"column {shown(self.column)}, row {row}: {self.problem}",
                            column=self.column, row=row, problem=self.problem)
 
     @classmethod
-    def at(cls, frame: pd.DataFrame, column: str, row: int, problem: str) -> SchemaError:
+    def at(
+        cls, frame: pd.DataFrame | pd.Series, column: str, row: int, problem: str
+    ) -> SchemaError:
         """An error about one cell, e.g. "column 'age', row 3: expected a number, got 'abc'".
 
         Arguments:
-            frame: the frame checked (for the row's index label).
+            frame: the frame checked, or one of its columns (for the row's index label).
             column: the column name.
             row: the 0-based positional row.
-            problem: what is wrong with the value.
+            problem: what is wrong with the value (echo values through :func:`shown`).
         """
         label = frame.index[row]
         plain = isinstance(label, int | np.integer) and label == row
-        where = f"row {row}" if plain else f"row {row} (index label {label!r})"
-        return cls(f"column {column!r}, {where}: {problem}", column=column, row=row,
+        where = f"row {row}" if plain else f"row {row} (index label {shown(label)})"
+        return cls(f"column {shown(column)}, {where}: {problem}", column=column, row=row,
                    problem=problem)
+
+
+def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
+    """``repr(value)`` for an error message, cut to ``limit`` characters.
+
+    Clients control the values they send: a 1 MB string must not become a 1 MB message. A cut
+    repr ends with "…" and the full length (of the string itself for ``str``, else of the repr).
+
+    Arguments:
+        value: the value to echo.
+        limit: the most characters of the repr kept.
+    """
+    if isinstance(value, np.generic):  # np.True_, np.float64(1.5): show them as JSON gave them
+        value = value.item()
+    if isinstance(value, str):
+        # repr of a slice: no copy of a huge string just to cut it
+        text, size = repr(value[: limit + 1]), len(value)
+    elif isinstance(value, int):
+        try:
+            text = repr(value)
+        except ValueError:  # an int beyond sys.get_int_max_str_digits()
+            return f"<an integer of about {int(value.bit_length() * 0.30103)} digits>"
+        size = len(text)
+    else:  # containers: reprlib stops at a few items and levels (JSON can nest 1000 deep)
+        text = _CONTAINER_REPR.repr(value)
+        size = len(text) if len(text) <= limit else None
+    if len(text) <= limit:
+        return text
+    if size is None:
+        return f"{text[:limit]}…"
+    return f"{text[:limit]}… ({size} characters)"
+
+
+class UnscorableRecordError(SchemaError):
+    """The flow gave a record no log-likelihood (NaN) although it passed every input check.
+
+    Scoring raises it instead of returning NaN. It is a :class:`SchemaError`, so a caller that
+    rejects bad input (the service: a 400) rejects this record too, naming its row; but it also
+    means the checks missed something or the model is broken, so callers should count or log
+    it apart. ``-inf`` (zero density) is a verdict, not this error.
+
+    Arguments:
+        message: the full message, naming the row.
+        row: the 0-based positional row.
+    """
+
+    def __init__(self, message: str, row: int) -> None:
+        super().__init__(message, column=None, row=row)
 
 
 @dataclass(frozen=True)
@@ -185,7 +255,9 @@ class Schema:
 
         Raises:
             SchemaError: empty frame, missing or unexpected columns, wrong dtypes, values that
-                are not numbers, or missing/infinite values where not allowed.
+                are not numbers (booleans too, unless the column's levels are 0 and 1), a bool
+                column's value other than true/false/1/0, a container (dict, list, ...) in a
+                categorical column, or missing/infinite values where not allowed.
         """
         _check_frame(frame)
         present = set(frame.columns)
@@ -205,7 +277,7 @@ class Schema:
             if spec.kind == "categorical":
                 values[spec.name] = as_text(series)
             else:
-                values[spec.name] = _as_float(frame, spec.name, series)
+                values[spec.name] = _numeric_values(frame, spec, series)
             if spec.n_missing_train == 0:
                 isna = pd.isna(values[spec.name])
                 if isna.any():
@@ -241,7 +313,7 @@ def infer_schema(
         series = frame[name]
         n_missing = int(series.isna().sum())
         if n_missing == len(series):
-            raise SchemaError(f"column {name!r} has only missing values", column=name)
+            raise SchemaError(f"column {shown(name)} has only missing values", column=name)
         if _is_text(series.dtype):
             specs.append(_categorical_spec(name, series, n_missing))
         elif pd.api.types.is_bool_dtype(series.dtype):
@@ -264,7 +336,7 @@ def infer_schema(
             specs.append(_numeric_spec(name, str(series.dtype), x, max_discrete_levels))
         else:
             raise SchemaError(
-                f"column {name!r}: unsupported dtype {series.dtype}; exclude or convert it",
+                f"column {shown(name)}: unsupported dtype {series.dtype}; exclude or convert it",
                 column=name,
             )
     if not specs:
@@ -314,6 +386,72 @@ def _categorical_spec(name: str, series: pd.Series, n_missing: int) -> ColumnSpe
     )
 
 
+def _numeric_values(
+    frame: pd.DataFrame, spec: ColumnSpec, series: pd.Series
+) -> NDArray[np.float64]:
+    """A numeric column's values as float64, checked against its kind.
+
+    Arguments:
+        frame: the frame checked (for messages).
+        spec: the column's training spec.
+        series: the column.
+    """
+    if not (spec.kind == "binary" and (spec.min, spec.max) == (0.0, 1.0)):
+        _reject_booleans(frame, spec.name, series)
+    x = _as_float(frame, spec.name, series)
+    if spec.dtype in BOOL_DTYPES:  # not is_bool_dtype(str): it parses the name, 10 us a call
+        _check_true_or_false(frame, spec, series, x)
+    return x
+
+
+def _reject_booleans(frame: pd.DataFrame, name: str, series: pd.Series) -> None:
+    """Booleans in a numeric column whose levels are not 0 and 1 are a type error.
+
+    A JSON record holding ``true`` gives the column bool dtype, or object dtype when other
+    records hold numbers: only then are values looked at one by one (float columns cost nothing).
+
+    Arguments:
+        frame: the frame checked (for messages).
+        name: the column name.
+        series: the column.
+    """
+    if pd.api.types.is_bool_dtype(series.dtype):
+        flags = series.notna().to_numpy()
+    elif pd.api.types.is_object_dtype(series.dtype) or isinstance(
+        series.dtype, pd.CategoricalDtype
+    ):
+        values = series.to_numpy(dtype=object)
+        flags = np.fromiter((isinstance(v, bool | np.bool_) for v in values), bool, len(values))
+    else:
+        return
+    if flags.any():
+        row = int(np.flatnonzero(flags)[0])
+        problem = f"expected a number, got the boolean {shown(series.iloc[row])}"
+        raise SchemaError.at(frame, name, row, problem)
+
+
+def _check_true_or_false(
+    frame: pd.DataFrame, spec: ColumnSpec, series: pd.Series, x: NDArray[np.float64]
+) -> None:
+    """A column trained as bool holds true, false, 1 or 0 (as ``x``: 1.0 or 0.0).
+
+    Only bool columns: a numeric column with two values in training is scored like a discrete
+    column when it shows a third (``6_cardio`` has such a column where 6 of its 176 anomalies
+    take other values: rejecting them would reject the anomalies).
+
+    Arguments:
+        frame: the frame checked (for messages).
+        spec: the column's spec.
+        series: the column as given (for messages).
+        x: its values as float64 (NaN where missing).
+    """
+    bad = np.flatnonzero((x != 0.0) & (x != 1.0) & ~np.isnan(x))
+    if len(bad):
+        row = int(bad[0])
+        problem = f"expected true or false (or 1 or 0), got {shown(series.iloc[row])}"
+        raise SchemaError.at(frame, spec.name, row, problem)
+
+
 def _as_float(frame: pd.DataFrame, name: str, series: pd.Series) -> NDArray[np.float64]:
     """A numeric column as float64 (NaN where missing); strings must parse as numbers."""
     if isinstance(series.dtype, pd.CategoricalDtype):
@@ -321,15 +459,21 @@ def _as_float(frame: pd.DataFrame, name: str, series: pd.Series) -> NDArray[np.f
     if pd.api.types.is_numeric_dtype(series.dtype) or pd.api.types.is_bool_dtype(series.dtype):
         x = series.to_numpy(dtype=np.float64, na_value=np.nan)
     elif _is_text(series.dtype):
-        parsed = pd.to_numeric(series, errors="coerce")
+        try:
+            parsed = pd.to_numeric(series, errors="coerce")
+        except OverflowError:  # a Python int beyond float64, e.g. a 400-digit JSON literal
+            _reject_huge_int(frame, name, series)
+            raise
         bad = np.flatnonzero(parsed.isna().to_numpy() & series.notna().to_numpy())
         if len(bad):
             row = int(bad[0])
-            raise SchemaError.at(frame, name, row, f"expected a number, got {series.iloc[row]!r}")
+            problem = f"expected a number, got {shown(series.iloc[row])}"
+            raise SchemaError.at(frame, name, row, problem)
         x = parsed.to_numpy(dtype=np.float64, na_value=np.nan)
     else:
         raise SchemaError(
-            f"column {name!r}: expected a numeric column, got dtype {series.dtype}", column=name
+            f"column {shown(name)}: expected a numeric column, got dtype {series.dtype}",
+            column=name,
         )
     infinite = np.flatnonzero(np.isinf(x))
     if len(infinite):
@@ -338,15 +482,56 @@ def _as_float(frame: pd.DataFrame, name: str, series: pd.Series) -> NDArray[np.f
     return x
 
 
+def _reject_huge_int(frame: pd.DataFrame, name: str, series: pd.Series) -> None:
+    """Raises for the first int of an object column that no float64 can hold.
+
+    Arguments:
+        frame: the frame checked (for messages).
+        name: the column name.
+        series: the column (object dtype).
+    """
+    for row, value in enumerate(series.to_numpy(dtype=object)):
+        if isinstance(value, int) and abs(value) > FLOAT64_MAX:  # exact int-float comparison
+            problem = (
+                f"number out of range: {shown(value)} does not fit a 64-bit float "
+                f"(|x| <= {FLOAT64_MAX:.4g}; the model accepts far less, see its encoder)"
+            )
+            raise SchemaError.at(frame, name, row, problem)
+
+
 def as_text(series: pd.Series) -> NDArray[np.object_]:
-    """A categorical column as an object array of ``str`` (None where missing)."""
+    """A categorical column as an object array of ``str`` (None where missing).
+
+    Arguments:
+        series: the column; numbers and other scalars become ``str(value)``.
+
+    Raises:
+        SchemaError: a container (dict, list, set, tuple, array) in the column.
+    """
     text = series.to_numpy(dtype=object, na_value=None, copy=True)
     missing = pd.isna(text)
     text[missing] = None
     present = text[~missing]
     if not all(type(value) is str for value in present):  # skip the copy when all are str
+        _reject_containers(series, present, np.flatnonzero(~missing))
         text[~missing] = [str(value) for value in present]
     return text
+
+
+def _reject_containers(
+    series: pd.Series, present: NDArray[np.object_], rows: NDArray[np.intp]
+) -> None:
+    """Raises for the first container among a categorical column's non-missing values.
+
+    Arguments:
+        series: the column (for its name and index).
+        present: its non-missing values.
+        rows: their 0-based positions in ``series``.
+    """
+    for row, value in zip(rows, present, strict=True):
+        if isinstance(value, CONTAINERS):
+            problem = f"expected text or a number, got a {type(value).__name__} {shown(value)}"
+            raise SchemaError.at(series, str(series.name), int(row), problem)
 
 
 def _is_text(dtype: Any) -> bool:
@@ -363,7 +548,7 @@ def _check_frame(frame: pd.DataFrame) -> None:
     bad = [name for name in frame.columns if not isinstance(name, str)]
     if bad:
         raise SchemaError(
-            f"column names must be strings, got {bad[:5]!r} "
+            f"column names must be strings, got {_quoted(bad)} "
             "(e.g. frame.columns = frame.columns.astype(str))",
             column=str(bad[0]),
         )
@@ -373,4 +558,7 @@ def _check_frame(frame: pd.DataFrame) -> None:
 
 
 def _quoted(names: list[str]) -> str:
-    return ", ".join(repr(n) for n in names)
+    """Names for a message: each cut by :func:`shown`, at most ``SHOWN_NAMES`` of them."""
+    listed = ", ".join(shown(n) for n in names[:SHOWN_NAMES])
+    more = len(names) - SHOWN_NAMES
+    return f"{listed} and {more} more" if more > 0 else listed

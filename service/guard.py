@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import hmac
 import json
-import reprlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
+
+from pipelines.schema import shown
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -30,15 +31,10 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 PARSED_RECORDS = "flowad.records"  # the scope key of a checked body's record list
 
-# Echoed values are cut short: a 1 MB string or a list nested 900 deep must not come back
-# whole in an error body (or take the time and stack its full repr would).
-_SHORT = reprlib.Repr()
-_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlist, _SHORT.maxdict = 2, 60, 60, 4, 4
-
-
 def short_repr(value: Any) -> str:
-    """``repr(value)``, cut to about 60 characters and two levels of nesting."""
-    return _SHORT.repr(value)
+    """``repr(value)`` cut short: a 1 MB string or a list nested 900 deep must not come back
+    whole in an error body (nor take the time and stack its full repr would)."""
+    return shown(value)
 
 
 class BodyTooLargeError(Exception):

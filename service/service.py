@@ -38,7 +38,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from pipelines import registry
-from pipelines.schema import SchemaError
+from pipelines.schema import SchemaError, shown
 from pipelines.tables import iter_table
 from service import metrics as service_metrics
 from service.drift import DriftWindow
@@ -413,8 +413,8 @@ class FlowadService:
             keys = set(record) - ignored
             if keys != expected:
                 missing, unknown = sorted(expected - keys), sorted(keys - expected)
-                problem = (f"missing column {missing[0]!r}" if missing
-                           else f"unknown column {unknown[0]!r}")
+                problem = (f"missing column {shown(missing[0])}" if missing
+                           else f"unknown column {shown(unknown[0])}")
                 self._reject(f"row {row}: {problem}; expected columns {sorted(expected)}",
                              "schema")
         return pd.DataFrame.from_records(records, columns=columns)
@@ -464,7 +464,7 @@ def _next_chunk(chunks: Iterator[pd.DataFrame], fmt: str) -> pd.DataFrame | None
     try:
         return next(chunks, None)
     except (ValueError, OSError, UnicodeDecodeError) as error:  # pandas' and pyarrow's
-        raise RequestRejected(f"could not read the uploaded {fmt} file: {error}",
+        raise RequestRejected(f"could not read the uploaded {fmt} file: {str(error)[:300]}",
                               "validation") from None
 
 

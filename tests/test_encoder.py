@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import skops.io as sio
 from sklearn.exceptions import NotFittedError
 from sklearn.preprocessing import QuantileTransformer, StandardScaler
 
-from pipelines.encoder import TabularEncoder
+from pipelines.encoder import MAX_ENCODED, TabularEncoder
 from pipelines.schema import SchemaError
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "adbench"
@@ -484,3 +485,56 @@ def test_benchmark_data_raw_and_standardized(name: str) -> None:
     assert kinds["raw"] == kinds["std"]
     if name in ALL_DISCRETE:
         assert "continuous" not in kinds["std"]
+
+
+# -------------------------------------------------------------------- the range of values
+def json_records(df: pd.DataFrame, rows: int = 3) -> list[dict[str, object]]:
+    """The first records of ``df`` as the service receives them (parsed JSON)."""
+    return json.loads(df.iloc[:rows].to_json(orient="records"))
+
+
+@pytest.mark.parametrize("scaling", ["standard", "robust", "quantile"])
+def test_values_beyond_the_encoded_bound_are_schema_errors(scaling: str) -> None:
+    df = train_frame()
+    enc = TabularEncoder(scaling=scaling, exclude=("id",)).fit(df)
+    names = list(df.columns)
+    good = json_records(df)
+    specs = enc.schema_.of_kind("continuous") + enc.schema_.of_kind("discrete", "binary")
+    assert [s.name for s in specs] == ["age", "income", "rooms", "owner"]
+    for j, spec in enumerate(specs[:3]):  # owner is bool: 0/1 only
+        lo, hi = enc.raw_range_[j]
+        assert lo < spec.min and spec.max < hi
+        # the edges encode to |x| <= MAX_ENCODED and are accepted
+        inward = 1e-9 * (hi - lo)
+        edges = [{**good[0], spec.name: lo + inward}, {**good[0], spec.name: hi - inward}]
+        X, _ = enc.transform(pd.DataFrame.from_records(edges, columns=names))
+        assert np.abs(X[:, j]).max() == pytest.approx(MAX_ENCODED, rel=1e-6)
+        for value in [1e300, -1e300, float(hi + abs(hi)), float(lo - abs(lo)), 1.7e308]:
+            records = [good[0], {**good[1], spec.name: value}]
+            frame = pd.DataFrame.from_records(records, columns=names)
+            for check in (enc.transform, enc.validate):
+                with pytest.raises(SchemaError) as info:
+                    check(frame)
+                assert (info.value.column, info.value.row) == (spec.name, 1)
+                assert str(info.value).startswith(
+                    f"column {spec.name!r}, row 1: {value!r} is out of range: the model scores "
+                    f"values in [{lo:.6g}, {hi:.6g}] (at most 1e+06 scale units"
+                ), str(info.value)
+
+
+def test_the_first_bad_row_is_named_whatever_its_column() -> None:
+    df = train_frame()
+    enc = TabularEncoder(exclude=("id",)).fit(df)
+    records = json_records(df, 4)
+    records[3]["age"] = 1e200
+    records[2]["rooms"] = "1e200"  # a numeric string: echoed as given
+    with pytest.raises(SchemaError, match=r"^column 'rooms', row 2: '1e200' is out of range"):
+        enc.transform(pd.DataFrame.from_records(records, columns=list(df.columns)))
+
+
+def test_encoded_guard_catches_what_the_raw_range_misses() -> None:
+    df = train_frame()
+    enc = TabularEncoder(exclude=("id",)).fit(df)
+    enc.raw_range_ = np.array([[-np.inf, np.inf]] * len(enc.raw_range_))  # a wrong raw range
+    with pytest.raises(SchemaError, match=r"^column 'age', row 0: 1e\+300 is out of range"):
+        enc.transform(df.assign(age=1e300))
