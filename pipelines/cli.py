@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 import pandas as pd
 import typer
+
+if TYPE_CHECKING:
+    from pipelines.detector import Detector
+    from pipelines.tables import TableWriter
 
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 
@@ -36,7 +42,8 @@ def main(
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Bad input (schema mismatch, unreadable file) exits with status 2 and a one-line message."""
+    """Bad input (schema mismatch, unreadable file, unknown model tag, a model that fails its
+    check) exits with status 2 and a one-line message."""
     from bentoml.exceptions import NotFound
 
     try:
@@ -113,21 +120,54 @@ def score(
     data: Annotated[Path, typer.Argument(help="CSV or Parquet file to score.")],
     output: Annotated[Path, typer.Option(help="Output .csv or .parquet.")],
     chunk_rows: Annotated[int, typer.Option(help="Rows per chunk.")] = 50_000,
+    progress: Annotated[bool | None, typer.Option(
+        "--progress/--no-progress", help="Progress bar on stderr [default: when stderr is a "
+        "terminal].", show_default=False)] = None,
 ) -> None:
     """Score DATA in chunks; writes the input columns plus score, log_likelihood, p_value,
-    is_anomaly."""
+    is_anomaly. OUTPUT appears only once every row is scored (a failed or interrupted run
+    leaves it as it was)."""
     from pipelines.store import load_detector
-    from pipelines.tables import TableWriter, iter_table
+    from pipelines.tables import TableWriter
 
-    detector = load_detector(tag)
+    with user_errors():
+        detector = load_detector(tag)
+        with TableWriter(output) as writer:
+            n_rows, n_anomalies = _score_chunks(detector, data, chunk_rows, writer, progress)
+    typer.echo(f"scored {n_rows} rows, {n_anomalies} flagged -> {output}")
+
+
+def _score_chunks(detector: Detector, data: Path, chunk_rows: int, writer: TableWriter,
+                  progress: bool | None) -> tuple[int, int]:
+    """Scores ``data`` chunk by chunk into ``writer``; returns (rows, anomalies).
+
+    Arguments:
+        detector: the loaded detector.
+        data: the CSV or Parquet file.
+        chunk_rows: rows per chunk.
+        writer: where the input columns plus verdicts go.
+        progress: show a progress bar on stderr; None: when stderr is a terminal.
+    """
+    from tqdm import tqdm
+
+    from pipelines.schema import SchemaError
+    from pipelines.tables import at_file_row, count_rows, iter_table
+
+    show = sys.stderr.isatty() if progress is None else progress
     n_rows = n_anomalies = 0
-    with user_errors(), TableWriter(output) as writer:
+    with tqdm(total=count_rows(data), unit="rows", disable=not show, file=sys.stderr,
+              dynamic_ncols=True) as bar:
         for chunk in iter_table(data, chunk_rows):
-            verdicts = detector.verdicts(chunk)
+            try:  # an index from 0 in the chunk, so the error's row is a position in it
+                verdicts = detector.verdicts(chunk.reset_index(drop=True))
+            except SchemaError as error:
+                raise at_file_row(error, n_rows, data) from error
+            verdicts.index = chunk.index
             writer.write(pd.concat([chunk, verdicts], axis=1))
             n_rows += len(chunk)
             n_anomalies += int(verdicts["is_anomaly"].sum())
-    typer.echo(f"scored {n_rows} rows, {n_anomalies} flagged -> {output}")
+            bar.update(len(chunk))
+    return n_rows, n_anomalies
 
 
 @app.command()
@@ -142,8 +182,8 @@ def evaluate(
     from pipelines.store import load_detector
     from pipelines.tables import read_table
 
-    detector = load_detector(tag)
     with user_errors():
+        detector = load_detector(tag)
         frame = read_table(data)
         y = _labels(frame, label)
         scores = detector.score_samples(frame.drop(columns=[label]))
@@ -154,23 +194,39 @@ def evaluate(
 @app.command()
 def models(
     name: Annotated[str | None, typer.Argument(help="Only this model name.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="A JSON list instead of a table.")]
+    = False,
 ) -> None:
-    """List saved models: tag, created, kind, threshold, key metrics."""
+    """List saved models: tag, production, created, kind, threshold, key metrics. Broken store
+    entries (e.g. left by a killed save) are skipped with a warning naming their path."""
+    from pipelines.registry import production_tag
+    from pipelines.store import BrokenEntryWarning, list_detectors
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", BrokenEntryWarning)
+        rows = list_detectors(name)
+    for warning in caught:
+        typer.echo(f"warning: {warning.message}", err=True)
+    production = {production_tag(n) for n in {row["tag"].split(":")[0] for row in rows}}
+    for row in rows:
+        row["production"] = row["tag"] in production
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2, default=str))
+    else:
+        _print_models(rows)
+
+
+def _print_models(rows: list[dict[str, object]]) -> None:
+    """The ``flowad models`` table."""
     from rich.console import Console
     from rich.table import Table
 
-    from pipelines.registry import production_tag
-    from pipelines.store import list_detectors
-
-    rows = list_detectors(name)
     table = Table("tag", "production", "created", "kind", "target FPR", "threshold", "val NLL",
                   "train rows")
-    production = {row["tag"].split(":")[0] for row in rows}
-    production = {production_tag(n) for n in production}
     for row in rows:
         cells = [row[k] for k in (
             "created", "model_kind", "target_fpr", "threshold", "val_nll", "n_train")]
-        table.add_row(row["tag"], "yes" if row["tag"] in production else "",
+        table.add_row(str(row["tag"]), "yes" if row["production"] else "",
                       *(f"{c:.4f}" if isinstance(c, float) else str(c) for c in cells))
     Console().print(table)
 

@@ -19,6 +19,7 @@ from pipelines.schema import SchemaError, UnscorableRecordError
 from pipelines.training import TrainResult, default_train_config, estimate_nll, train_flow
 
 SCORE_BATCH_ROWS = 8192
+REFERENCE_ROWS = 64  # calibration records kept to prove a loaded model scores as when saved
 
 
 def resolve_device(device: str) -> torch.device:
@@ -168,10 +169,14 @@ class Detector(BaseEstimator):
             {**epoch, "member": k} for k, result in enumerate(results) for epoch in result.history
         ]
         self.calibrator_, self.threshold_ = None, float("nan")
+        self.reference_records_, self.reference_scores_ = None, None
         if len(calibration):
+            calibration_scores = self.score_samples(calibration)
             self.calibrator_ = Calibrator(target_fpr=self.target_fpr)
-            self.calibrator_.fit(self.score_samples(calibration))
+            self.calibrator_.fit(calibration_scores)
             self.threshold_ = self.calibrator_.threshold_
+            self.reference_records_, self.reference_scores_ = self._reference_sample(
+                calibration, calibration_scores)
         self.metrics_ = {
             "n_train": len(train),
             "n_validation": len(val),
@@ -185,6 +190,23 @@ class Detector(BaseEstimator):
             "fit_seconds": time.perf_counter() - start,
         }
         return self
+
+    def _reference_sample(
+        self, records: pd.DataFrame, scores: np.ndarray
+    ) -> tuple[pd.DataFrame, np.ndarray]:
+        """Up to ``REFERENCE_ROWS`` calibration records (raw input columns, excluded ones
+        dropped) with finite scores, and those scores: saved with the model so that a loaded
+        copy can prove it scores the same (``pipelines.store.verify_detector``).
+
+        Arguments:
+            records: the calibration records, in the order of ``scores``.
+            scores: their scores.
+        """
+        keep = np.flatnonzero(np.isfinite(scores))[:REFERENCE_ROWS]
+        excluded = set(self.exclude)
+        columns = [c for c in records.columns if c not in excluded]
+        sample = records.iloc[keep][columns].reset_index(drop=True)
+        return sample, scores[keep].astype(np.float64)
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.asarray(array), dtype=torch.float32, device=self.device_)

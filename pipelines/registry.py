@@ -5,6 +5,10 @@ BentoML 1.4's model store has no aliases and no safe way to update a saved model
 ``models/``: ``$BENTOML_HOME/flowad/production/<name>.json`` holding the current tag and the
 promotion history. Writers take an exclusive file lock and replace the file atomically (temp
 file + ``os.replace``), so readers always see a complete pointer and never lock.
+
+A model must prove itself before the pointer moves to it: :func:`promote` loads it and checks
+that its weights are finite and that it reproduces the scores saved with it
+(:func:`pipelines.store.verify_detector`).
 """
 
 from __future__ import annotations
@@ -20,12 +24,36 @@ from pathlib import Path
 from typing import Any
 
 import bentoml
+from bentoml.exceptions import NotFound
+
+
+class NoProductionModel(NotFound):
+    """A bare model name was asked for its production model and none was promoted."""
+
+    def __init__(self, name: str) -> None:
+        message = (f"no production model for {name}; promote one with "
+                   f"`flowad promote {name}:VERSION`")
+        near = near_miss_names(name)
+        if near:
+            message += f" (names differing only in case: {', '.join(near)})"
+        super().__init__(message)
+        self.name = name
 
 
 def registry_dir() -> Path:
     from bentoml._internal.configuration.containers import BentoMLContainer
 
     return Path(BentoMLContainer.bentoml_home.get()) / "flowad" / "production"
+
+
+def near_miss_names(name: str) -> list[str]:
+    """Saved or promoted model names equal to ``name`` but for case (a common FLOWAD_MODEL typo)."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    folders = [Path(BentoMLContainer.model_store_dir.get()), registry_dir()]
+    names = {p.name.removesuffix(".json") for folder in folders if folder.is_dir()
+             for p in folder.iterdir() if not p.name.startswith(".")}
+    return sorted(n for n in names if n.lower() == name.lower() and n != name)
 
 
 def pointer_path(name: str) -> Path:
@@ -60,10 +88,14 @@ def _locked(name: str) -> Iterator[None]:
 def promote(tag: str, *, reason: str = "manual") -> dict[str, Any]:
     """Makes ``tag`` the production model of its name; returns the new pointer.
 
-    The tag must exist in the store (a typo must not take production down).
+    The tag must exist in the store (a typo must not take production down), and the model must
+    load and pass :func:`pipelines.store.verify_detector`; otherwise
+    :class:`~pipelines.store.ModelCheckError` names the tag and what failed, and the pointer
+    stays where it was.
     """
     model = bentoml.models.get(tag)  # raises NotFound for an unknown tag
     name, full_tag = model.tag.name, str(model.tag)
+    _check(full_tag)
     with _locked(name):
         pointer = read_pointer(name) or {"name": name, "tag": None, "history": []}
         pointer["history"].append({
@@ -80,12 +112,32 @@ def promote(tag: str, *, reason: str = "manual") -> dict[str, Any]:
     return pointer
 
 
-def resolve(name_or_tag: str) -> str:
-    """A full tag for ``name`` (production, else newest), ``name:latest`` or ``name:version``."""
+def _check(tag: str) -> None:
+    """Loads ``tag`` on the CPU and verifies it; raises ModelCheckError saying why not."""
+    from pipelines.store import ModelCheckError, load_verified  # store imports this module
+
+    try:
+        load_verified(tag, device="cpu")
+    except ModelCheckError as error:
+        raise ModelCheckError(tag, error.problem, action="refusing to promote") from error
+
+
+def resolve(name_or_tag: str, *, production_only: bool = False) -> str:
+    """The full tag that ``name_or_tag`` stands for.
+
+    Arguments:
+        name_or_tag: ``name:version`` or ``name:latest`` (pinned), or a bare ``name`` (or
+            ``name:production``): its production model.
+        production_only: a bare name with no production model raises
+            :class:`NoProductionModel` instead of falling back to the newest version, which may
+            be a candidate the retrain gate rejected. Services must pass True.
+    """
     name, _, version = name_or_tag.partition(":")
     if not version or version == "production":
         tag = production_tag(name)
         if tag is not None:
             return tag
-        version = "latest"
+        if production_only or version == "production":
+            raise NoProductionModel(name)
+        version = "latest"  # library use: the newest version
     return str(bentoml.models.get(f"{name}:{version}").tag)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -9,6 +11,8 @@ from typing import BinaryIO
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from pipelines.schema import SchemaError
 
 CHUNK_ROWS = 50_000
 
@@ -53,32 +57,85 @@ def iter_table(
         yield frame
 
 
+def count_rows(path: str | Path) -> int | None:
+    """Rows of a Parquet file from its footer; None for CSV (counting would read it twice)."""
+    if table_format(path) == "parquet":
+        return pq.ParquetFile(path).metadata.num_rows
+    return None
+
+
+def at_file_row(error: SchemaError, start: int, path: str | Path) -> SchemaError:
+    """``error`` raised on a chunk that begins at row ``start`` of ``path``, re-worded to name
+    the row of the file (0-based, header not counted; for CSV also the line number).
+
+    Arguments:
+        error: raised by checking a chunk whose index was reset to count from 0.
+        start: the chunk's first row in the file.
+        path: the file, named in the message.
+    """
+    if error.row is None:
+        return SchemaError(f"{path}: {error}", column=error.column)
+    row = start + error.row
+    where = f"row {row}" + (f" (line {row + 2})" if table_format(path) == "csv" else "")
+    prefix = f"column {error.column!r}, row {error.row}"
+    message = str(error)
+    if message.startswith(prefix):
+        message = f"column {error.column!r}, {where}{message[len(prefix):]}"
+    else:
+        message = f"{message} [{where} of the file]"
+    return SchemaError(f"{path}: {message}", column=error.column, row=row)
+
+
 class TableWriter:
-    """Appends DataFrame chunks to a CSV or Parquet file (the schema of the first chunk)."""
+    """Appends DataFrame chunks to a CSV or Parquet file (the schema of the first chunk).
+
+    All or nothing: chunks go to a hidden temporary file beside the target, which replaces the
+    target only when the ``with`` block ends without an error; on an error the temporary file
+    is removed and the target is left as it was. (A process killed with SIGKILL can leave the
+    hidden file, never a truncated target.)
+
+    Arguments:
+        path: the target ``.csv`` or ``.parquet`` file.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.format = table_format(path)
+        self.temp_path = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}.tmp")
         self._parquet: pq.ParquetWriter | None = None
         self._started = False
 
     def write(self, frame: pd.DataFrame) -> None:
         if self.format == "csv":
-            frame.to_csv(self.path, mode="a" if self._started else "w",
+            frame.to_csv(self.temp_path, mode="a" if self._started else "w",
                          header=not self._started, index=False)
         else:
             table = pa.Table.from_pandas(frame, preserve_index=False)
             if self._parquet is None:
-                self._parquet = pq.ParquetWriter(self.path, table.schema)
+                self._parquet = pq.ParquetWriter(self.temp_path, table.schema)
             self._parquet.write_table(table.cast(self._parquet.schema))
         self._started = True
 
     def close(self) -> None:
+        """Finishes the file and moves it onto the target."""
         if self._parquet is not None:
             self._parquet.close()
+            self._parquet = None
+        if self._started:
+            os.replace(self.temp_path, self.path)
+
+    def discard(self) -> None:
+        """Removes the temporary file; the target is untouched."""
+        if self._parquet is not None:
+            self._parquet.close()
+            self._parquet = None
+        self.temp_path.unlink(missing_ok=True)
 
     def __enter__(self) -> TableWriter:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:  # KeyboardInterrupt too: never leave a partial table that looks complete
+            self.discard()

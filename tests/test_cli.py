@@ -1,8 +1,13 @@
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pandas as pd
 import pytest
-from conftest import mixed_frame
+from conftest import REPO, mixed_frame
 from typer.testing import CliRunner
 
 from pipelines.cli import app
@@ -101,3 +106,98 @@ def test_a_bad_file_gives_a_clear_error(tag, tmp_path):
     result = runner.invoke(app, ["score", tag, str(bad), "--output", str(tmp_path / "o.csv")])
     assert result.exit_code != 0
     assert "amount" in str(result.exception) + result.output
+
+
+def _with_bad_row(frame: pd.DataFrame, row: int) -> pd.DataFrame:
+    frame = frame.astype({"amount": object})
+    frame.loc[row, "amount"] = "oops"
+    return frame
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_a_bad_row_leaves_no_output_and_is_named_by_its_file_row(tag, tmp_path, suffix):
+    frame = _with_bad_row(mixed_frame(400, seed=4).drop(columns=["id"]), 250)
+    source = tmp_path / f"in{suffix}"
+    if suffix == ".csv":
+        frame.to_csv(source, index=False)
+    else:
+        frame.astype({"amount": str}).to_parquet(source)
+    out = tmp_path / f"out{suffix}"
+    out.write_text("an earlier run's output")
+    result = runner.invoke(app, ["score", tag, str(source), "--output", str(out),
+                                 "--chunk-rows", "100"])
+    assert result.exit_code == 2, result.output
+    assert "row 250" in result.stderr and "index label" not in result.stderr
+    assert "'amount'" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert out.read_text() == "an earlier run's output"  # untouched
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_unknown_tags_give_a_one_line_error(tmp_path, labelled_csv):
+    for command in (["score", "no-such-model:v1", str(labelled_csv), "--output",
+                     str(tmp_path / "o.csv")],
+                    ["evaluate", "no-such-model:v1", str(labelled_csv), "--label", "label",
+                     "--report-dir", str(tmp_path)]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 2, result.output
+        assert result.stderr.startswith("error: ") and "no-such-model" in result.stderr
+        assert "Traceback" not in result.output
+
+
+def test_score_shows_progress_when_asked(tag, labelled_csv, tmp_path):
+    source = tmp_path / "in.parquet"
+    pd.read_csv(labelled_csv).drop(columns=["label"]).to_parquet(source)
+    result = runner.invoke(app, ["score", tag, str(source), "--output", str(tmp_path / "o.csv"),
+                                 "--chunk-rows", "500", "--progress"])
+    assert result.exit_code == 0, result.output
+    assert "1560/1560" in result.stderr
+
+
+def test_a_killed_score_never_leaves_a_truncated_output(tag, tmp_path):
+    big = pd.concat([mixed_frame(2000, seed=s).drop(columns=["id"]) for s in range(40)])
+    source, out = tmp_path / "big.csv", tmp_path / "out.csv"
+    big.to_csv(source, index=False)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "score", tag, str(source), "--output", str(out),
+         "--chunk-rows", "500", "--no-progress"], env=env, cwd=REPO)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".out.csv.*.tmp")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert list(tmp_path.glob(".out.csv.*.tmp")), "the score never started writing"
+    assert not out.exists()
+
+
+def test_models_json_and_a_broken_entry(tag):
+    from pipelines.store import store_dir
+
+    empty = store_dir() / "cli-test" / "zzzzkilledsave"
+    empty.mkdir()
+    try:
+        result = runner.invoke(app, ["models", "--json"])
+    finally:
+        empty.rmdir()
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    row = next(r for r in rows if r["tag"] == tag)
+    assert row["model_kind"] == "realnvp" and row["production"] is False
+    assert str(empty) in result.stderr and result.stderr.startswith("warning: ")
+
+
+def test_promote_refuses_a_model_with_nan_weights(tag):
+    import torch
+
+    from pipelines import registry
+    from pipelines.store import load_detector, save_detector
+
+    broken = load_detector(tag)
+    with torch.no_grad():
+        next(broken.flow_.parameters()).fill_(float("nan"))
+    bad_tag = save_detector(broken, "cli-test")
+    result = runner.invoke(app, ["promote", bad_tag])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"error: refusing to promote {bad_tag}: non-finite")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert registry.production_tag("cli-test") is None

@@ -1,10 +1,31 @@
+import copy
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import bentoml
 import numpy as np
+import pandas as pd
 import pytest
 import torch
-from conftest import mixed_frame
+from conftest import REPO, mixed_frame
 
-from pipelines import Detector
-from pipelines.store import list_detectors, load_detector, save_detector
+from pipelines import Detector, registry
+from pipelines.store import (
+    BrokenEntryWarning,
+    ModelCheckError,
+    list_detectors,
+    load_detector,
+    save_detector,
+    staging_root,
+    store_dir,
+    verify_detector,
+)
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +56,7 @@ def test_the_store_entry_holds_metadata_and_no_pickles(saved):
     assert meta["target_fpr"] == 0.01
     assert {c["name"] for c in meta["schema"]["columns"]} >= {"amount", "channel", "age"}
     assert {"torch", "scikit-learn", "bentoml"} <= set(meta["versions"])
-    files = {p.name for p in __import__("pathlib").Path(model.path).iterdir()}
+    files = {p.name for p in Path(model.path).iterdir()}
     assert {"flow.pt", "encoder.skops", "calibration.json", "detector.json"} <= files
     assert not any(name.endswith((".pkl", ".pickle")) for name in files)
 
@@ -64,3 +85,152 @@ def test_a_mixture_detector_round_trips():
                             for m in detector.flow_.components])
     expected = -(np.log(np.exp(members).mean(axis=0)) + log_jacobian)
     np.testing.assert_allclose(detector.score_samples(frame), expected, rtol=1e-5, atol=1e-4)
+
+
+# ------------------------------------------------------------------ reference records and checks
+def tiny(seed: int = 0) -> Detector:
+    return Detector(exclude=["id"], train_options={"max_epochs": 3}, flow_options={"members": 1},
+                    random_state=seed, progress=False).fit(mixed_frame(600, seed=seed))
+
+
+def test_reference_records_are_saved_and_reproduced(saved):
+    detector, tag = saved
+    assert "id" not in detector.reference_records_.columns
+    assert len(detector.reference_records_) == len(detector.reference_scores_) == 64
+    loaded = load_detector(tag)
+    pd.testing.assert_frame_equal(loaded.reference_records_, detector.reference_records_,
+                                  check_dtype=False)
+    np.testing.assert_array_equal(loaded.reference_scores_, detector.reference_scores_)
+    files = {p.name for p in Path(bentoml.models.get(tag).path).iterdir()}
+    assert {"reference.parquet", "reference.json"} <= files
+    verify_detector(loaded)  # passes
+
+
+def test_float32_noise_passes_but_a_perturbed_model_fails(saved):
+    _, tag = saved
+    loaded = load_detector(tag)
+    # CPU vs GPU float32: differences of ~1e-5 nats must pass.
+    rng = np.random.default_rng(0)
+    loaded.reference_scores_ = loaded.reference_scores_ + rng.uniform(-2e-4, 2e-4, 64)
+    verify_detector(loaded)
+    perturbed = load_detector(tag)
+    with torch.no_grad():
+        next(perturbed.flow_.parameters()).add_(0.05)
+    with pytest.raises(ModelCheckError, match="reference scores differ"):
+        verify_detector(perturbed)
+
+
+def _nan_copy(detector: Detector) -> Detector:
+    broken = copy.deepcopy(detector)
+    with torch.no_grad():
+        for parameter in broken.flow_.parameters():
+            parameter.fill_(float("nan"))
+    return broken
+
+
+def test_promote_refuses_a_nan_model_and_keeps_the_pointer():
+    good = tiny()
+    good_tag = save_detector(good, "store-check")
+    registry.promote(good_tag)
+    bad_tag = save_detector(_nan_copy(good), "store-check")
+    with pytest.raises(ModelCheckError) as caught:
+        registry.promote(bad_tag)
+    assert bad_tag in str(caught.value) and "non-finite" in str(caught.value)
+    assert registry.production_tag("store-check") == good_tag
+
+
+def test_models_saved_without_reference_records_load_and_are_checked(tmp_path):
+    detector = tiny(1)
+    old = copy.deepcopy(detector)
+    old.reference_records_ = old.reference_scores_ = None  # as saved before reference records
+    tag = save_detector(old, "store-old")
+    loaded = load_detector(tag)
+    assert loaded.reference_records_ is None
+    verify_detector(loaded)
+    registry.promote(tag)
+    broken = load_detector(save_detector(_nan_copy(old), "store-old"))
+    with pytest.raises(ModelCheckError, match="non-finite"):
+        verify_detector(broken)
+    # Finite weights whose log p is not: the zero-batch check catches it.
+    with torch.no_grad():
+        for parameter in loaded.flow_.parameters():
+            parameter.fill_(1e30)
+    with pytest.raises(ModelCheckError):
+        verify_detector(loaded)
+
+
+def test_resolve_follows_the_pointer_only_when_asked():
+    tag = save_detector(tiny(2), "store-unpromoted")
+    assert registry.resolve("store-unpromoted") == tag  # library use: the newest
+    assert registry.resolve(f"{tag.split(':')[0]}:latest") == tag
+    with pytest.raises(registry.NoProductionModel, match="flowad promote store-unpromoted:"):
+        registry.resolve("store-unpromoted", production_only=True)
+    with pytest.raises(registry.NoProductionModel, match="Store-Check"):
+        registry.resolve("Store-Check", production_only=True)  # near miss: store-check exists
+
+
+def test_a_bare_name_without_production_is_not_loaded_for_a_service():
+    save_detector(tiny(3), "store-noprod")
+    with pytest.raises(registry.NoProductionModel):
+        load_detector("store-noprod", production_only=True)
+
+
+# ------------------------------------------------------------------ all-or-nothing saves
+def test_the_entry_is_complete_and_latest_points_at_it():
+    tag = save_detector(tiny(4), "store-atomic")
+    name, version = tag.split(":")
+    assert str(bentoml.models.get(f"{name}:latest").tag) == tag
+    assert (store_dir() / name / "latest").read_text() == version
+    assert not list(staging_root().glob("save-*"))  # the staging folder is gone
+    model = bentoml.models.get(tag)
+    assert model.info.module == "flowad" and model.info.labels == {"kind": "realnvp"}
+    assert {str(m.tag) for m in bentoml.models.list(name)} == {tag}
+
+
+def test_listing_survives_a_broken_entry_and_names_it():
+    tag = save_detector(tiny(5), "store-broken")
+    empty = store_dir() / "store-broken" / "zzzzkilledsave"  # what a killed BentoML save left
+    empty.mkdir()
+    try:
+        with pytest.warns(BrokenEntryWarning, match=str(empty)):
+            rows = list_detectors("store-broken")
+        assert [row["tag"] for row in rows] == [tag]
+        with pytest.warns(BrokenEntryWarning):
+            assert tag in {row["tag"] for row in list_detectors()}
+    finally:
+        empty.rmdir()
+
+
+SAVE_LOOP = """
+import sys
+from pipelines.store import load_detector, save_detector
+detector = load_detector(sys.argv[1], device="cpu")
+while True:
+    save_detector(detector, "store-killed")
+    print("saved", flush=True)
+"""
+
+
+def test_saves_killed_at_random_moments_leave_a_consistent_store(tmp_path):
+    source = save_detector(tiny(6), "store-killed")
+    script = tmp_path / "save_loop.py"
+    script.write_text(SAVE_LOOP)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    rng = random.Random(0)
+    for _ in range(3):
+        process = subprocess.Popen([sys.executable, str(script), source], env=env, cwd=REPO,
+                                   stdout=subprocess.PIPE, text=True)
+        assert process.stdout.readline().strip() == "saved"  # imports done, saving in a loop
+        time.sleep(rng.uniform(0.0, 0.3))
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        process.stdout.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BrokenEntryWarning)
+        rows = list_detectors("store-killed")
+    assert len(rows) >= 4
+    assert len(bentoml.models.list("store-killed")) == len(rows)  # BentoML's listing works too
+    assert str(bentoml.models.get("store-killed:latest").tag) in {row["tag"] for row in rows}
+    load_detector(rows[0]["tag"])
+    save_detector(tiny(6), "store-killed")  # removes the staging folders of the killed saves
+    assert not list(staging_root().glob("save-*"))
