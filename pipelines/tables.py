@@ -73,17 +73,11 @@ def at_file_row(error: SchemaError, start: int, path: str | Path) -> SchemaError
         start: the chunk's first row in the file.
         path: the file, named in the message.
     """
-    if error.row is None:
-        return SchemaError(f"{path}: {error}", column=error.column)
-    row = start + error.row
-    where = f"row {row}" + (f" (line {row + 2})" if table_format(path) == "csv" else "")
-    prefix = f"column {error.column!r}, row {error.row}"
-    message = str(error)
-    if message.startswith(prefix):
-        message = f"column {error.column!r}, {where}{message[len(prefix):]}"
-    else:
-        message = f"{message} [{where} of the file]"
-    return SchemaError(f"{path}: {message}", column=error.column, row=row)
+    located = error.in_file(start)
+    csv = located.row is not None and table_format(path) == "csv"
+    line = f" (line {located.row + 2} of the CSV)" if csv else ""
+    return SchemaError(f"{path}: {located}{line}", column=located.column, row=located.row,
+                       problem=located.problem)
 
 
 class TableWriter:
