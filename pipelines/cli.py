@@ -9,7 +9,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import pandas as pd
 import typer
 
@@ -46,18 +45,6 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(2) from error
 
 
-def _labels(frame: pd.DataFrame, column: str) -> np.ndarray:
-    """A label column as 0/1 (anything truthy and non-zero is an anomaly)."""
-    if column not in frame.columns:
-        raise typer.BadParameter(f"label column {column!r} not in the data")
-    values = frame[column]
-    if values.isna().any():
-        raise typer.BadParameter(f"label column {column!r} has missing values")
-    if values.dtype == object:
-        return values.astype(str).str.lower().isin(["1", "true", "yes", "anomaly"]).to_numpy(int)
-    return (values.to_numpy() != 0).astype(int)
-
-
 @app.command()
 def train(
     data: Annotated[Path, typer.Argument(help="CSV or Parquet file of (mostly) normal records.")],
@@ -79,6 +66,7 @@ def train(
 ) -> None:
     """Train a detector on DATA and save it to the model store; prints the model tag."""
     from pipelines.detector import Detector
+    from pipelines.labels import parse_labels
     from pipelines.store import save_detector
     from pipelines.tables import read_table
 
@@ -86,7 +74,7 @@ def train(
         frame = read_table(data)
         excluded = list(exclude or [])
         if label is not None:
-            frame = frame[_labels(frame, label) == 0]
+            frame = frame[parse_labels(frame, label) == 0]
             excluded.append(label)
         train_options: dict[str, object] = {"objective": objective}
         if max_epochs:
@@ -138,6 +126,7 @@ def evaluate(
     report_dir: Annotated[Path, typer.Option(help="Folder for metrics.json and plots.")],
 ) -> None:
     """Evaluate a saved model on labelled data: metrics.json and PNG plots."""
+    from pipelines.labels import parse_labels
     from pipelines.report import write_report
     from pipelines.store import load_detector
     from pipelines.tables import read_table
@@ -145,7 +134,7 @@ def evaluate(
     detector = load_detector(tag)
     with user_errors():
         frame = read_table(data)
-        y = _labels(frame, label)
+        y = parse_labels(frame, label)
         scores = detector.score_samples(frame.drop(columns=[label]))
     metrics = write_report(report_dir, y, scores, detector.threshold_, detector.history_)
     typer.echo(json.dumps(metrics, indent=2))
@@ -181,7 +170,8 @@ def retrain(
     name: Annotated[str, typer.Option(help="Model name.")] = "flowad-detector",
     baseline: Annotated[str | None, typer.Option(help="Compare with this tag instead of "
                                                      "production.")] = None,
-    label: Annotated[str | None, typer.Option(help="0/1 label column (enables ROC-AUC).")] = None,
+    label: Annotated[str | None, typer.Option(
+        help="Label column: 1/true/yes/anomaly or non-zero = anomaly (enables ROC-AUC).")] = None,
     window_rows: Annotated[int | None, typer.Option(help="Use only the last N rows.")] = None,
     report: Annotated[Path, typer.Option(help="JSON decision report.")] = Path(
         "retrain-report.json"),

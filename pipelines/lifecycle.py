@@ -28,6 +28,7 @@ from sklearn.metrics import roc_auc_score
 
 from pipelines.calibration import conformal_fpr_interval
 from pipelines.detector import Detector, split_rows
+from pipelines.labels import parse_labels
 
 
 @dataclass
@@ -161,7 +162,8 @@ def retrain(
         data: the fresh records (with the label column, if ``label`` is given).
         name: the model name whose production version is the baseline.
         baseline: compare against this tag instead of the production one.
-        label: a 0/1 label column: anomalies are left out of training; it enables ROC-AUC.
+        label: a label column (read by :func:`~pipelines.labels.parse_labels`): anomalies are
+            left out of training; it enables ROC-AUC.
         rules: the gate's thresholds.
         holdout_fraction: share of ``data`` held out for the comparison.
         seed: seeds the hold-out split.
@@ -175,8 +177,7 @@ def retrain(
     data = data.reset_index(drop=True)
     labels = None
     if label is not None:
-        labels = (pd.to_numeric(data[label], errors="coerce").fillna(1).to_numpy() != 0)
-        labels = labels.astype(int)
+        labels = parse_labels(data, label)
         data = data.drop(columns=[label])  # production may not know the label column
     train_rows, held_out_rows = holdout_split(len(data), holdout_fraction, seed)
     train = data.iloc[train_rows]
