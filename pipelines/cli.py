@@ -175,11 +175,19 @@ def retrain(
     window_rows: Annotated[int | None, typer.Option(help="Use only the last N rows.")] = None,
     report: Annotated[Path, typer.Option(help="JSON decision report.")] = Path(
         "retrain-report.json"),
-    nll_tolerance: Annotated[float, typer.Option(help="Allowed NLL increase, nats/record.")]
-    = 0.05,
+    nll_margin: Annotated[float, typer.Option(
+        help="Refuse only a candidate shown to be worse than production by more than this many "
+             "nats per record and encoded feature.")] = 0.05,
+    nll_confidence: Annotated[float, typer.Option(
+        help="One-sided confidence with which the NLL gap must be shown to exceed the margin.",
+        min=0.5, max=0.9999)] = 0.99,
+    nll_trim: Annotated[float, typer.Option(
+        help="Share of paired NLL differences trimmed from each tail.", min=0.0, max=0.4)] = 0.1,
     max_production_fpr_ratio: Annotated[float, typer.Option(
         help="Refuse automatic promotion when production flags more than this x its target "
              "FPR of the new data.")] = 5.0,
+    max_missing_rate_increase: Annotated[float, typer.Option(
+        help="Largest allowed rise of a column's missing rate.")] = 0.2,
     auc_tolerance: Annotated[float, typer.Option(help="Allowed ROC-AUC drop.")] = 0.01,
 ) -> None:
     """Train a candidate on fresh DATA with production's configuration; promote it if it passes
@@ -192,8 +200,9 @@ def retrain(
         frame = read_table(data)
         if window_rows:
             frame = frame.tail(window_rows)
-        rules = GateRules(nll_tolerance=nll_tolerance,
-                          max_production_fpr_ratio=max_production_fpr_ratio,
+        rules = GateRules(nll_margin=nll_margin, nll_confidence=nll_confidence,
+                          nll_trim=nll_trim, max_production_fpr_ratio=max_production_fpr_ratio,
+                          max_missing_rate_increase=max_missing_rate_increase,
                           auc_tolerance=auc_tolerance)
         decision = run_retrain(frame, name, baseline=baseline, label=label, rules=rules)
     report.parent.mkdir(parents=True, exist_ok=True)
