@@ -11,7 +11,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
-import numpy as np
 import pandas as pd
 import typer
 
@@ -53,18 +52,6 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(2) from error
 
 
-def _labels(frame: pd.DataFrame, column: str) -> np.ndarray:
-    """A label column as 0/1 (anything truthy and non-zero is an anomaly)."""
-    if column not in frame.columns:
-        raise typer.BadParameter(f"label column {column!r} not in the data")
-    values = frame[column]
-    if values.isna().any():
-        raise typer.BadParameter(f"label column {column!r} has missing values")
-    if values.dtype == object:
-        return values.astype(str).str.lower().isin(["1", "true", "yes", "anomaly"]).to_numpy(int)
-    return (values.to_numpy() != 0).astype(int)
-
-
 @app.command()
 def train(
     data: Annotated[Path, typer.Argument(help="CSV or Parquet file of (mostly) normal records.")],
@@ -86,6 +73,7 @@ def train(
 ) -> None:
     """Train a detector on DATA and save it to the model store; prints the model tag."""
     from pipelines.detector import Detector
+    from pipelines.labels import parse_labels
     from pipelines.store import save_detector
     from pipelines.tables import read_table
 
@@ -93,7 +81,7 @@ def train(
         frame = read_table(data)
         excluded = list(exclude or [])
         if label is not None:
-            frame = frame[_labels(frame, label) == 0]
+            frame = frame[parse_labels(frame, label) == 0]
             excluded.append(label)
         train_options: dict[str, object] = {"objective": objective}
         if max_epochs:
@@ -178,6 +166,7 @@ def evaluate(
     report_dir: Annotated[Path, typer.Option(help="Folder for metrics.json and plots.")],
 ) -> None:
     """Evaluate a saved model on labelled data: metrics.json and PNG plots."""
+    from pipelines.labels import parse_labels
     from pipelines.report import write_report
     from pipelines.store import load_detector
     from pipelines.tables import read_table
@@ -185,7 +174,7 @@ def evaluate(
     with user_errors():
         detector = load_detector(tag)
         frame = read_table(data)
-        y = _labels(frame, label)
+        y = parse_labels(frame, label)
         scores = detector.score_samples(frame.drop(columns=[label]))
     metrics = write_report(report_dir, y, scores, detector.threshold_, detector.history_)
     typer.echo(json.dumps(metrics, indent=2))
@@ -237,15 +226,24 @@ def retrain(
     name: Annotated[str, typer.Option(help="Model name.")] = "flowad-detector",
     baseline: Annotated[str | None, typer.Option(help="Compare with this tag instead of "
                                                      "production.")] = None,
-    label: Annotated[str | None, typer.Option(help="0/1 label column (enables ROC-AUC).")] = None,
+    label: Annotated[str | None, typer.Option(
+        help="Label column: 1/true/yes/anomaly or non-zero = anomaly (enables ROC-AUC).")] = None,
     window_rows: Annotated[int | None, typer.Option(help="Use only the last N rows.")] = None,
     report: Annotated[Path, typer.Option(help="JSON decision report.")] = Path(
         "retrain-report.json"),
-    nll_tolerance: Annotated[float, typer.Option(help="Allowed NLL increase, nats/record.")]
-    = 0.05,
+    nll_margin: Annotated[float, typer.Option(
+        help="Refuse only a candidate shown to be worse than production by more than this many "
+             "nats per record and encoded feature.")] = 0.05,
+    nll_confidence: Annotated[float, typer.Option(
+        help="One-sided confidence with which the NLL gap must be shown to exceed the margin.",
+        min=0.5, max=0.9999)] = 0.99,
+    nll_trim: Annotated[float, typer.Option(
+        help="Share of paired NLL differences trimmed from each tail.", min=0.0, max=0.4)] = 0.1,
     max_production_fpr_ratio: Annotated[float, typer.Option(
         help="Refuse automatic promotion when production flags more than this x its target "
              "FPR of the new data.")] = 5.0,
+    max_missing_rate_increase: Annotated[float, typer.Option(
+        help="Largest allowed rise of a column's missing rate.")] = 0.2,
     auc_tolerance: Annotated[float, typer.Option(help="Allowed ROC-AUC drop.")] = 0.01,
 ) -> None:
     """Train a candidate on fresh DATA with production's configuration; promote it if it passes
@@ -258,8 +256,9 @@ def retrain(
         frame = read_table(data)
         if window_rows:
             frame = frame.tail(window_rows)
-        rules = GateRules(nll_tolerance=nll_tolerance,
-                          max_production_fpr_ratio=max_production_fpr_ratio,
+        rules = GateRules(nll_margin=nll_margin, nll_confidence=nll_confidence,
+                          nll_trim=nll_trim, max_production_fpr_ratio=max_production_fpr_ratio,
+                          max_missing_rate_increase=max_missing_rate_increase,
                           auc_tolerance=auc_tolerance)
         decision = run_retrain(frame, name, baseline=baseline, label=label, rules=rules)
     report.parent.mkdir(parents=True, exist_ok=True)

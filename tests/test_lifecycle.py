@@ -1,4 +1,6 @@
+import inspect
 import json
+import math
 
 import numpy as np
 import pytest
@@ -7,7 +9,8 @@ from typer.testing import CliRunner
 
 from pipelines import Detector, registry
 from pipelines.cli import app
-from pipelines.lifecycle import GateRules, retrain
+from pipelines.cli import retrain as retrain_command
+from pipelines.lifecycle import GateRules, fit_check, retrain
 from pipelines.store import save_detector
 
 FAST = {"max_epochs": 12, "patience": 5}
@@ -102,3 +105,73 @@ def test_cli_exit_codes_report_and_promote(production, tmp_path):
     result = runner.invoke(app, ["models", name], env={"COLUMNS": "250"})
     production_rows = [line for line in result.stdout.splitlines() if "yes" in line]
     assert len(production_rows) == 1 and tag in production_rows[0]
+
+
+def _old_nll_rule_rejects(mean: float, std: float, n: int) -> bool:
+    """The fit rule before the non-inferiority test: mean difference > 0.05 + 2 SE."""
+    return mean > 0.05 + 2 * std / math.sqrt(n)
+
+
+@pytest.fixture(scope="module")
+def audit_production():
+    """The audit's setting: production fitted on 4,000 rows, retrains on 2,000 (so the candidate
+    fits 1,088 rows against production's 2,720, and its held-out NLL is a little worse)."""
+    detector = Detector(exclude=["id"], target_fpr=0.05, flow_options={"members": 1},
+                        train_options={"max_epochs": 30, "patience": 10}, progress=False)
+    tag = save_detector(detector.fit(mixed_frame(4000, seed=0)), "lifecycle-audit")
+    registry.promote(tag, reason="test setup")
+    return "lifecycle-audit", tag
+
+
+def test_same_distribution_retrain_on_fewer_rows_is_promoted(audit_production):
+    name, tag = audit_production
+    decision = retrain(mixed_frame(2000, seed=22), name, baseline=tag, progress=False)
+    nll = decision.checks["nll"]
+    # The audit's false rejection: the old rule refused this healthy candidate (it did, 10 of
+    # seeds 20-31 in this setting), as the fit gap of fewer rows exceeded 0.05 + 2 SE.
+    assert _old_nll_rule_rejects(nll["mean"], nll["std"], nll["n"]), nll
+    assert decision.promoted, decision.reasons
+    assert nll["lower_bound"] <= nll["margin"]
+    assert set(nll) >= {"statistic", "lower_bound", "margin", "n", "confidence", "trim"}
+
+
+def _paired_scores(shift: float, n: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Production NLLs and candidate NLLs worse by ``shift`` plus heavy-tailed noise."""
+    rng = np.random.default_rng(seed)
+    production = 5 + rng.gamma(2.0, 2.0, n)
+    return production, production + shift + 0.5 * rng.standard_t(3, n)
+
+
+def test_fit_rule_accepts_the_gap_of_fewer_rows_that_the_old_rule_refused():
+    production, candidate = _paired_scores(0.15)
+    difference = candidate - production
+    assert _old_nll_rule_rejects(difference.mean(), difference.std(ddof=1), len(difference))
+    check = fit_check(production, candidate, n_features=8, rules=GateRules())
+    assert check["passed"], check
+    assert check["margin"] == pytest.approx(0.4) and check["n"] == 400
+
+
+def test_fit_rule_refuses_a_candidate_shown_to_be_worse():
+    production, candidate = _paired_scores(1.5)  # what 3 epochs of training left (8 features)
+    check = fit_check(production, candidate, n_features=8, rules=GateRules())
+    assert not check["passed"]
+    assert check["lower_bound"] > check["margin"] and check["statistic"] > 1.2
+
+
+def test_fit_rule_sets_aside_a_few_records_a_model_cannot_score():
+    production, candidate = _paired_scores(0.15)
+    candidate[:3] = np.inf  # e.g. a category level the candidate never saw
+    production[3] = np.inf
+    check = fit_check(production, candidate, n_features=8, rules=GateRules())
+    assert check["passed"] and math.isfinite(check["lower_bound"]), check
+
+
+def test_fit_rule_needs_rows_to_show_anything():
+    production, candidate = _paired_scores(0.0, n=2)
+    assert not fit_check(production, candidate, n_features=8, rules=GateRules())["passed"]
+
+
+def test_retrain_options_default_to_the_gate_rules():
+    parameters = inspect.signature(retrain_command).parameters
+    for field, default in GateRules().__dict__.items():
+        assert parameters[field].default == default, field
