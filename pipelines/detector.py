@@ -284,9 +284,4 @@ def _reject_nan(log_likelihood: np.ndarray) -> None:
     """
     nan = np.flatnonzero(np.isnan(log_likelihood))
     if len(nan):
-        row = int(nan[0])
-        raise UnscorableRecordError(
-            f"row {row}: the model gives this record no log-likelihood (NaN) although it passed "
-            f"the input checks ({len(nan)} such record(s)); nothing was scored",
-            row=row,
-        )
+        raise UnscorableRecordError(int(nan[0]), count=len(nan))

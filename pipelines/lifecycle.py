@@ -258,7 +258,8 @@ def retrain(
     from pipelines.store import load_detector, save_detector
 
     rules = rules or GateRules()
-    production_tag = baseline or registry.resolve(name)
+    # never the newest version by default: that may be a candidate this gate rejected
+    production_tag = baseline or registry.resolve(name, production_only=True)
     production = load_detector(production_tag)
     data = data.reset_index(drop=True)
     labels = None

@@ -75,9 +75,11 @@ class SchemaError(ValueError):
     def in_file(self, first_row: int) -> SchemaError:
         """The same error about a chunk that starts at row ``first_row`` of a file, naming
         the row in the file (a chunk's own positions mean nothing to the user)."""
-        if self.row is None or self.column is None or self.problem is None:
+        if self.row is None or self.problem is None:
             return self
         row = first_row + self.row
+        if self.column is None:  # about a whole record
+            return SchemaError(f"row {row}: {self.problem}", row=row, problem=self.problem)
         return SchemaError(f"column {shown(self.column)}, row {row}: {self.problem}",
                            column=self.column, row=row, problem=self.problem)
 
@@ -135,17 +137,21 @@ class UnscorableRecordError(SchemaError):
     """The flow gave a record no log-likelihood (NaN) although it passed every input check.
 
     Scoring raises it instead of returning NaN. It is a :class:`SchemaError`, so a caller that
-    rejects bad input (the service: a 400) rejects this record too, naming its row; but it also
-    means the checks missed something or the model is broken, so callers should count or log
-    it apart. ``-inf`` (zero density) is a verdict, not this error.
+    rejects bad input rejects this record too, naming its row; but it also means the checks
+    missed something or the model is broken, so callers should count or log it apart (the
+    service answers 422). ``-inf`` (zero density) is a verdict, not this error.
 
     Arguments:
-        message: the full message, naming the row.
         row: the 0-based positional row.
+        count: how many records of the batch the model could not score.
     """
 
-    def __init__(self, message: str, row: int) -> None:
-        super().__init__(message, column=None, row=row)
+    PROBLEM = ("the model gives this record no log-likelihood (NaN) although it passed the "
+               "input checks")
+
+    def __init__(self, row: int, count: int = 1) -> None:
+        problem = f"{self.PROBLEM} ({count} such record(s)); nothing was scored"
+        super().__init__(f"row {row}: {problem}", row=row, problem=problem)
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from pipelines import registry
-from pipelines.schema import SchemaError, shown
+from pipelines.schema import SchemaError, UnscorableRecordError, shown
 from pipelines.tables import iter_table
 from service import metrics as service_metrics
 from service.drift import DriftWindow
@@ -94,10 +94,33 @@ class Verdicts:
                    detector.threshold_, detector.target_fpr)
 
     @classmethod
+    def of_each(cls, model: LoadedModel, frame: pd.DataFrame) -> Verdicts:
+        """Scores record by record, NaN where the model cannot score one: the scorer's way
+        out when a batch that merges several clients' records holds such a record, so that
+        only its own request is rejected (by :meth:`from_rows`)."""
+        parts = []
+        for row in range(len(frame)):
+            try:
+                parts.append(cls.of(model, frame.iloc[row : row + 1]))
+            except UnscorableRecordError:
+                nan = np.array([np.nan])
+                parts.append(cls(nan, nan, nan, np.array([False]), model.tag,
+                                 model.detector.threshold_, model.detector.target_fpr))
+        return cls.concat(parts)
+
+    @classmethod
     def from_rows(cls, rows: list[list[Any]]) -> Verdicts:
-        """Unpacks what :meth:`Scorer.verdicts` returns (one model scores one request)."""
+        """Unpacks what :meth:`Scorer.verdicts` returns (one model scores one request).
+
+        Raises:
+            UnscorableRecordError: a row the scorer could not score (NaN).
+        """
         columns = list(zip(*rows, strict=True))
-        return cls(*(np.asarray(c) for c in columns[:4]), *rows[0][4:])
+        verdicts = cls(*(np.asarray(c) for c in columns[:4]), *rows[0][4:])
+        nan = np.flatnonzero(np.isnan(verdicts.log_likelihood.astype(np.float64)))
+        if len(nan):
+            raise UnscorableRecordError(int(nan[0]), count=len(nan))
+        return verdicts
 
     @classmethod
     def concat(cls, parts: list[Verdicts]) -> Verdicts:
@@ -192,8 +215,11 @@ class Scorer:
         """Rows of values in schema order -> ``[score, log_likelihood, p_value, is_anomaly,
         model tag, threshold, target FPR]`` per row (plain lists: cheaper than dicts both ways)."""
         model = self.follower.current  # one model for the whole batch
-        names = model.detector.encoder_.schema_.names
-        verdicts = Verdicts.of(model, pd.DataFrame(rows, columns=names))
+        frame = pd.DataFrame(rows, columns=model.detector.encoder_.schema_.names)
+        try:
+            verdicts = Verdicts.of(model, frame)
+        except UnscorableRecordError:  # one client's record must not fail the whole batch
+            verdicts = Verdicts.of_each(model, frame)
         constant = [verdicts.tag, verdicts.threshold, verdicts.target_fpr]
         return [[*values, *constant] for values in zip(
             verdicts.score.tolist(), verdicts.log_likelihood.tolist(),
@@ -279,7 +305,7 @@ class FlowadService:
         ):
             m.reference_quantile.labels(new.tag, str(q)).set(float(value))
 
-    def _on_load_failure(self, model: str) -> None:
+    def _on_load_failure(self, tag: str) -> None:
         if self.metrics is not None:
             self.metrics.load_failures.inc()
 
@@ -350,6 +376,8 @@ class FlowadService:
         chunk = chunk.reset_index(drop=True)
         try:
             verdicts = self._verdicts(model, chunk)
+        except UnscorableRecordError as error:
+            self._reject_unscorable(model, error.in_file(first_row))
         except SchemaError as error:
             self._reject(str(error.in_file(first_row)), "schema")
         return verdicts, model.detector.encoder_.unknown_counts(chunk)
@@ -402,6 +430,13 @@ class FlowadService:
         self._count_rejection(reason)
         raise RequestRejected(message, reason, status)
 
+    def _reject_unscorable(self, model: LoadedModel, error: SchemaError) -> None:
+        """A record that passed every input check but has no log-likelihood: a 422, and a
+        warning in the log, since it means the checks missed something or the model is bad."""
+        log.warning("%s could not score a record that passed the input checks: %s",
+                    model.tag, error)
+        self._reject(str(error), "unscorable", HTTPStatus.UNPROCESSABLE_ENTITY)
+
     def _count_rejection(self, reason: str) -> None:
         self.metrics.rejected.labels(self.tag, reason).inc()
 
@@ -422,6 +457,8 @@ class FlowadService:
     def _score_frame(self, model: LoadedModel, frame: pd.DataFrame) -> dict[str, Any]:
         try:  # the whole frame is checked against the schema before anything is scored
             verdicts = self._verdicts(model, frame)
+        except UnscorableRecordError as error:
+            self._reject_unscorable(model, error)
         except SchemaError as error:
             self._reject(str(error), "schema")
         unknown = {k: v for k, v in model.detector.encoder_.unknown_counts(frame).items() if v}

@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from conftest import mixed_frame
 from starlette.testclient import TestClient
 
@@ -378,3 +379,26 @@ def test_unknown_paths_share_one_endpoint_label(client):
     # ... and the real routes still answer
     assert client.get("/model").status_code == 200
     assert client.get("/docs.json").status_code == 200
+
+
+def test_a_record_the_model_cannot_score_is_a_422_and_never_nan(client, monkeypatch):
+    """A NaN log-likelihood (a model that misbehaves on some input that passes every check)
+    must not reach a response, nor fail the other records a scorer batch merges with it."""
+    from flowmodels import FlowMixture
+
+    flow_class = type(client.detector.flow_)
+    assert flow_class is FlowMixture
+    original = flow_class.log_prob
+
+    def nan_for_far_records(self, x):  # NaN where the first encoded column is far out
+        out = original(self, x)
+        return torch.where(x[:, 0] > 5, torch.full_like(out, float("nan")), out)
+
+    monkeypatch.setattr(flow_class, "log_prob", nan_for_far_records)
+    body = records(4)
+    body[2]["amount"] = 1e4  # far, within the range the encoder accepts
+    response = client.post("/score", json=body)
+    assert response.status_code == 422, response.text
+    assert response.json()["reason"] == "unscorable" and "row 2" in response.json()["error"]
+    assert "NaN" not in response.text.replace("(NaN)", "")
+    assert client.post("/score", json=records(3)).status_code == 200
