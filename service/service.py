@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any
+from typing import Annotated, Any
 
 import bentoml
 import numpy as np
@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 from anyio import to_thread
 from bentoml.exceptions import BentoMLException
+from pydantic import Field
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -44,6 +45,7 @@ from service import metrics as service_metrics
 from service.drift import DriftWindow
 from service.follower import LoadedModel, ModelFollower
 from service.guard import PARSED_RECORDS, AdminAuth, RequestGuard
+from service.openapi import record_model, served_schema
 from service.settings import Settings
 from service.uploads import UploadError, read_upload
 
@@ -163,11 +165,15 @@ class Verdicts:
         yield b"]}"
 
 
-class ScoreRequest(bentoml.IODescriptor):
-    """The ``/score`` input as documented: ``{"records": [...]}`` (``RequestGuard`` also
-    accepts the bare array)."""
+_SERVED_SCHEMA = served_schema(SETTINGS.model)
+Record = record_model(_SERVED_SCHEMA) if _SERVED_SCHEMA else dict[str, Any]
 
-    records: list[dict[str, Any]]
+
+class ScoreRequest(bentoml.IODescriptor):
+    """The ``/score`` input as documented: ``{"records": [...]}``, each record typed from the
+    served model's training schema (``RequestGuard`` also accepts the bare array)."""
+
+    records: Annotated[list[Record], Field(min_length=1, max_length=SETTINGS.max_records)]
 
     @classmethod
     async def from_http_request(cls, request: Request, serde: Any) -> ScoreRequest:
@@ -513,7 +519,8 @@ def _count_guard_rejection(reason: str) -> None:
 # Paths the service answers; any other is one "unmatched" value of BentoML's endpoint label.
 KNOWN_PATHS = frozenset({
     "/", "/docs.json", "/schema.json", "/livez", "/healthz", "/readyz", "/metrics",
-    *(api.route for api in FlowadService.apis.values()), *(route.path for route in ROUTES),
+    *(api.route for service in (FlowadService, Scorer) for api in service.apis.values()),
+    *(route.path for route in ROUTES),
 })
 KNOWN_PREFIXES = ("/static_content/", "/assets/")  # the docs page's files
 
@@ -522,7 +529,8 @@ def _known_path(path: str) -> bool:
     return path in KNOWN_PATHS or path.startswith(KNOWN_PREFIXES)
 
 
-service_metrics.bound_endpoint_label(_known_path)
+service_metrics.bound_endpoint_label(_known_path)  # in every process of both services
+Scorer.add_asgi_middleware(service_metrics.RestorePath)
 FlowadService.add_asgi_middleware(service_metrics.RestorePath)  # first: the others read paths
 FlowadService.add_asgi_middleware(
     AdminAuth, paths=("/admin/reload",), token=SETTINGS.admin_token

@@ -402,3 +402,16 @@ def test_a_record_the_model_cannot_score_is_a_422_and_never_nan(client, monkeypa
     assert response.json()["reason"] == "unscorable" and "row 2" in response.json()["error"]
     assert "NaN" not in response.text.replace("(NaN)", "")
     assert client.post("/score", json=records(3)).status_code == 200
+
+
+def test_docs_type_every_column_of_the_served_model(client):
+    docs = client.get("/docs.json").json()
+    record = docs["components"]["schemas"]["Record"]
+    detector = client.detector
+    assert set(record["required"]) == set(detector.encoder_.schema_.names)
+    assert record["additionalProperties"] is False and "id" in record["properties"]
+    properties = record["properties"]
+    assert properties["amount"]["type"] == "number"
+    assert properties["weekend"]["type"] == "boolean"
+    assert properties["channel"]["type"] == "string"
+    assert {"type": "null"} in properties["age"]["anyOf"]  # missing in training: nullable
