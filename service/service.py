@@ -31,7 +31,7 @@ import orjson
 import pandas as pd
 import torch
 from anyio import to_thread
-from bentoml.exceptions import BentoMLException
+from bentoml.exceptions import BadInput, BentoMLException
 from pydantic import Field
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -44,7 +44,14 @@ from pipelines.tables import iter_table
 from service import metrics as service_metrics
 from service.drift import DriftWindow
 from service.follower import LoadedModel, ModelFollower
-from service.guard import PARSED_RECORDS, AdminAuth, RequestGuard
+from service.guard import (
+    PARSED_RECORDS,
+    AdminAuth,
+    RequestGuard,
+    parse_json,
+    records_of,
+    shape_error,
+)
 from service.openapi import record_model, served_schema
 from service.settings import Settings
 from service.uploads import UploadError, read_upload
@@ -177,10 +184,18 @@ class ScoreRequest(bentoml.IODescriptor):
 
     @classmethod
     async def from_http_request(cls, request: Request, serde: Any) -> ScoreRequest:
-        """The records ``RequestGuard`` parsed and shape-checked, without parsing them again."""
+        """The records ``RequestGuard`` parsed and shape-checked, without parsing them again
+        (nor through this model: the encoder validates the records against the schema)."""
         records = request.scope.get(PARSED_RECORDS)
-        if records is None:  # not through the guard
-            return await super().from_http_request(request, serde)
+        if records is None:  # not through the guard: its parse and shape check here
+            try:
+                body = parse_json(await request.body())
+            except (ValueError, UnicodeDecodeError) as error:
+                raise BadInput(f"malformed JSON: {error}") from None
+            problem = shape_error(body)
+            if problem:
+                raise BadInput(problem)
+            records = records_of(body)
         return cls.model_construct(records=records)
 
 

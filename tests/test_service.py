@@ -415,3 +415,37 @@ def test_docs_type_every_column_of_the_served_model(client):
     assert properties["weekend"]["type"] == "boolean"
     assert properties["channel"]["type"] == "string"
     assert {"type": "null"} in properties["age"]["anyOf"]  # missing in training: nullable
+
+
+def test_score_file_past_its_time_stops_and_counts_nothing(served, monkeypatch):
+    module, test_client = served
+    monkeypatch.setattr(module, "SETTINGS", dataclasses.replace(module.SETTINGS, file_seconds=0))
+    before = _scored(test_client)
+    data = mixed_frame(300, seed=7).to_csv(index=False).encode()
+    response = test_client.post("/score_file", files={"file": ("slow.csv", io.BytesIO(data))})
+    assert response.status_code == 413, response.text
+    assert "100 rows done" in response.json()["error"]  # stopped after the first chunk
+    assert _scored(test_client) == before
+
+
+def test_score_file_abandoned_by_its_client_stops_and_counts_nothing(served):
+    import asyncio
+
+    import httpx
+    from starlette.requests import Request
+
+    module, test_client = served
+    data = mixed_frame(300, seed=8).to_csv(index=False).encode()
+    upload = httpx.Request("POST", "http://x/score_file", files={"file": ("a.csv", data)})
+    body = upload.read()
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive():  # the body, then the client is gone
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    scope = {"type": "http", "method": "POST", "path": "/score_file", "query_string": b"",
+             "headers": [(k.lower().encode(), v.encode()) for k, v in upload.headers.items()]}
+    before = _scored(test_client)
+    response = asyncio.run(module._front.score_upload(Request(scope, receive)))
+    assert response.status_code == 204
+    assert _scored(test_client) == before
