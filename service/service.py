@@ -161,15 +161,27 @@ class Verdicts:
         and an infinite score (a record the model gives zero density) is certainly anomalous."""
         return {**self.head(unknown), "results": self.results()}
 
-    def stream(self, unknown: dict[str, int], rows: int = 10_000) -> Iterator[bytes]:
-        """The same body as :meth:`response`, encoded ``rows`` results at a time: a file's
-        response never exists whole in memory as Python objects (a million result dicts
-        would take ~1 GB)."""
-        yield orjson.dumps(self.head(unknown))[:-1] + b',"results":['
-        for start in range(0, len(self), rows):
-            comma = b"," if start else b""
-            yield comma + orjson.dumps(self.results(start, start + rows))[1:-1]
-        yield b"]}"
+
+
+def stream_body(parts: list[Verdicts], unknown: dict[str, int],
+                rows: int = 10_000) -> Iterator[bytes]:
+    """The ``/score`` body of a request scored in parts, encoded ``rows`` results at a time:
+    a file's response never exists whole in memory as Python objects (a million result dicts
+    take ~1 GB), nor are its parts' arrays copied into one.
+
+    Arguments:
+        parts: the verdicts of consecutive chunks, all of one model.
+        unknown: unseen categories per column.
+        rows: results per piece.
+    """
+    head = {**parts[0].head(unknown), "n": sum(len(part) for part in parts)}
+    yield orjson.dumps(head)[:-1] + b',"results":['
+    comma = b""
+    for part in parts:
+        for start in range(0, len(part), rows):
+            yield comma + orjson.dumps(part.results(start, start + rows))[1:-1]
+            comma = b","
+    yield b"]}"
 
 
 _SERVED_SCHEMA = served_schema(SETTINGS.model)
@@ -349,19 +361,20 @@ class FlowadService:
         started = time.monotonic()
         try:
             async with read_upload(request) as upload:
-                verdicts, unknown = await self._score_table(request, upload, started)
+                parts, unknown = await self._score_table(request, upload, started)
         except UploadError as rejected:
             self._count_rejection(rejected.reason)
             return RequestRejected(rejected.message, rejected.reason, rejected.status).response()
         except RequestRejected as rejected:
             return rejected.response()
-        if verdicts is None:  # the client went away: nothing was counted
+        if parts is None:  # the client went away: nothing was counted
             return Response(status_code=HTTPStatus.NO_CONTENT)
-        self._observe(verdicts)
-        return StreamingResponse(verdicts.stream(unknown), media_type="application/json")
+        for part in parts:
+            self._observe(part)
+        return StreamingResponse(stream_body(parts, unknown), media_type="application/json")
 
     async def _score_table(self, request: Request, upload: Any,
-                           started: float) -> tuple[Verdicts | None, dict[str, int]]:
+                           started: float) -> tuple[list[Verdicts] | None, dict[str, int]]:
         """Validates and scores an upload chunk by chunk, each in a worker thread; between
         chunks it stops if the client disconnected or the time limit passed."""
         model = self.follower.current  # one model for the whole file
@@ -388,7 +401,7 @@ class FlowadService:
                              HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
         if not parts:
             self._reject("empty file: no records to score", "empty")
-        return Verdicts.concat(parts), {k: v for k, v in unknown.items() if v}
+        return parts, {k: v for k, v in unknown.items() if v}
 
     def _score_chunk(self, model: LoadedModel, chunk: pd.DataFrame,
                      first_row: int) -> tuple[Verdicts, dict[str, int]]:
