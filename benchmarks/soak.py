@@ -4,7 +4,7 @@ Run: ``PYTHONPATH=$PWD .venv/bin/python benchmarks/soak.py [--minutes 10] [--qui
 
 Trains two versions of a detector on the bundled example data into a temporary model store,
 promotes the first and starts ``bentoml serve .`` under ``setsid`` (its own CPU share, see
-``../shared/design.md``) with ``FLOWAD_WORKERS=2``, ``FLOWAD_RELOAD_INTERVAL=2`` and local
+``docs/design.md``) with ``FLOWAD_WORKERS=2``, ``FLOWAD_RELOAD_INTERVAL=2`` and local
 scoring. Then ``--clients`` threads, each with its own connection (a new one every 50
 requests, so traffic reaches the replacement worker too), send ``/score`` requests of 1, 100 or
 1000 records in a loop for ``--minutes``. At 40% of the run the second version is promoted; at

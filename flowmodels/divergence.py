@@ -2,8 +2,9 @@
 
 The divergence ``tr(df/dz)`` is the rate of change of the log-density along a continuous
 normalizing flow (Chen et al. 2018, "Neural ordinary differential equations"). Scores must use the
-exact trace (contract 1); Hutchinson's estimator ``e^T (df/dz) e`` (Hutchinson 1990; used by
-Grathwohl et al. 2019, "FFJORD") is unbiased but noisy, so it is for training only.
+exact trace (the *exact likelihood* contract); Hutchinson's estimator ``e^T (df/dz) e``
+(Hutchinson 1990; used by Grathwohl et al. 2019, "FFJORD") is unbiased but noisy, so it is for
+training only.
 
 A field is any callable ``f(t, z) -> dz/dt`` acting row-wise on ``z`` of shape ``(n, d)``.
 """
@@ -25,7 +26,7 @@ def exact_divergence(f: Field, t: Tensor, z: Tensor) -> Tensor:
 
     Costs a ``d x d`` Jacobian per row: meant for checking closed forms and for fields without one.
     ``torch.func`` transforms do not need an outer autograd graph, so this works under
-    ``torch.no_grad()`` and ``torch.inference_mode()`` (contract 6).
+    ``torch.no_grad()`` and ``torch.inference_mode()`` (the *inference contexts* contract).
 
     Arguments:
         f: the vector field ``f(t, z) -> dz/dt``, row-wise in ``z``.

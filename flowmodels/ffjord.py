@@ -8,7 +8,8 @@ Jacobian and kinetic regularization" (RNODE); simulation-free training from Lipm
 ``dz/dt = f(t, z)`` carries the standard normal at ``t = 0`` to the data at ``t = T``. Along a
 trajectory ``d log p(z(t)) / dt = -tr(df/dz)``, so with the augmented state ``(z, l)``,
 ``dl/dt = tr(df/dz)``, solving from ``x`` at ``T`` back to ``0`` ends with
-``l = -int_0^T tr(df/dz) dt = log|det dz/dx|``. Scores always use the exact trace (contract 1).
+``l = -int_0^T tr(df/dz) dt = log|det dz/dx|``. Scores always use the exact trace (the *exact
+likelihood* contract).
 """
 
 from __future__ import annotations
@@ -195,10 +196,10 @@ class FFJORD(Flow):
     Defaults, measured with ``benchmarks/bench_ffjord.py`` (d = 8, batch 4096, 2-core CPU): rk4
     with 8 steps (32 NFE) scored ~15k rows/s on one thread after 300 RNODE steps, max error
     1.2e-4 nats against a float64 dopri5 solve at 1e-8. A fixed grid makes a record's score
-    independent of its batch (contract 2); an adaptive solver shares its steps across the batch,
-    and dopri5 at rtol = atol = 1e-5 moved scores by up to 3e-4. Fixed steps have no error
-    control: check :meth:`solver_error` after training. For an adaptive solve, dopri5 with
-    ``rtol=1e-7, atol=1e-6`` kept the batch effect below 3e-5 at ~1.7x the NFE.
+    independent of its batch (the *determinism* contract); an adaptive solver shares its steps
+    across the batch, and dopri5 at rtol = atol = 1e-5 moved scores by up to 3e-4. Fixed steps
+    have no error control: check :meth:`solver_error` after training. For an adaptive solve,
+    dopri5 with ``rtol=1e-7, atol=1e-6`` kept the batch effect below 3e-5 at ~1.7x the NFE.
 
     Arguments:
         dim: the number of features, any integer >= 1.

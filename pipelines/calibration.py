@@ -1,4 +1,4 @@
-"""Conformal calibration of anomaly scores (design contract 4).
+"""Conformal calibration of anomaly scores (the *calibration* contract, docs/design.md).
 
 Scores are ``-log p(x)``: higher = more anomalous. With ``n`` calibration scores of held-out
 normal data and a target false-positive rate ``alpha``, the threshold is the

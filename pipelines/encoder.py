@@ -4,7 +4,8 @@ Layout of the output, in this order: continuous columns; discrete and binary cod
 codes of categorical columns; missing indicators of numeric columns that had missing values in
 training (names in ``feature_names_out_``).
 
-Scores stay exact densities (design contracts 3 and 5). ``transform`` returns ``(X, log_jac)``
+Scores stay exact densities (the *score* and *discrete columns* contracts, docs/design.md).
+``transform`` returns ``(X, log_jac)``
 with ``log_jac = log|det d(encoded)/d(raw)|`` per record, so ``-(flow.log_prob(X) + log_jac)``
 is ``-log p`` of the record in raw units, where for discrete parts the "raw unit" is one cell:
 

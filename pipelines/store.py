@@ -1,6 +1,6 @@
 """Saving and loading a fitted :class:`~pipelines.detector.Detector` in the BentoML model store.
 
-One detector is one model-store entry (design contract 7) holding:
+One detector is one model-store entry (the *one saved artifact* contract, docs/design.md) holding:
 - ``flow.pt``: the flow's state_dict (``torch.save``; loaded with ``weights_only=True``),
 - ``encoder.skops``: the fitted encoder (skops, which loads only allow-listed types),
 - ``calibration.json``: threshold and reference scores,

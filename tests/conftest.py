@@ -16,7 +16,7 @@ os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(_TMP / "prometheus"))
 Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
 
 # One thread per process: with two, any other busy process makes OpenMP spin-waiting collapse
-# throughput 10-45x on these 2-core machines (see ../shared/design.md).
+# throughput 10-45x on these 2-core machines (docs/design.md, "Measuring").
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
