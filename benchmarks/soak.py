@@ -15,8 +15,10 @@ worker held; when the new model first answered and whether the old one answered 
 worker had had time to switch; p50/p99 latency per request size; per process the RSS growth
 over the last 5 minutes (the second half of a shorter run), the replacement worker's from when
 it is warm. Exits 1 when a requirement fails: any other failure, no replacement worker, the old
-model answering late, or a worker's RSS growing 2% or more. The temporary model store, with the
-server's log, is left in place (its path is printed).
+model answering late, a worker that ran through the window growing 2% or more, or the
+replacement worker ending more than 2% above the survivors (it starts cold: in a 10-minute run
+a worker warmed from 548 to 903 MiB over its first 160 s of load, then stayed flat). The
+temporary model store, with the server's log, is left in place (its path is printed).
 """
 
 from __future__ import annotations
@@ -451,13 +453,22 @@ def rss_summary(samples: list[ProcessSample], events: Events, cfg: Config,
 
 def requirements(failures: dict[str, Any], swap: dict[str, Any], rss: dict[str, Any],
                  cfg: Config) -> dict[str, bool]:
+    """A worker that ran through the whole window must not grow by ``rss_limit_pct``. A
+    replacement starts cold and warms up (allocator arenas, caches) for minutes, so its growth
+    is judged by where it ends: at most ``rss_limit_pct`` above the survivors' final RSS (a
+    leak would carry it past them)."""
     workers = [r for r in rss.values() if r["role"].startswith("worker ") and r["alive_at_end"]]
+    steady = [r for r in workers if not r["replacement"]]
+    ceiling = max((r.get("rss_end_mib", 0.0) for r in steady), default=0.0)
+    ceiling *= 1 + cfg.rss_limit_pct / 100
     return {
         "failures only in flight on the killed worker": failures["all_expected"],
         "a replacement worker started": any(r["replacement"] for r in workers),
         "new model served, old one not after the deadline": swap["ok"],
-        f"worker RSS growth < {cfg.rss_limit_pct}%": bool(workers) and all(
-            "growth_pct" in r and r["growth_pct"] < cfg.rss_limit_pct for r in workers),
+        f"worker RSS growth < {cfg.rss_limit_pct}% over the window": bool(steady) and all(
+            "growth_pct" in r and r["growth_pct"] < cfg.rss_limit_pct for r in steady),
+        f"replacement worker ends within {cfg.rss_limit_pct}% of the survivors' RSS": all(
+            r.get("rss_end_mib", float("inf")) <= ceiling for r in workers if r["replacement"]),
     }
 
 

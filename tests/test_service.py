@@ -155,11 +155,18 @@ def _with(row: int, **changes) -> list[dict]:
         (_with(3, amount="abc"), 400, ["row 3", "amount"]),
         (_with(1, ratio=None), 400, ["row 1", "ratio"]),
         (json.dumps(_with(4, amount=float("nan"))).encode(), 400, ["row 4", "amount"]),
+        (_with(2, amount=1e300), 400, ["row 2", "amount", "out of range"]),
+        (b'[{"amount": ' + b"9" * 401 + b', "ratio": 0.1, "count": 2, "flag": 0, '
+         b'"weekend": false, "channel": "web", "age": 30}]', 400, ["row 0", "amount"]),
+        (_with(1, ratio=True), 400, ["row 1", "ratio", "boolean"]),
+        (_with(3, channel={"nested": [1, 2]}), 400, ["row 3", "channel"]),
+        (_with(0, amount="x" * 15_000), 400, ["row 0", "amount", "15000 characters"]),
         (records(51), 413, ["51", "50"]),
         (json.dumps(records(40) * 10).encode(), 413, ["bytes"]),
     ],
     ids=["malformed", "empty", "wrong-shape", "not-objects", "missing-column",
-         "unknown-column", "string-in-number", "null", "nan-token", "too-many", "too-many-bytes"],
+         "unknown-column", "string-in-number", "null", "nan-token", "1e300", "401-digits",
+         "bool-in-number", "object-in-text", "huge-string", "too-many", "too-many-bytes"],
 )
 def test_bad_input_is_a_clear_4xx(client, body, status, needles):
     if isinstance(body, bytes):
