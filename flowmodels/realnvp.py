@@ -17,6 +17,12 @@ from torch.distributions import StudentT
 
 from flowmodels.base import Flow
 
+# Conditioner activations by name. GELU (exact, erf-based) was ~30% of RealNVP's scoring time
+# on CPU; ReLU and tanh cost a fraction of that.
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh, "silu": nn.SiLU,
+}
+
 
 class ActNorm(nn.Module):
     """Per-feature affine map ``y = (x - bias) * exp(-log_scale)``, initialised from data.
@@ -66,9 +72,11 @@ class AffineCoupling(nn.Module):
         hidden: width of the conditioner's hidden layers.
         depth: number of hidden layers.
         log_scale_bound: the soft clamp on the log-scale.
+        activation: the hidden layers' activation, a key of ``ACTIVATIONS``.
     """
 
-    def __init__(self, mask: Tensor, hidden: int, depth: int, log_scale_bound: float) -> None:
+    def __init__(self, mask: Tensor, hidden: int, depth: int, log_scale_bound: float,
+                 activation: str = "gelu") -> None:
         super().__init__()
         dim = len(mask)
         self.register_buffer("mask", mask.float())
@@ -76,7 +84,7 @@ class AffineCoupling(nn.Module):
         layers: list[nn.Module] = []
         width = dim
         for _ in range(depth):
-            layers += [nn.Linear(width, hidden), nn.GELU()]
+            layers += [nn.Linear(width, hidden), ACTIVATIONS[activation]()]
             width = hidden
         out = nn.Linear(width, 2 * dim)
         # Zero output layer: every coupling starts as the identity, so training starts from
@@ -138,6 +146,8 @@ class RealNVP(Flow):
         actnorm: put a data-initialised ActNorm before each coupling.
         base: ``"normal"``, or ``"student"``: independent Student-t coordinates, each with
             its own learned degrees of freedom (starting at 30, close to normal).
+        activation: the conditioners' activation: ``"gelu"``, ``"relu"``, ``"tanh"`` or
+            ``"silu"``.
     """
 
     def __init__(
@@ -150,10 +160,13 @@ class RealNVP(Flow):
         log_scale_bound: float = 3.0,
         actnorm: bool = True,
         base: str = "normal",
+        activation: str = "gelu",
     ) -> None:
         super().__init__(dim)
         if base not in ("normal", "student"):
             raise ValueError(f"base must be normal or student, got {base!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         self._config = dict(
             n_layers=n_layers,
             hidden=hidden,
@@ -161,6 +174,7 @@ class RealNVP(Flow):
             log_scale_bound=log_scale_bound,
             actnorm=actnorm,
             base=base,
+            activation=activation,
         )
         self.log_df = None
         if base == "student":
@@ -169,7 +183,7 @@ class RealNVP(Flow):
         for mask in coupling_masks(dim, n_layers):
             if actnorm:
                 layers.append(ActNorm(dim))
-            layers.append(AffineCoupling(mask, hidden, depth, log_scale_bound))
+            layers.append(AffineCoupling(mask, hidden, depth, log_scale_bound, activation))
         self.layers = nn.ModuleList(layers)
 
     def config(self) -> dict[str, Any]:

@@ -58,6 +58,19 @@ def test_log_prob_matches_brute_force_jacobian(dim, base):
     torch.testing.assert_close(model.log_prob(x), torch.stack(expected), atol=1e-9, rtol=1e-9)
 
 
+@pytest.mark.parametrize("activation", ["relu", "tanh", "silu"])
+def test_every_activation_gives_the_brute_force_log_prob(activation):
+    model = make_model(5, activation=activation)
+    x = torch.randn(8, 5, dtype=torch.float64)
+    expected = []
+    for row in x:
+        jacobian = torch.autograd.functional.jacobian(lambda r: model.inverse(r[None])[0][0], row)
+        z = model.inverse(row[None])[0][0]
+        expected.append(standard_normal_log_prob(z) + torch.linalg.slogdet(jacobian).logabsdet)
+    torch.testing.assert_close(model.log_prob(x), torch.stack(expected), atol=1e-9, rtol=1e-9)
+    assert model.config()["activation"] == activation
+
+
 @pytest.mark.parametrize("base", ["normal", "student"])
 def test_density_integrates_to_one_in_2d(base):
     assert abs(mass_on_grid(make_model(2, base=base).log_prob) - 1.0) < 0.01
