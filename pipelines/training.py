@@ -34,6 +34,8 @@ class TrainConfig:
     Arguments:
         batch_size: rows per optimisation step.
         max_epochs: upper bound on passes over the training rows.
+        max_steps: upper bound on optimiser steps (whole epochs: training stops at the end of
+            the epoch that reaches it); ``None``: only ``max_epochs`` bounds it.
         learning_rate: peak Adam learning rate, reached after ``warmup_steps``.
         min_learning_rate: the cosine schedule's floor.
         warmup_steps: linear warm-up, which keeps ActNorm-initialised flows from jumping early.
@@ -60,6 +62,7 @@ class TrainConfig:
 
     batch_size: int = 256
     max_epochs: int = 200
+    max_steps: int | None = None
     learning_rate: float = 1e-3
     min_learning_rate: float = 1e-4
     warmup_steps: int = 100
@@ -179,6 +182,8 @@ def train_flow(
     batch_size = min(config.batch_size, n)
     steps_per_epoch = max(1, n // batch_size)
     total_steps = steps_per_epoch * config.max_epochs
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
     result = TrainResult()
     best_state = copy.deepcopy(flow.state_dict())
     epochs_without_improvement = 0
@@ -248,6 +253,8 @@ def train_flow(
             epochs_without_improvement += 1
             if epochs_without_improvement >= config.patience:
                 break
+        if step >= total_steps:
+            break
     bar.close()
     flow.load_state_dict(best_state)
     flow.eval()

@@ -31,6 +31,16 @@ def test_default_config_keeps_the_step_budget_bounded(n_rows):
     assert 2_000 <= steps <= 40_000
 
 
+def test_max_steps_ends_training_at_the_end_of_that_epoch():
+    x = _data(600, 0)
+    flow = RealNVP(2, n_layers=2, hidden=8)
+    config = TrainConfig(batch_size=100, max_epochs=50, max_steps=14, patience=100,
+                         progress=False)
+    result = train_flow(flow, x, torch.zeros(2), _data(100, 1), torch.zeros(100), config)
+    steps = [epoch["step"] for epoch in result.history]
+    assert steps == [6, 12, 18]  # 6 steps an epoch; the third epoch passes 14
+
+
 def _data(n: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 2, generator=g)
