@@ -294,6 +294,10 @@ class TabularEncoder(BaseEstimator):
             width[n_cont:] = 1.0 / self.code_scaler_.scale_
         self.dequantization_width_ = width
         self.raw_range_ = self._raw_ranges()
+        self._set_one_hot_tables()
+
+    def _set_one_hot_tables(self) -> None:
+        """Sets ``onehot_width_`` and ``onehot_slots_`` (:meth:`_one_hot_tables`)."""
         self.onehot_width_ = 0
         self.onehot_slots_ = []
         if self.onehot_ is not None:
@@ -590,6 +594,8 @@ class TabularEncoder(BaseEstimator):
     def _one_hot(self, values: dict[str, NDArray[Any]], n: int) -> NDArray[np.float64]:
         """``onehot_.transform(self._tokens(values))`` by dictionary lookups (:meth:`_finish`
         builds the tables): one 1.0 per row and categorical column."""
+        if not hasattr(self, "onehot_slots_"):  # unpickled from before the tables existed
+            self._set_one_hot_tables()
         out = np.zeros((n, self.onehot_width_))
         rows = np.arange(n)
         for spec, (slot_of, missing_slot, unknown_slot) in zip(
