@@ -15,6 +15,7 @@ from sklearn.utils.validation import check_is_fitted
 from flowmodels import Flow, FlowMixture, build_flow
 from pipelines.calibration import Calibrator
 from pipelines.encoder import TabularEncoder
+from pipelines.fastpath import SMALL_BATCH_ROWS, fast_log_prob
 from pipelines.schema import SchemaError, UnscorableRecordError
 from pipelines.training import TrainResult, default_train_config, estimate_nll, train_flow
 
@@ -228,14 +229,26 @@ class Detector(BaseEstimator):
         flow: Flow | FlowMixture = self.flow_
         if flow.training:  # eval() walks every submodule: 0.2 ms a call, so only when needed
             flow.eval()
-        out = np.empty(len(x), dtype=np.float64)
-        with torch.inference_mode():
-            for start in range(0, len(x), SCORE_BATCH_ROWS):
-                batch = self._tensor(x[start : start + SCORE_BATCH_ROWS])
-                out[start : start + len(batch)] = flow.log_prob(batch).double().cpu().numpy()
+        out = None
+        if len(x) <= SMALL_BATCH_ROWS:  # pipelines.fastpath: 4-10x faster for a record
+            out, self._fast_flow = fast_log_prob(flow, x, getattr(self, "_fast_flow", None))
+        if out is None:
+            out = np.empty(len(x), dtype=np.float64)
+            with torch.inference_mode():
+                for start in range(0, len(x), SCORE_BATCH_ROWS):
+                    batch = self._tensor(x[start : start + SCORE_BATCH_ROWS])
+                    out[start : start + len(batch)] = flow.log_prob(batch).double().cpu().numpy()
         out += log_jacobian
         _reject_nan(out)
         return out
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The fast path's evaluator is a cache of the weights, rebuilt on demand: a pickled or
+        # deep-copied detector must not carry one that a later in-place change of the copy's
+        # weights could leave looking current.
+        state = super().__getstate__()
+        state.pop("_fast_flow", None)
+        return state
 
     def score_samples(self, data: pd.DataFrame) -> np.ndarray:
         """Anomaly score ``-log p(record)``; higher = more anomalous."""

@@ -152,7 +152,11 @@ class TabularEncoder(BaseEstimator):
     values per continuous column, raw units), ``atom_width_`` (their cell widths) and the
     scikit-learn parts ``cont_imputer_``, ``cont_scaler_``, ``code_imputer_``, ``onehot_``,
     ``indicator_``, ``code_scaler_``, ``quantile_knots_``, ``raw_range_`` (per continuous, then
-    discrete/binary column: the raw values whose encoding is within ``MAX_ENCODED``).
+    discrete/binary column: the raw values whose encoding is within ``MAX_ENCODED``),
+    ``onehot_width_`` and ``onehot_slots_`` (the one-hot block's width and, per categorical
+    column, its lookup tables: :meth:`_one_hot_tables`). ``transform`` computes with numpy from
+    these attributes, bit-identical to the scikit-learn parts' own ``transform``
+    (:meth:`_transform_sklearn`, the reference).
     """
 
     def __init__(
@@ -225,7 +229,7 @@ class TabularEncoder(BaseEstimator):
             )
 
         self.code_scaler_ = None
-        codes = self._codes(values)
+        codes = self._codes_sklearn(values)
         if codes.shape[1]:
             self.code_scaler_ = StandardScaler().fit(codes + 0.5)
             # The flow sees c + U(0, 1): mean c + 1/2 and variance var(c) + 1/12.
@@ -290,6 +294,15 @@ class TabularEncoder(BaseEstimator):
             width[n_cont:] = 1.0 / self.code_scaler_.scale_
         self.dequantization_width_ = width
         self.raw_range_ = self._raw_ranges()
+        self._set_one_hot_tables()
+
+    def _set_one_hot_tables(self) -> None:
+        """Sets ``onehot_width_`` and ``onehot_slots_`` (:meth:`_one_hot_tables`)."""
+        self.onehot_width_ = 0
+        self.onehot_slots_ = []
+        if self.onehot_ is not None:
+            self.onehot_width_ = len(self.onehot_.get_feature_names_out())
+            self.onehot_slots_ = self._one_hot_tables()
 
     def _numeric_specs(self) -> list[ColumnSpec]:
         """Continuous, then discrete and binary specs: the encoded matrix's first columns."""
@@ -327,8 +340,15 @@ class TabularEncoder(BaseEstimator):
             df: the records (for messages).
             values: their checked values (:meth:`Schema.check`); NaN (missing) passes.
         """
+        specs = self._numeric_specs()
+        if not specs:
+            return
+        # One vectorised test first: the loop below costs ~2.5 us a column.
+        x = np.column_stack([values[spec.name] for spec in specs])
+        if not ((x < self.raw_range_[:, 0]) | (x > self.raw_range_[:, 1])).any():
+            return
         first: tuple[int, int] | None = None  # (row, column index)
-        for j, spec in enumerate(self._numeric_specs()):
+        for j, spec in enumerate(specs):
             lo, hi = self.raw_range_[j]
             x = values[spec.name]
             outside = np.flatnonzero((x < lo) | (x > hi))
@@ -381,10 +401,51 @@ class TabularEncoder(BaseEstimator):
         check_is_fitted(self)
         values = self.schema_.check(df)
         self._check_range(df, values)  # before encoding: a huge code would overflow to inf
-        log_jac = np.zeros(len(df))
+        encoded, log_jac = self._encode(values, offset)
+        self._check_encoded(df, encoded)
+        return encoded, log_jac
+
+    def _transform_sklearn(
+        self, df: pd.DataFrame, offset: float = 0.5
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """:meth:`transform` through the fitted scikit-learn parts: the reference that
+        :meth:`_encode` must equal bit for bit (tests/test_encoder.py).
+
+        Arguments:
+            df: records, as for :meth:`transform`.
+            offset: position inside each code cell, as for :meth:`transform`.
+        """
+        check_is_fitted(self)
+        values = self.schema_.check(df)
+        self._check_range(df, values)
+        encoded, log_jac = self._encode(values, offset, sklearn=True)
+        self._check_encoded(df, encoded)
+        return encoded, log_jac
+
+    def _encode(
+        self, values: dict[str, NDArray[Any]], offset: float, sklearn: bool = False
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """The encoded matrix and log-Jacobian of checked values (:meth:`Schema.check`).
+
+        Plain numpy on the fitted attributes by default: the scikit-learn transformers' own
+        ``transform`` costs ~0.1 ms a call in input checks and output wrappers whatever the
+        rows (~0.7 ms of a 1-row ``transform``), and the numpy path was as fast or faster at
+        every size measured (1 to 4096 rows). Same operations in the same order, so the
+        result is bit-identical to ``sklearn=True``, the reference.
+
+        Arguments:
+            values: the checked values per column.
+            offset: position inside each code cell (see :meth:`transform`).
+            sklearn: go through the scikit-learn transformers (the reference path).
+        """
+        log_jac = np.zeros(_n_rows(values))
         blocks = []
         if self.cont_scaler_ is not None:
-            cont = self.cont_imputer_.transform(self._continuous(values))
+            cont = self._continuous(values)
+            if sklearn:
+                cont = self.cont_imputer_.transform(cont)
+            else:
+                cont = _impute(cont, self.cont_imputer_.statistics_)
             if offset != 0.5:  # scoring (0.5) puts an atom at its own value: nothing to move
                 for j, at_atom in self._atom_masks(cont):
                     cont[at_atom, j] += (offset - 0.5) * self.atom_width_[j]
@@ -394,15 +455,23 @@ class TabularEncoder(BaseEstimator):
                     z[:, j], log_dz = _normal_scores(cont[:, j], xk, fk)
                     log_jac += log_dz
             else:
-                z = self.cont_scaler_.transform(cont)
+                if sklearn:
+                    z = self.cont_scaler_.transform(cont)
+                else:  # StandardScaler.transform and RobustScaler.transform, in place
+                    z = cont - _centre(self.cont_scaler_)
+                    z /= self.cont_scaler_.scale_
                 log_jac -= np.log(self.cont_scaler_.scale_).sum()
             blocks.append(z)
         if self.code_scaler_ is not None:
-            blocks.append(self.code_scaler_.transform(self._codes(values) + offset))
+            codes = (self._codes_sklearn(values) if sklearn else self._codes(values)) + offset
+            if sklearn:
+                blocks.append(self.code_scaler_.transform(codes))
+            else:
+                codes -= self.code_scaler_.mean_
+                codes /= self.code_scaler_.scale_
+                blocks.append(codes)
             log_jac -= np.log(self.code_scaler_.scale_).sum()
-        encoded = np.hstack(blocks)
-        self._check_encoded(df, encoded)
-        return encoded, log_jac
+        return np.hstack(blocks), log_jac
 
     def cell_widths(self, df: pd.DataFrame) -> NDArray[np.float64]:
         """Dequantisation cell width of every encoded entry, in encoded units, ``(n, n_out)``:
@@ -416,7 +485,7 @@ class TabularEncoder(BaseEstimator):
         values = self.schema_.check(df)
         widths = np.tile(self.dequantization_width_, (len(df), 1))
         if self.cont_scaler_ is not None:
-            cont = self.cont_imputer_.transform(self._continuous(values))
+            cont = _impute(self._continuous(values), self.cont_imputer_.statistics_)
             for j, at_atom in self._atom_masks(cont):
                 widths[at_atom, j] = self.atom_width_[j] / self.cont_scaler_.scale_[j]
         return widths
@@ -495,7 +564,23 @@ class TabularEncoder(BaseEstimator):
         return np.column_stack(columns)
 
     def _codes(self, values: dict[str, NDArray[Any]]) -> NDArray[np.float64]:
-        """All integer codes (cell lower corners): discrete, one-hot, missing indicators."""
+        """All integer codes (cell lower corners): discrete, one-hot, missing indicators.
+
+        Plain numpy from the fitted parts; :meth:`_codes_sklearn` is the reference it equals.
+        """
+        n = _n_rows(values)
+        blocks = [np.empty((n, 0))]
+        if self.code_imputer_ is not None:
+            blocks.append(_impute(self._discrete_codes(values), self.code_imputer_.statistics_))
+        if self.onehot_ is not None:
+            blocks.append(self._one_hot(values, n))
+        if self.indicator_ is not None:  # MissingIndicator(features="all"): isnan, as 0/1
+            present = np.column_stack([values[name] for name in self._with_missing()])
+            blocks.append(np.isnan(present).astype(np.float64))
+        return np.hstack(blocks)
+
+    def _codes_sklearn(self, values: dict[str, NDArray[Any]]) -> NDArray[np.float64]:
+        """:meth:`_codes` through the scikit-learn transformers (fit, and the reference)."""
         blocks = [np.empty((_n_rows(values), 0))]
         if self.code_imputer_ is not None:
             blocks.append(self.code_imputer_.transform(self._discrete_codes(values)))
@@ -505,6 +590,47 @@ class TabularEncoder(BaseEstimator):
             present = np.column_stack([values[name] for name in self._with_missing()])
             blocks.append(self.indicator_.transform(present).astype(np.float64))
         return np.hstack(blocks)
+
+    def _one_hot(self, values: dict[str, NDArray[Any]], n: int) -> NDArray[np.float64]:
+        """``onehot_.transform(self._tokens(values))`` by dictionary lookups (:meth:`_finish`
+        builds the tables): one 1.0 per row and categorical column."""
+        if not hasattr(self, "onehot_slots_"):  # unpickled from before the tables existed
+            self._set_one_hot_tables()
+        out = np.zeros((n, self.onehot_width_))
+        rows = np.arange(n)
+        for spec, (slot_of, missing_slot, unknown_slot) in zip(
+            self.schema_.of_kind("categorical"), self.onehot_slots_, strict=True
+        ):
+            # as_text gives str, or None where missing; a value that merely reads
+            # "<missing>" or "<unknown>" is no training level, so it is unknown (_tokens).
+            slots = [
+                missing_slot if value is None else slot_of.get(value, unknown_slot)
+                for value in values[spec.name]
+            ]
+            out[rows, slots] = 1.0
+        return out
+
+    def _one_hot_tables(self) -> list[tuple[dict[str, int], int, int]]:
+        """Per categorical column: ``(output column of each training level, of the missing
+        token, of the unknown token)``, read off ``onehot_.transform`` of every slot, so that
+        infrequent levels share the infrequent column exactly as scikit-learn maps them."""
+        slots_per_column = self.onehot_.categories_
+        longest = max(len(slots) for slots in slots_per_column)
+        # Row r holds every column's slot r (shorter columns repeat theirs).
+        grid = np.column_stack([np.resize(slots, longest) for slots in slots_per_column])
+        ones = self.onehot_.transform(grid)
+        # One 1 per column in each row, in column order: column i's is the i-th.
+        columns = np.stack([np.flatnonzero(row) for row in ones])
+        tables = []
+        for i, (spec, slots) in enumerate(
+            zip(self.schema_.of_kind("categorical"), slots_per_column, strict=True)
+        ):
+            slot_of = {str(slot): int(columns[r, i]) for r, slot in enumerate(slots)}
+            missing = slot_of.pop(MISSING, -1)  # -1: never used (no missing values allowed)
+            unknown = slot_of.pop(UNKNOWN)
+            assert set(slot_of) == set(spec.categories)
+            tables.append((slot_of, missing, unknown))
+        return tables
 
     def _slots(self, spec: ColumnSpec) -> list[str]:
         """One-hot slots of a categorical column: its levels, "<missing>", "<unknown>"."""
@@ -578,6 +704,17 @@ def _seen(text: NDArray[np.object_], spec: ColumnSpec) -> NDArray[np.bool_]:
 
 def _n_rows(values: dict[str, NDArray[Any]]) -> int:
     return len(next(iter(values.values())))
+
+
+def _impute(x: NDArray[np.float64], statistics: NDArray[np.float64]) -> NDArray[np.float64]:
+    """``SimpleImputer.transform`` of a float matrix: NaN replaced by its column's statistic
+    (a copy; no column is all-missing, schema checks refuse that at fit)."""
+    return np.where(np.isnan(x), statistics, x)
+
+
+def _centre(scaler: StandardScaler | RobustScaler) -> NDArray[np.float64]:
+    """What a scaler subtracts: ``mean_`` (StandardScaler) or ``center_`` (RobustScaler)."""
+    return scaler.mean_ if isinstance(scaler, StandardScaler) else scaler.center_
 
 
 def _cdf_knots(

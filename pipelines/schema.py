@@ -265,13 +265,13 @@ class Schema:
                 column's value other than true/false/1/0, a container (dict, list, ...) in a
                 categorical column, or missing/infinite values where not allowed.
         """
-        _check_frame(frame)
-        present = set(frame.columns)
+        given = _check_frame(frame)
+        present = set(given)
         missing = [name for name in self.names if name not in present]
         if missing:
             raise SchemaError(f"missing column(s): {_quoted(missing)}", column=missing[0])
         known = set(self.names) | set(self.exclude)
-        unexpected = [str(name) for name in frame.columns if name not in known]
+        unexpected = [str(name) for name in given if name not in known]
         if unexpected:
             raise SchemaError(
                 f"unexpected column(s) not in the schema: {_quoted(unexpected)}",
@@ -462,7 +462,11 @@ def _as_float(frame: pd.DataFrame, name: str, series: pd.Series) -> NDArray[np.f
     """A numeric column as float64 (NaN where missing); strings must parse as numbers."""
     if isinstance(series.dtype, pd.CategoricalDtype):
         series = series.astype(object)
-    if pd.api.types.is_numeric_dtype(series.dtype) or pd.api.types.is_bool_dtype(series.dtype):
+    if isinstance(series.dtype, np.dtype) and series.dtype.kind in "biuf":
+        # NumPy-backed: no NA but NaN, so a plain cast gives what the general branch below
+        # does, ~25 us faster for bool columns.
+        x = series.to_numpy().astype(np.float64)
+    elif pd.api.types.is_numeric_dtype(series.dtype) or pd.api.types.is_bool_dtype(series.dtype):
         x = series.to_numpy(dtype=np.float64, na_value=np.nan)
     elif _is_text(series.dtype):
         try:
@@ -546,21 +550,29 @@ def _is_text(dtype: Any) -> bool:
     )
 
 
-def _check_frame(frame: pd.DataFrame) -> None:
+def _check_frame(frame: pd.DataFrame) -> list[Any]:
+    """Checks the frame's type, rows and column names; returns the names as a list.
+
+    Arguments:
+        frame: the records.
+    """
     if not isinstance(frame, pd.DataFrame):
         raise TypeError(f"expected a pandas DataFrame, got {type(frame).__name__}")
     if len(frame) == 0:
         raise SchemaError("empty frame: 0 rows")
-    bad = [name for name in frame.columns if not isinstance(name, str)]
+    # A list, once: iterating a pandas Index costs ~1 us a name (a 1-row check is ~0.2 ms).
+    names = frame.columns.tolist()
+    bad = [name for name in names if not isinstance(name, str)]
     if bad:
         raise SchemaError(
             f"column names must be strings, got {_quoted(bad)} "
             "(e.g. frame.columns = frame.columns.astype(str))",
             column=str(bad[0]),
         )
-    if frame.columns.duplicated().any():
+    if not frame.columns.is_unique:  # cached by the Index
         dup = [str(n) for n in frame.columns[frame.columns.duplicated()]]
         raise SchemaError(f"duplicate column(s): {_quoted(dup)}", column=dup[0])
+    return names
 
 
 def _quoted(names: list[str]) -> str:

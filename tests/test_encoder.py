@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import skops.io as sio
+from conftest import mixed_frame
 from sklearn.exceptions import NotFittedError
 from sklearn.preprocessing import QuantileTransformer, StandardScaler
 
@@ -538,3 +539,57 @@ def test_encoded_guard_catches_what_the_raw_range_misses() -> None:
     enc.raw_range_ = np.array([[-np.inf, np.inf]] * len(enc.raw_range_))  # a wrong raw range
     with pytest.raises(SchemaError, match=r"^column 'age', row 0: 1e\+300 is out of range"):
         enc.transform(df.assign(age=1e300))
+
+
+# ------------------------------------------------------------- numpy path = sklearn path
+def parity_frames(seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A training frame with every column kind, missing values everywhere they may be, an
+    atom-heavy continuous column and a categorical column with more levels than the
+    encoder's ``max_categories``; and a probe frame with unseen levels, literal "<missing>" /
+    "<unknown>" strings, missing values and values beyond the training range."""
+    rng = np.random.default_rng(seed)
+    train = mixed_frame(1500, seed=seed)
+    train["spike"] = np.where(rng.random(1500) < 0.4, 2.0, rng.normal(0, 1, 1500))
+    weights = np.arange(1, 31) ** 2.0
+    cities = [f"city{i}" for i in range(30)]
+    train["city"] = rng.choice(cities, 1500, p=weights / weights.sum())
+    train.loc[rng.random(1500) < 0.05, "city"] = None
+    train.loc[rng.random(1500) < 0.05, "count"] = np.nan
+    probe = mixed_frame(300, seed=seed + 1)
+    probe["spike"] = np.where(rng.random(300) < 0.4, 2.0, rng.normal(0, 3, 300))
+    probe["city"] = rng.choice([*cities, "elsewhere", "<missing>", "<unknown>"], 300)
+    probe.loc[rng.random(300) < 0.1, "city"] = None
+    probe.loc[rng.random(300) < 0.1, "count"] = np.nan
+    probe.loc[rng.random(300) < 0.1, "age"] = np.nan
+    probe.loc[:3, "amount"] = [1e-3, 1e3, 0.0, 55.5]
+    probe.loc[:2, "channel"] = ["kiosk", "web", "app"]
+    return train, probe
+
+
+@pytest.mark.parametrize("atom_share", [0.01, None])
+@pytest.mark.parametrize("scaling", ["standard", "robust", "quantile"])
+def test_numpy_transform_is_bit_identical_to_sklearn(scaling: str, atom_share: float | None,
+                                                     tmp_path: Path) -> None:
+    """``transform`` computes with numpy from the fitted attributes; the scikit-learn
+    transformers (``_transform_sklearn``) are the reference it must equal bit for bit."""
+    train, probe = parity_frames()
+    enc = TabularEncoder(scaling=scaling, exclude=("id",), max_categories=8,  # type: ignore[arg-type]
+                         atom_share=atom_share).fit(train)
+    assert "city_infrequent_sklearn" in enc.feature_names_out_
+    assert (scaling == "quantile" or atom_share is None) != any(len(a) for a in enc.atoms_)
+    enc.save(tmp_path / "enc.skops")
+    loaded = TabularEncoder.load(tmp_path / "enc.skops")
+    frames = [probe, train, probe.iloc[[0]], probe.iloc[[5]], probe.iloc[[1]], probe.iloc[7:9]]
+    for encoder in (enc, loaded):
+        for frame in frames:
+            for offset in (0.0, 0.5, 0.25):
+                fast, fast_jacobian = encoder.transform(frame, offset)
+                reference, reference_jacobian = encoder._transform_sklearn(frame, offset)
+                np.testing.assert_array_equal(fast, reference)
+                np.testing.assert_array_equal(fast_jacobian, reference_jacobian)
+    # The probe does exercise the infrequent slot, the unknown slot and imputation.
+    X, _ = enc.transform(probe)
+    names = list(enc.feature_names_out_)
+    assert len(np.unique(X[:, names.index("city_infrequent_sklearn")])) == 2
+    assert len(np.unique(X[:, names.index("channel_<unknown>")])) == 2
+    assert len(np.unique(X[:, names.index("count_missing")])) == 2
