@@ -22,8 +22,10 @@ Rows of the table (A / B, each side measured ``--rounds`` times as A B A B ..., 
   one client sends the same ``{"records": [one record]}`` bodies in alternating blocks of
   ``http_requests``. Target <= 1.5x.
 - **demo**: seconds from ``bash scripts/demo.sh`` in a fresh ``git clone`` of the committed
-  checkout (its ``.venv`` present, fresh ``BENTOML_HOME``, a free ``PORT``) until ``GET
-  /readyz`` answers 200. Target <= 60 s on a quiet machine.
+  checkout (fresh ``BENTOML_HOME``, a free ``PORT``) until ``GET /readyz`` answers 200; its
+  ``.venv`` links to this checkout's, with the stamp ``setup-venv.sh`` writes for the clone's
+  ``pyproject.toml``, so the script checks and installs nothing (and never into a shared
+  environment). Target <= 60 s on a quiet machine.
 
 Every process runs one torch / OpenMP thread. Prints the table (target, ratio, raw medians,
 PASS/FAIL), writes the numbers as JSON (``--output``) and the Pareto plot (``--plot``): mean
@@ -407,11 +409,9 @@ def link_venv(clone: Path) -> str:
             (venv / entry.name).symlink_to(entry)
     want = venv_stamp(clone)
     (venv / ".flowad-installed").write_text(want + "\n")
-    have = (real / ".flowad-installed").read_text().strip() if (
-        real / ".flowad-installed").exists() else ""
-    return "" if have == want else (f"the stamp of {real} does not match this pyproject.toml "
-                                    "(setup-venv.sh would reinstall there): timed with a "
-                                    "matching stamp in the clone's .venv")
+    stamp = real / ".flowad-installed"
+    have = stamp.read_text().strip() if stamp.exists() else ""
+    return "" if have == want else f"{stamp} is stale: the clone's .venv got a matching stamp"
 
 
 def demo_once(cfg: Config, commit: str, index: int) -> tuple[float, str]:
@@ -562,6 +562,7 @@ def plot_pareto(points: list[Point], skipped: list[str], path: Path) -> None:
     title = "flowad candidates (complete benchmark CSVs) and the ten bundled baselines"
     if skipped:
         title += f"; {len(skipped)} incomplete candidate(s) not shown"
+    title += "\n(timings as each CSV recorded them: different runs, machines and loads)"
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0, 0.85, 1))
     path.parent.mkdir(parents=True, exist_ok=True)

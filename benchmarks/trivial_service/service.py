@@ -1,9 +1,11 @@
 """The HTTP baseline of ``benchmarks/fast_default.py``: a trivial BentoML 1.4 service.
 
-``POST /score`` takes the body flowad's ``/score`` takes (``{"records": [...]}``, parsed by
-BentoML) and answers in the same shape with a constant verdict per record, so what it costs is
-what any BentoML service costs: HTTP, JSON both ways, BentoML's middleware. Serve it from this
-folder with ``bentoml serve .`` (``bentofile.yaml``) or ``bentoml serve service:Trivial``.
+``POST /score`` takes flowad's ``{"records": [...]}`` body, parsed by BentoML, and answers in
+flowad's response shape with a constant verdict per record, so what it costs is what any
+BentoML service costs: HTTP, JSON both ways, BentoML's middleware. A bare JSON array, which
+flowad also accepts, is BentoML's 400 here (a plain API takes an object); the benchmark sends
+the object form to both. Serve it from this folder with ``bentoml serve .``
+(``bentofile.yaml``) or ``bentoml serve service:Trivial``.
 """
 
 from __future__ import annotations
