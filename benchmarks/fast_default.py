@@ -600,10 +600,10 @@ def points_table(points: list[Point]) -> str:
     return "\n".join(lines)
 
 
-def attempt(row: str, what: str, make: Callable[[], Result]) -> Result:
-    """``make()``, or a result that says why it failed (the other rows still run)."""
+def attempt(row: str, what: str, make: Callable[..., Result], *args: Any) -> Result:
+    """``make(*args)``, or a result that says why it failed (the other rows still run)."""
     try:
-        return make()
+        return make(*args)
     except Exception as error:
         traceback.print_exc()
         print(f"{row} ({what}) failed: {type(error).__name__}: {error}", file=sys.stderr)
@@ -619,11 +619,11 @@ def measure(cfg: Config) -> list[Result]:
     data = {name: ProtocolData.load(cfg, name) for name in wanted}
     for row, make in (("fit", fit_row), ("scoring", scoring_row)):
         if row in cfg.rows:
-            results += [attempt(row, f"{row}, {name}", lambda make=make, name=name: make(
-                cfg, data[name], fitted)) for name in wanted]
+            results += [attempt(row, f"{row}, {name}", make, cfg, data[name], fitted)
+                        for name in wanted]
     for row, make in (("http", http_row), ("demo", demo_row)):
         if row in cfg.rows:
-            results.append(attempt(row, row, lambda make=make: make(cfg)))
+            results.append(attempt(row, row, make, cfg))
     return results
 
 
