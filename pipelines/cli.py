@@ -68,7 +68,7 @@ def train(
     objective: Objective = "likelihood",
     members: Annotated[int | None, typer.Option(
         help="Flows in an equal-weight mixture, each trained with its own seed "
-        "[default: 3 for realnvp, 1 for ffjord].", min=1, show_default=False)] = None,
+        "(default: 2 for realnvp, 1 for ffjord).", min=1, show_default=False)] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Train a detector on DATA and save it to the model store; prints the model tag."""

@@ -41,7 +41,8 @@ class TrainConfig:
         warmup_steps: linear warm-up, which keeps ActNorm-initialised flows from jumping early.
         weight_decay: AdamW decoupled weight decay.
         grad_clip: maximum global gradient norm.
-        patience: epochs without a validation improvement before stopping.
+        patience: epochs without a validation improvement before stopping; ``None``: never
+            stop early (the step budget ends training; the best epoch's weights are kept).
         noise_std: standard deviation of Gaussian noise added to every training batch (in
             encoded units), a smoothing regulariser: the flow then fits the data density
             convolved with that kernel, as a kernel density estimate does.
@@ -68,7 +69,7 @@ class TrainConfig:
     warmup_steps: int = 100
     weight_decay: float = 0.0
     grad_clip: float = 10.0
-    patience: int = 20
+    patience: int | None = 20
     noise_std: float = 0.0
     ema_decay: float | None = None
     validation_trim: float = 0.05
@@ -251,7 +252,7 @@ def train_flow(
             epochs_without_improvement = 0
         else:
             epochs_without_improvement += 1
-            if epochs_without_improvement >= config.patience:
+            if config.patience is not None and epochs_without_improvement >= config.patience:
                 break
         if step >= total_steps:
             break

@@ -41,12 +41,12 @@ def test_train_prints_the_tag_and_models_lists_it(tag):
     assert result.exit_code == 0 and "cli-test" in result.stdout
 
 
-def test_train_mixes_three_realnvp_flows_unless_members_says_otherwise(tag, labelled_csv):
+def test_train_mixes_two_realnvp_flows_unless_members_says_otherwise(tag, labelled_csv):
     from flowmodels import FlowMixture, RealNVP
     from pipelines.store import load_detector
 
     default = load_detector(tag)
-    assert isinstance(default.flow_, FlowMixture) and len(default.flow_.components) == 3
+    assert isinstance(default.flow_, FlowMixture) and len(default.flow_.components) == 2
     result = runner.invoke(app, ["train", str(labelled_csv), "--name", "cli-one", "--exclude",
                                  "id", "--label", "label", "--max-epochs", "2", "--members", "1"])
     assert result.exit_code == 0, result.output

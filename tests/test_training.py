@@ -41,6 +41,19 @@ def test_max_steps_ends_training_at_the_end_of_that_epoch():
     assert steps == [6, 12, 18]  # 6 steps an epoch; the third epoch passes 14
 
 
+def test_without_patience_training_runs_its_budget_and_keeps_the_best_epoch():
+    x = _data(600, 0)
+    flow = RealNVP(2, n_layers=2, hidden=8)
+    config = TrainConfig(batch_size=100, max_epochs=50, max_steps=60, patience=None,
+                         progress=False)
+    result = train_flow(flow, x, torch.zeros(2), _data(100, 1), torch.zeros(100), config)
+    assert result.history[-1]["step"] == 60  # ten epochs of six steps, none cut short
+    best = min(result.history, key=lambda epoch: epoch["val_nll"])
+    assert result.best_epoch == best["epoch"]
+    kept = estimate_nll(flow, _data(100, 1), torch.zeros(100), trim=config.validation_trim)
+    assert kept == pytest.approx(best["val_nll"], abs=1e-5)
+
+
 def _data(n: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 2, generator=g)
