@@ -31,11 +31,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 PARSED_RECORDS = "flowad.records"  # the scope key of a checked body's record list
 
-def short_repr(value: Any) -> str:
-    """``repr(value)`` cut short: a 1 MB string or a list nested 900 deep must not come back
-    whole in an error body (nor take the time and stack its full repr would)."""
-    return shown(value)
-
 
 class BodyTooLargeError(Exception):
     """An upload went past its byte limit while it was being read."""
@@ -79,7 +74,7 @@ def shape_error(body: Any) -> str | None:
         return 'expected a JSON array of records or an object {"records": [...]}'
     for row, record in enumerate(records):
         if not isinstance(record, dict):
-            return f"row {row}: expected an object keyed by column name, got {short_repr(record)}"
+            return f"row {row}: expected an object keyed by column name, got {shown(record)}"
     return None
 
 

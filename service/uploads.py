@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
-from service.guard import short_repr
+from pipelines.schema import shown
 
 FIELD = "file"
 FORMATS = {".csv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -70,11 +70,11 @@ async def read_upload(request: Request) -> AsyncIterator[Upload]:
             raise UploadError(f"no part named {FIELD!r}: {USAGE}")
         if not isinstance(part, UploadFile):
             raise UploadError(
-                f"part {FIELD!r} is a text value ({short_repr(part)}), not a file; URLs are "
+                f"part {FIELD!r} is a text value ({shown(part)}), not a file; URLs are "
                 f"never fetched: {USAGE}")
         suffix = PurePosixPath(part.filename or "").suffix.lower()
         if suffix not in FORMATS:
-            raise UploadError(f"unsupported file type {short_repr(suffix)}: {USAGE}")
+            raise UploadError(f"unsupported file type {shown(suffix)}: {USAGE}")
         yield Upload(part.file, FORMATS[suffix])
     finally:
         await form.close()
