@@ -15,6 +15,7 @@ from sklearn.utils.validation import check_is_fitted
 from flowmodels import Flow, FlowMixture, build_flow
 from pipelines.calibration import Calibrator
 from pipelines.encoder import TabularEncoder
+from pipelines.explain import N_SAMPLES, contributions
 from pipelines.fastpath import SMALL_BATCH_ROWS, fast_log_prob
 from pipelines.schema import SchemaError, UnscorableRecordError
 from pipelines.training import TrainResult, default_train_config, estimate_nll, train_flow
@@ -273,6 +274,21 @@ class Detector(BaseEstimator):
     def score_samples(self, data: pd.DataFrame) -> np.ndarray:
         """Anomaly score ``-log p(record)``; higher = more anomalous."""
         return -self.log_likelihood(data)
+
+    def explain(self, data: pd.DataFrame, *, n_samples: int = N_SAMPLES) -> pd.DataFrame:
+        """Each input column's contribution (nats) to each record's anomaly score ``-log p``:
+        Shapley values against a typical record, summing to the record's score minus the
+        typical record's (:mod:`pipelines.explain`).
+
+        Arguments:
+            data: records with the training columns.
+            n_samples: sampled orderings of the columns per record.
+
+        Returns:
+            A frame with ``data``'s index and one column per input column.
+        """
+        check_is_fitted(self, "flow_")
+        return contributions(self.encoder_, self.flow_, data, n_samples=n_samples)
 
     def _calibrator(self) -> Calibrator:
         check_is_fitted(self, "calibrator_")
