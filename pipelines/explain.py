@@ -53,10 +53,10 @@ BATCH_ROWS = 16_384  # hybrid records per flow call
 SEED = 0
 
 
-def reference_record(encoder: TabularEncoder) -> pd.DataFrame:
-    """The typical record contributions are measured from, as a one-row frame: the training
-    median of each continuous column and the most frequent training value of each discrete,
-    binary and categorical column (none missing).
+def reference_values(encoder: TabularEncoder) -> dict[str, Any]:
+    """The typical record contributions are measured from, as plain Python values per column:
+    the training median of each continuous column and the most frequent training value of
+    each discrete, binary and categorical column (none missing).
 
     Arguments:
         encoder: the detector's fitted encoder.
@@ -65,20 +65,28 @@ def reference_record(encoder: TabularEncoder) -> pd.DataFrame:
     record: dict[str, Any] = {}
     continuous = schema.of_kind("continuous")
     if continuous:  # the imputer's statistic is the median of the observed training values
-        record.update(zip([spec.name for spec in continuous],
-                          encoder.cont_imputer_.statistics_, strict=True))
+        for spec, median in zip(continuous, encoder.cont_imputer_.statistics_, strict=True):
+            record[spec.name] = float(median)
     discrete = schema.of_kind("discrete", "binary")
     if discrete:  # the imputer's statistic is the most frequent code
         for spec, code in zip(discrete, encoder.code_imputer_.statistics_, strict=True):
-            value = spec.min + spec.step * code
+            value = float(spec.min + spec.step * code)
             record[spec.name] = bool(value) if spec.dtype in BOOL_DTYPES else value
-    # A one-hot slot's mean code is the share of training rows with that level.
-    if encoder.onehot_ is not None:
+    if encoder.onehot_ is not None:  # a one-hot slot's mean code is its level's share
         shares = encoder.code_scaler_.mean_[len(discrete) :] - 0.5
-    for spec, (slot_of, _, _) in zip(schema.of_kind("categorical"), encoder.onehot_slots_,
-                                     strict=True):
-        record[spec.name] = max(spec.categories, key=lambda level: shares[slot_of[level]])
-    return pd.DataFrame([record], columns=schema.names)
+        for spec, (slot_of, _, _) in zip(schema.of_kind("categorical"), encoder.onehot_slots_,
+                                         strict=True):
+            record[spec.name] = max(spec.categories, key=lambda level: shares[slot_of[level]])
+    return {name: record[name] for name in schema.names}
+
+
+def reference_record(encoder: TabularEncoder) -> pd.DataFrame:
+    """:func:`reference_values` as a one-row frame, ready to score.
+
+    Arguments:
+        encoder: the detector's fitted encoder.
+    """
+    return pd.DataFrame([reference_values(encoder)])
 
 
 def contributions(encoder: TabularEncoder, flow: Flow | FlowMixture, data: pd.DataFrame,

@@ -1,5 +1,12 @@
 """The flowad BentoML service: ``POST /score``, ``POST /score_file``, ``GET /model``.
 
+``POST /score?explain=true`` (optionally ``&top=k``, 1 to ``MAX_TOP``, default ``DEFAULT_TOP``)
+adds to each result its ``contributions``: the ``k`` input columns that raised its score most,
+with the record's value and the contribution in nats (:mod:`pipelines.explain`), and to the
+body an ``explanation`` with the reference record they are measured from and its score. The
+front worker explains, on its CPU copy of the model, at most ``FLOWAD_MAX_EXPLAIN_RECORDS``
+records per request.
+
 Two services, composed the BentoML way:
 - ``Scorer`` holds the detector on the accelerator (CUDA when present) and exposes one
   batchable API: adaptive batching merges the records of concurrent requests into one call.
@@ -39,6 +46,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from pipelines import registry
+from pipelines.explain import reference_record, reference_values, top_contributions
 from pipelines.schema import SchemaError, UnscorableRecordError, shown
 from pipelines.tables import iter_table
 from service import metrics as service_metrics
@@ -58,6 +66,7 @@ from service.uploads import UploadError, read_upload
 
 SETTINGS = Settings.from_env()
 log = logging.getLogger("flowad.service")
+DEFAULT_TOP, MAX_TOP = 5, 20  # contributions per explained record: default, most
 UNKNOWN_CATEGORY_POLICY = (
     "unseen categories are scored, not rejected: they map to the column's 'unknown' slot, "
     "which training never saw, so they raise the score"
@@ -344,15 +353,59 @@ class FlowadService:
 
     # ------------------------------------------------------------------ endpoints
     @bentoml.api(route="/score", input_spec=ScoreRequest)
-    def score(self, records: list[dict[str, Any]]) -> dict[str, Any]:
-        """Scores a JSON array of records (or ``{"records": [...]}``), in order.
+    def score(self, records: list[dict[str, Any]], ctx: bentoml.Context) -> dict[str, Any]:
+        """Scores a JSON array of records (or ``{"records": [...]}``), in order; with
+        ``?explain=true``, explains them too (module docstring).
 
         ``RequestGuard`` has parsed and checked the body; ``ScoreRequest`` takes its records.
         """
         try:
-            return json_response(self._score_records(records))
+            top = self._explain_top(ctx.request.query_params)
+            if top is None:
+                return json_response(self._score_records(records))
+            return json_response(self._explain_records(records, top))
         except RequestRejected as rejected:
+            # an API that takes ctx answers with ctx.response's status, whatever it returns
+            ctx.response.status_code = rejected.error_code
             return rejected.response()
+
+    def _explain_top(self, query: Any) -> int | None:
+        """Contributions to show per record from ``?explain=...&top=...``; None: no
+        explanations."""
+        explain = query.get("explain", "false").lower()
+        if explain not in ("true", "false"):
+            self._reject(f"explain must be true or false, got {shown(explain)}", "validation")
+        top = query.get("top", str(DEFAULT_TOP))
+        if not (top.isdigit() and 1 <= int(top) <= MAX_TOP):
+            self._reject(f"top must be an integer from 1 to {MAX_TOP}, got {shown(top)}",
+                         "validation")
+        return int(top) if explain == "true" else None
+
+    def _explain_records(self, records: list[dict[str, Any]], top: int) -> dict[str, Any]:
+        """The ``/score`` body plus each record's ``top`` contributions. The records are
+        scored first (validated and counted as any request); this worker's model explains
+        them, named in ``explanation.model``: during a model swap it can differ from the
+        model that scored them."""
+        if len(records) > SETTINGS.max_explain_records:
+            self._reject(f"{len(records)} records exceed the limit of "
+                         f"{SETTINGS.max_explain_records} per explained request "
+                         "(FLOWAD_MAX_EXPLAIN_RECORDS)", "too_large",
+                         HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+        body = self._score_records(records)
+        model = self.follower.current
+        detector = model.detector
+        frame = pd.DataFrame.from_records(records, columns=detector.encoder_.schema_.names)
+        for result, contributions in zip(
+            body["results"], top_contributions(detector.explain(frame), frame, top), strict=True
+        ):
+            result["contributions"] = contributions
+        body["explanation"] = {
+            "model": model.tag,
+            "reference": reference_values(detector.encoder_),
+            "reference_score": float(
+                detector.score_samples(reference_record(detector.encoder_))[0]),
+        }
+        return body
 
     async def score_upload(self, request: Request) -> Response:
         """Scores an uploaded CSV or Parquet file (multipart field ``file``), all or nothing:

@@ -20,6 +20,8 @@ class Settings:
     admin_token: bearer token of ``POST /admin/reload``; unset disables it [FLOWAD_ADMIN_TOKEN].
     max_records: records per /score request, more is a 413 [FLOWAD_MAX_RECORDS].
     max_body_bytes: bytes per /score request body, more is a 413 [FLOWAD_MAX_BODY_BYTES].
+    max_explain_records: records per ``/score?explain=true`` request, more is a 413
+        [FLOWAD_MAX_EXPLAIN_RECORDS]: explaining costs ~1-3 ms a record (docs/design.md).
     max_file_bytes: bytes per /score_file upload [FLOWAD_MAX_FILE_BYTES].
     max_file_rows: rows per /score_file upload, more is a 413 [FLOWAD_MAX_FILE_ROWS]: the
         response holds a verdict per row, so bigger tables belong to ``flowad score``.
@@ -47,6 +49,7 @@ class Settings:
     admin_token: str | None
     max_records: int
     max_body_bytes: int
+    max_explain_records: int
     max_file_bytes: int
     max_file_rows: int
     file_seconds: float
@@ -70,6 +73,7 @@ class Settings:
             admin_token=env("FLOWAD_ADMIN_TOKEN") or None,
             max_records=int(env("FLOWAD_MAX_RECORDS", "10000")),
             max_body_bytes=int(env("FLOWAD_MAX_BODY_BYTES", str(16 * 2**20))),
+            max_explain_records=int(env("FLOWAD_MAX_EXPLAIN_RECORDS", "100")),
             max_file_bytes=int(env("FLOWAD_MAX_FILE_BYTES", str(512 * 2**20))),
             max_file_rows=int(env("FLOWAD_MAX_FILE_ROWS", "1000000")),
             file_seconds=float(env("FLOWAD_FILE_SECONDS", "100")),

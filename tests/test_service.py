@@ -19,7 +19,7 @@ TOKEN = "s3cret-token"
 SETTINGS = {"FLOWAD_MODEL": "service-test", "FLOWAD_MAX_RECORDS": "50",
             "FLOWAD_MAX_BODY_BYTES": "20000", "FLOWAD_ADMIN_TOKEN": TOKEN,
             "FLOWAD_RELOAD_INTERVAL": "0", "FLOWAD_FILE_CHUNK_ROWS": "100",
-            "FLOWAD_MAX_FILE_ROWS": "1000"}
+            "FLOWAD_MAX_FILE_ROWS": "1000", "FLOWAD_MAX_EXPLAIN_RECORDS": "10"}
 
 
 def train(seed: int) -> Detector:
@@ -73,6 +73,41 @@ def test_score_returns_verdicts_in_order_matching_the_detector(client):
     np.testing.assert_allclose(scores, expected["score"], rtol=0, atol=1e-9)
     assert [r["is_anomaly"] for r in payload["results"]] == expected["is_anomaly"].tolist()
     assert all(0 < r["p_value"] <= 1 for r in payload["results"])
+
+
+def test_explain_adds_the_top_contributions_of_each_record(client):
+    body = records(4)
+    response = client.post("/score?explain=true&top=3", json=body)
+    assert response.status_code == 200, response.text
+    payload = response.json()
+    expected = client.detector.explain(mixed_frame(4, seed=1).drop(columns=["id"]))
+    explanation = payload["explanation"]
+    assert explanation["model"] == payload["model"]
+    for result, record, (_, row) in zip(payload["results"], body, expected.iterrows(),
+                                        strict=True):
+        top = result["contributions"]
+        assert [c["column"] for c in top] == list(row.sort_values(ascending=False).index[:3])
+        assert all(c["value"] == record[c["column"]] for c in top)
+        np.testing.assert_allclose([c["contribution"] for c in top],
+                                   row.sort_values(ascending=False)[:3], atol=1e-6)
+    # contributions are measured from the reference: all of them sum to the score difference
+    assert sum(expected.iloc[0]) == pytest.approx(
+        payload["results"][0]["score"] - explanation["reference_score"], abs=1e-3)
+    plain = client.post("/score", json=body).json()
+    assert "contributions" not in plain["results"][0] and "explanation" not in plain
+
+
+@pytest.mark.parametrize(("query", "status"), [("explain=maybe", 400), ("explain=true&top=0", 400),
+                                               ("explain=true&top=21", 400)])
+def test_explain_parameters_are_checked(client, query, status):
+    assert client.post(f"/score?{query}", json=records(2)).status_code == status
+
+
+def test_explained_requests_are_bounded(client):
+    response = client.post("/score?explain=true", json=records(11))
+    assert response.status_code == 413
+    assert "FLOWAD_MAX_EXPLAIN_RECORDS" in response.json()["error"]
+    assert client.post("/score", json=records(11)).status_code == 200
 
 
 def test_envelope_form_and_ignored_id_column(client):
