@@ -1,4 +1,4 @@
-"""Evaluation report for ``flowad evaluate``: metrics.json plus three PNG plots.
+"""Evaluation report for ``flowad evaluate``: metrics.json plus up to four PNG plots.
 
 Scores are ``-log p(x)`` (higher = more anomalous); ``y_true`` is 1 for anomalies. Plots use
 matplotlib's object-oriented API (``Figure`` + ``savefig``), which renders with Agg and needs no
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure
 from numpy.typing import ArrayLike, NDArray
 from sklearn.metrics import (
@@ -28,6 +29,7 @@ __all__ = [
     "evaluation_metrics",
     "plot_roc_pr",
     "plot_score_histograms",
+    "plot_top_contributions",
     "plot_training_curve",
     "write_report",
 ]
@@ -36,6 +38,8 @@ METRICS_FILE = "metrics.json"
 HISTOGRAM_FILE = "score_histograms.png"
 ROC_PR_FILE = "roc_pr.png"
 TRAINING_FILE = "training_curve.png"
+CONTRIBUTIONS_FILE = "top_contributions.png"
+MAX_PLOTTED_COLUMNS = 15
 
 
 def _inputs(y_true: ArrayLike, scores: ArrayLike) -> tuple[NDArray[np.int_], NDArray[np.float64]]:
@@ -217,13 +221,39 @@ def plot_training_curve(history: Sequence[Mapping[str, Any]],
     return _save(fig, path)
 
 
+def plot_top_contributions(contributions: pd.DataFrame,
+                           path: str | os.PathLike[str]) -> Path:
+    """The columns that contributed most to the scores of the flagged records: mean
+    contribution per column (nats, from ``Detector.explain``) and how many records it tops.
+
+    Arguments:
+        contributions: one row per flagged record, one column per input column.
+        path: the PNG to write.
+    """
+    if contributions.empty:
+        raise ValueError("no contributions to plot")
+    mean = contributions.mean().sort_values(ascending=False).head(MAX_PLOTTED_COLUMNS)
+    first = contributions.idxmax(axis=1).value_counts()
+    fig = Figure(figsize=(8, 0.8 + 0.35 * len(mean)))
+    ax = fig.subplots()
+    ax.barh(range(len(mean)), mean.to_numpy(), color="tab:red")
+    ax.set_yticks(range(len(mean)),
+                  [f"{name}  (top in {first.get(name, 0)})" for name in mean.index])
+    ax.invert_yaxis()  # largest first
+    ax.axvline(0, color="grey", linewidth=0.8)
+    ax.set_xlabel("mean contribution to -log p (nats, from a typical record)")
+    ax.set_title(f"What made the {len(contributions)} flagged records anomalous")
+    return _save(fig, path)
+
+
 def write_report(report_dir: str | os.PathLike[str], y_true: ArrayLike, scores: ArrayLike,
                  threshold: float | None,
-                 history: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
+                 history: Sequence[Mapping[str, Any]] | None = None,
+                 contributions: pd.DataFrame | None = None) -> dict[str, Any]:
     """Write metrics.json and the plots into ``report_dir``; return the metrics.
 
     The ROC/PR plot is skipped when only one class is present, the training curve when there is
-    no history.
+    no history, the contributions plot when no record was flagged (or none are given).
     """
     out = Path(report_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -235,4 +265,6 @@ def write_report(report_dir: str | os.PathLike[str], y_true: ArrayLike, scores: 
         plot_roc_pr(scores, y_true, out / ROC_PR_FILE)
     if history:
         plot_training_curve(history, out / TRAINING_FILE)
+    if contributions is not None and not contributions.empty:
+        plot_top_contributions(contributions, out / CONTRIBUTIONS_FILE)
     return metrics

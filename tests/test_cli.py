@@ -97,7 +97,8 @@ def test_evaluate_writes_metrics_and_plots(tag, labelled_csv, tmp_path):
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["roc_auc"] > 0.9
-    assert len(list(tmp_path.glob("*.png"))) == 3
+    assert {p.name for p in tmp_path.glob("*.png")} == {
+        "score_histograms.png", "roc_pr.png", "training_curve.png", "top_contributions.png"}
 
 
 def test_a_bad_file_gives_a_clear_error(tag, tmp_path):
@@ -142,6 +143,23 @@ def test_unknown_tags_give_a_one_line_error(tmp_path, labelled_csv):
         assert result.exit_code == 2, result.output
         assert result.stderr.startswith("error: ") and "no-such-model" in result.stderr
         assert "Traceback" not in result.output
+
+
+def test_score_explain_adds_the_top_contributions(tag, labelled_csv, tmp_path):
+    from pipelines.store import load_detector
+
+    source, out = tmp_path / "in.csv", tmp_path / "out.csv"
+    frame = pd.read_csv(labelled_csv).drop(columns=["label"]).tail(150)
+    frame.to_csv(source, index=False)
+    result = runner.invoke(app, ["score", tag, str(source), "--output", str(out), "--explain",
+                                 "--explain-top", "2", "--chunk-rows", "100"])
+    assert result.exit_code == 0, result.output
+    scored = pd.read_csv(out)
+    assert list(scored.columns[-4:]) == ["top1_column", "top1_contribution", "top2_column",
+                                         "top2_contribution"]
+    expected = load_detector(tag).explain(frame.reset_index(drop=True))
+    assert (scored["top1_column"] == expected.idxmax(axis=1)).all()
+    assert (scored["top1_contribution"] >= scored["top2_contribution"]).all()
 
 
 def test_score_shows_progress_when_asked(tag, labelled_csv, tmp_path):

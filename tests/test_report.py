@@ -7,11 +7,17 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from numpy.typing import NDArray
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from pipelines.report import evaluation_metrics, plot_training_curve, write_report
+from pipelines.report import (
+    evaluation_metrics,
+    plot_top_contributions,
+    plot_training_curve,
+    write_report,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -103,3 +109,14 @@ def test_training_curve_tolerates_missing_validation(tmp_path: Path) -> None:
 def test_rejects_bad_input(y: list, s: list) -> None:
     with pytest.raises(ValueError):
         evaluation_metrics(y, s, 0.5)
+
+
+def test_top_contributions_plot(tmp_path: Path) -> None:
+    contributions = pd.DataFrame({"amount": [5.0, 0.1, 4.0], "channel": [0.2, 6.0, -0.3]})
+    path = plot_top_contributions(contributions, tmp_path / "top.png")
+    assert path.read_bytes().startswith(PNG_MAGIC)
+    with pytest.raises(ValueError, match="no contributions"):
+        plot_top_contributions(contributions.iloc[:0], tmp_path / "none.png")
+    y, s = _data()
+    write_report(tmp_path / "empty", y, s, threshold=0.0, contributions=contributions.iloc[:0])
+    assert not (tmp_path / "empty" / "top_contributions.png").exists()
