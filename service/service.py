@@ -112,6 +112,16 @@ class Verdicts:
                    detector.threshold_, detector.target_fpr)
 
     @classmethod
+    def of_records(cls, model: LoadedModel,
+                   records: list[dict[str, Any]]) -> tuple[Verdicts, dict[str, int]]:
+        """Scores records with ``model`` (checking them; a few without a DataFrame), with the
+        unseen categories per column."""
+        detector = model.detector
+        out, unknown = detector.record_verdicts(records)
+        return cls(*(out[c] for c in VERDICT_COLUMNS), model.tag,
+                   detector.threshold_, detector.target_fpr), unknown
+
+    @classmethod
     def of_each(cls, model: LoadedModel, frame: pd.DataFrame) -> Verdicts:
         """Scores record by record, NaN where the model cannot score one: the scorer's way
         out when a batch that merges several clients' records holds such a record, so that
@@ -478,7 +488,8 @@ class FlowadService:
                 "too_large", HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
             )
         model = self.follower.current  # this request's model, even if a swap happens now
-        return self._score_frame(model, self._frame(model, records))
+        self._check_columns(model, records)
+        return self._score_checked(model, records)
 
     @bentoml.api(route="/admin/reload")
     def admin_reload(self) -> dict[str, Any]:
@@ -527,10 +538,10 @@ class FlowadService:
     def _count_rejection(self, reason: str) -> None:
         self.metrics.rejected.labels(self.tag, reason).inc()
 
-    def _frame(self, model: LoadedModel, records: list[dict[str, Any]]) -> pd.DataFrame:
-        """Records -> DataFrame, rejecting a record with a missing or unknown column."""
-        columns = model.detector.encoder_.schema_.names
-        expected, ignored = set(columns), set(model.detector.exclude)
+    def _check_columns(self, model: LoadedModel, records: list[dict[str, Any]]) -> None:
+        """Rejects a record with a missing or unknown column."""
+        expected = set(model.detector.encoder_.schema_.names)
+        ignored = set(model.detector.exclude)
         for row, record in enumerate(records):
             keys = set(record) - ignored
             if keys != expected:
@@ -539,18 +550,23 @@ class FlowadService:
                            else f"unknown column {shown(unknown[0])}")
                 self._reject(f"row {row}: {problem}; expected columns {sorted(expected)}",
                              "schema")
-        return pd.DataFrame.from_records(records, columns=columns)
 
-    def _score_frame(self, model: LoadedModel, frame: pd.DataFrame) -> dict[str, Any]:
-        try:  # the whole frame is checked against the schema before anything is scored
-            verdicts = self._verdicts(model, frame)
+    def _score_checked(self, model: LoadedModel, records: list[dict[str, Any]]) -> dict[str, Any]:
+        """Scores records whose columns :meth:`_check_columns` accepted."""
+        try:  # every record is checked against the schema before anything is scored
+            if SETTINGS.remote_scoring:  # the scorer is sent the rows of a checked frame
+                frame = pd.DataFrame.from_records(
+                    records, columns=model.detector.encoder_.schema_.names)
+                verdicts = self._verdicts(model, frame)
+                unknown = model.detector.encoder_.unknown_counts(frame)
+            else:  # pipelines builds no frame for a few records
+                verdicts, unknown = Verdicts.of_records(model, records)
         except UnscorableRecordError as error:
             self._reject_unscorable(model, error)
         except SchemaError as error:
             self._reject(str(error), "schema")
-        unknown = {k: v for k, v in model.detector.encoder_.unknown_counts(frame).items() if v}
         self._observe(verdicts)
-        return verdicts.response(unknown)
+        return verdicts.response({k: v for k, v in unknown.items() if v})
 
     def _verdicts(self, model: LoadedModel, frame: pd.DataFrame) -> Verdicts:
         """Validates and scores a frame, here or on the ``Scorer``; counts nothing."""

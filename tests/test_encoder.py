@@ -14,7 +14,7 @@ from conftest import mixed_frame
 from sklearn.exceptions import NotFittedError
 from sklearn.preprocessing import QuantileTransformer, StandardScaler
 
-from pipelines.encoder import MAX_ENCODED, TabularEncoder
+from pipelines.encoder import MAX_ENCODED, RECORD_PATH_ROWS, TabularEncoder
 from pipelines.schema import SchemaError
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "adbench"
@@ -593,3 +593,45 @@ def test_numpy_transform_is_bit_identical_to_sklearn(scaling: str, atom_share: f
     assert len(np.unique(X[:, names.index("city_infrequent_sklearn")])) == 2
     assert len(np.unique(X[:, names.index("channel_<unknown>")])) == 2
     assert len(np.unique(X[:, names.index("count_missing")])) == 2
+
+
+# ----------------------------------------------------------------------- the records path
+def test_transform_records_builds_no_frame_for_a_few_plain_records(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Up to RECORD_PATH_ROWS plain records: no DataFrame, and bit for bit what the frame
+    path gives (tests/test_schema.py and tests/test_scoring_guards.py cover hostile ones)."""
+    df = train_frame()
+    df.loc[::10, "color"] = None  # missing text: not an unseen category
+    enc = TabularEncoder(exclude=("id",)).fit(df)
+    records = json.loads(train_frame(RECORD_PATH_ROWS, seed=1).to_json(orient="records"))
+    records[1] = {**records[1], "color": "purple", "income": None, "rooms": None, "owner": 1}
+    records[2] = {**records[2], "color": None}
+    for n in (1, 2, RECORD_PATH_ROWS):
+        frame = enc.schema_.records_frame(records[:n])
+        X, log_jac = enc.transform(frame)
+        unknown = enc.unknown_counts(frame)
+        with monkeypatch.context() as patched:
+            patched.setattr(pd.DataFrame, "from_records", _no_frame)
+            got_X, got_log_jac, got_unknown = enc.transform_records(records[:n])
+        assert got_X.tobytes() == X.tobytes() and got_log_jac.tobytes() == log_jac.tobytes()
+        assert got_unknown == unknown == {"color": int(n > 1)}
+
+
+def test_transform_records_rejects_as_the_frame_path_does() -> None:
+    df = train_frame()
+    enc = TabularEncoder(exclude=("id",)).fit(df)
+    good = json.loads(df.iloc[:3].to_json(orient="records"))
+    lo, hi = enc.raw_range_[0]
+    for value in (hi * 1.01, lo * 1.01 - 1, 1e300):  # checks the records path makes itself
+        records = [good[0], {**good[1], "age": value}, good[2]]
+        with pytest.raises(SchemaError) as frame_error:
+            enc.transform(enc.schema_.records_frame(records))
+        with pytest.raises(SchemaError) as records_error:
+            enc.transform_records(records)
+        assert str(records_error.value) == str(frame_error.value)
+        assert (records_error.value.column, records_error.value.row) == ("age", 1)
+
+
+def _no_frame(*args: object, **kwargs: object) -> pd.DataFrame:
+    raise AssertionError("the records path built a DataFrame")

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pipelines.schema import Schema, SchemaError, infer_schema, shown
 
@@ -243,3 +246,157 @@ def test_integers_beyond_float64_are_out_of_range(
     assert schema.check(json_frame([{**good, column: 10**300}], names))[column][0] == 1e300
     # and a category as text
     assert schema.check(json_frame([{**good, "color": huge}], names))["color"][0] == str(huge)
+
+
+# ------------------------------------------ the records path: check_records == check(frame)
+def outcome(call: Callable[[], dict[str, np.ndarray]]) -> tuple[object, ...]:
+    """What a check gives: its values, or its exception's type, message, column, row, problem.
+    Any exception counts: building the frame raises UnicodeEncodeError for a lone surrogate."""
+    try:
+        values = call()
+    except Exception as error:  # both paths must raise alike, whatever it is
+        return ("raised", type(error), str(error), getattr(error, "column", None),
+                getattr(error, "row", None), getattr(error, "problem", None))
+    return ("values", values)
+
+
+def assert_same_outcome(schema: Schema, records: list[dict[str, object]]) -> tuple[object, ...]:
+    """``check_records`` and ``check(records_frame)`` give the same values, bit for bit (NaN
+    where NaN, the sign of zero), or raise alike. Returns the outcome."""
+    expected = outcome(lambda: schema.check(schema.records_frame(records)))
+    got = outcome(lambda: schema.check_records(records))
+    if expected[0] == "raised" or got[0] == "raised":
+        assert got == expected
+        return got
+    want, have = expected[1], got[1]
+    assert list(have) == list(want)
+    for name, x in want.items():
+        y = have[name]
+        assert y.dtype == x.dtype and y.shape == x.shape, name
+        if x.dtype == np.float64:
+            same = np.array_equal(x, y, equal_nan=True) and np.array_equal(np.signbit(x),
+                                                                           np.signbit(y))
+            assert same, (name, x, y)
+        else:
+            assert [type(v) for v in y] == [type(v) for v in x] and list(y) == list(x), name
+    return got
+
+
+HOSTILE_VALUES = [
+    None, True, False, 0, 1, -1, 2, 3, 7, 5.0, 0.5, -0.0, 0.0, 1.5, 1e300, -1e300,
+    float("nan"), float("inf"), -float("inf"), 2**53, 2**53 + 1, -(2**53) - 1, 2**63, 2**64,
+    10**400, "1.5", "7", " 3 ", "", "abc", "nan", "inf", "1e999", "true", "red", "S",
+    "<unknown>", "<missing>", "é", "日本", "\ud800", "a\x00b", "x" * 5000, [], [1, 2], {},
+    {"a": 1}, (1,), {1}, np.float64(1.5), np.int64(3), np.bool_(True), np.nan,
+]
+
+
+@pytest.mark.parametrize("value", HOSTILE_VALUES, ids=[shown(v)[:20] for v in HOSTILE_VALUES])
+def test_check_records_equals_check_of_the_frame_on_hostile_values(
+    gappy: tuple[Schema, list[str], dict[str, object]], value: object
+) -> None:
+    schema, names, good = gappy
+    for name in names:  # alone, after a good record, and as every record's value
+        for records in ([{**good, name: value}], [good, {**good, name: value}],
+                        [{**good, name: value}, {**good, name: value}]):
+            assert_same_outcome(schema, records)
+
+
+def test_check_records_equals_check_of_the_frame_on_odd_records(
+    gappy: tuple[Schema, list[str], dict[str, object]],
+) -> None:
+    schema, _, good = gappy
+    without = {k: v for k, v in good.items() if k != "income"}  # income may be missing
+    cases = [
+        [], [good], [good] * 3, [{**good, "id": 7}], [{**good, "surprise": {"x": 1}}],
+        [without], [good, without], [{k: v for k, v in good.items() if k != "height"}],
+        [{}], [{**good, "income": None}] * 2, [pd.Series(good)], [good, [1, 2]],
+        [{**good, "flag": 1}, {**good, "flag": True}], [{**good, "flag": None}],
+        [{**good, "bin01": True}, {**good, "bin01": 0}, {**good, "bin01": None}],
+        [{**good, "bin37": 7}, {**good, "bin37": 3.0}],
+        [{**good, "code": 2}, {**good, "code": 2.5}],
+        [{**good, "color": None}], [{**good, "size": None}], [{**good, "color": 3}],
+        [{**good, "city": 3}, {**good, "city": None}], [{**good, "city": 3}] * 2,
+        [{**good, "city": 3.0}, {**good, "city": "3"}], [{**good, "city": None}] * 2,
+    ]
+    for records in cases:
+        assert_same_outcome(schema, records)
+
+
+def test_plain_records_are_checked_without_a_frame(
+    gappy: tuple[Schema, list[str], dict[str, object]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Booleans, ints, floats, None where allowed, text: no frame is built for them."""
+    schema, _, good = gappy
+    records = [good, {**good, "flag": False, "bin01": True, "code": 3, "height": 180,
+                      "income": None, "color": "<unknown>", "size": "é", "city": None},
+               {**good, "height": -0.0, "bin37": 7, "pixel_std": 2**53, "id": "ignored"}]
+    expected = schema.check(schema.records_frame(records))
+
+    def no_frame(*args: object, **kwargs: object) -> pd.DataFrame:
+        raise AssertionError("the records path built a frame")
+
+    monkeypatch.setattr(Schema, "records_frame", no_frame)
+    monkeypatch.setattr(pd.DataFrame, "from_records", no_frame)
+    values = schema.check_records(records)
+    for name, x in expected.items():
+        np.testing.assert_array_equal(values[name], x)
+
+
+@st.composite
+def hostile_records(draw: st.DrawFn, good: list[dict[str, object]],
+                    names: list[str]) -> list[dict[str, object]]:
+    """1-4 training records as parsed JSON, some of their values replaced by hostile ones,
+    some keys dropped or added."""
+    value = st.one_of(
+        st.sampled_from(HOSTILE_VALUES), st.none(), st.booleans(),
+        st.integers(-(2**70), 2**70), st.floats(), st.text(max_size=4),
+        st.text(st.characters(categories=["Cs", "Nd", "Ll"]), max_size=3),
+        st.from_regex(r"-?[0-9]{1,4}(\.[0-9]{0,3})?([eE]-?[0-9]{1,3})?", fullmatch=True),
+        st.lists(st.integers(), max_size=2),
+    )
+    records = []
+    for _ in range(draw(st.integers(1, 4))):
+        record = dict(draw(st.sampled_from(good)))
+        for name in draw(st.lists(st.sampled_from(names), max_size=3, unique=True)):
+            record[name] = draw(value)
+        for name in draw(st.lists(st.sampled_from([*names, "id", "surprise"]), max_size=1)):
+            if draw(st.booleans()):
+                record.pop(name, None)
+            else:
+                record[name] = draw(value)
+        records.append(record)
+    return records
+
+
+def gappy_frame() -> pd.DataFrame:
+    """``mixed_frame`` and a categorical column with missing values (text that may be None)."""
+    frame = mixed_frame(400)
+    city = np.random.default_rng(5).choice(["paris", "rome", "3", "oslo"], len(frame))
+    return frame.assign(city=np.where(np.arange(len(frame)) % 7 == 0, None, city))
+
+
+@pytest.fixture(scope="module")
+def gappy() -> tuple[Schema, list[str], dict[str, object]]:
+    """As ``typed``, with ``gappy_frame``'s schema."""
+    frame = gappy_frame()
+    schema = infer_schema(frame, exclude=("id",))
+    assert schema["city"].kind == "categorical" and schema["city"].n_missing_train > 0
+    good = json.loads(frame.drop(columns="id").iloc[:1].to_json(orient="records"))[0]
+    return schema, schema.names, good
+
+
+@pytest.fixture(scope="module")
+def good_records() -> list[dict[str, object]]:
+    return json.loads(gappy_frame().iloc[:40].to_json(orient="records"))
+
+
+@settings(max_examples=400, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_check_records_equals_check_of_the_frame_on_generated_records(
+    gappy: tuple[Schema, list[str], dict[str, object]],
+    good_records: list[dict[str, object]], data: st.DataObject,
+) -> None:
+    schema, names, _ = gappy
+    assert_same_outcome(schema, data.draw(hostile_records(good_records, names)))

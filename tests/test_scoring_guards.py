@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -11,7 +12,7 @@ import torch
 from conftest import mixed_frame
 
 from pipelines import Detector
-from pipelines.encoder import MAX_ENCODED
+from pipelines.encoder import MAX_ENCODED, RECORD_PATH_ROWS
 from pipelines.schema import SchemaError, UnscorableRecordError
 
 FAST = {"max_epochs": 15, "patience": 5}
@@ -113,3 +114,57 @@ def test_flows_score_the_bound_finitely_in_float32(model: str) -> None:
     with torch.inference_mode():
         for case in cases:
             assert torch.isfinite(detector.flow_.log_prob(case)).all()
+
+
+def outcome(call: Callable[[], object]) -> tuple[object, ...]:
+    """A call's result, or its exception's type, message, column and row."""
+    try:
+        return ("returned", call())
+    except SchemaError as error:
+        return ("raised", type(error), str(error), error.column, error.row)
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [(None, None), ("amount", 1e300), ("amount", 1e9), ("amount", 500.0), ("amount", "12.5"),
+     ("amount", True), ("count", 2**53), ("count", 7.5), ("ratio", -0.0),
+     ("ratio", json.loads("9" * 401)), ("age", None), ("age", float("nan")), ("flag", True),
+     ("weekend", 1), ("weekend", 2), ("channel", "carrier-pigeon"), ("channel", "<unknown>"),
+     ("channel", None), ("channel", 3), ("channel", {"a": 1}), ("channel", "\ud800")],
+)
+def test_record_verdicts_are_the_frame_paths_bit_for_bit(
+    fitted: tuple[Detector, list[str], list[dict[str, object]]], column: str | None,
+    value: object,
+) -> None:
+    """Scores, p-values and unseen-category counts, or the error: the same as through a frame,
+    for batches on both sides of the flow's NumPy path (16 rows) and of the records path's."""
+    detector, _, _ = fitted
+    schema = detector.encoder_.schema_
+    good = json.loads(mixed_frame(RECORD_PATH_ROWS + 1, seed=2).to_json(orient="records"))
+    for n in (1, 3, 16, 17, RECORD_PATH_ROWS, RECORD_PATH_ROWS + 1):
+        batch = [dict(record) for record in good[:n]]
+        if column is not None:
+            batch[n // 2][column] = value
+
+        def frame_path(batch: list[dict[str, object]] = batch) -> object:
+            frame = schema.records_frame(batch)
+            return detector.verdict_columns(frame), detector.encoder_.unknown_counts(frame)
+
+        def records_path(batch: list[dict[str, object]] = batch) -> object:
+            return detector.record_verdicts(batch)
+
+        try:
+            expected = outcome(frame_path)
+        except UnicodeEncodeError:  # a lone surrogate: pandas cannot build the frame
+            with pytest.raises(UnicodeEncodeError):
+                records_path()
+            continue
+        got = outcome(records_path)
+        if expected[0] == "raised":
+            assert got == expected
+            continue
+        (want, want_unknown), (have, have_unknown) = expected[1], got[1]
+        assert have_unknown == want_unknown
+        assert list(have) == list(want)
+        for name, x in want.items():
+            assert have[name].dtype == x.dtype and have[name].tobytes() == x.tobytes(), (n, name)

@@ -13,6 +13,7 @@ from conftest import mixed_frame
 from starlette.testclient import TestClient
 
 from pipelines import Detector, registry
+from pipelines.schema import SchemaError
 from pipelines.store import save_detector
 
 TOKEN = "s3cret-token"
@@ -215,6 +216,34 @@ def test_bad_input_is_a_clear_4xx(client, body, status, needles):
         assert needle in response.json()["error"]
     # ... and the service is unaffected
     assert client.post("/score", json=records(2)).status_code == 200
+
+
+def test_score_is_bit_identical_to_scoring_the_frame_of_the_records(client):
+    """Local scoring checks a few records without a DataFrame (pipelines' records path): the
+    verdicts, unseen-category counts and rejections are those of the frame of the records."""
+    detector = client.detector
+    body = records(50, seed=3)
+    body[0].update(channel="carrier-pigeon", weekend=1)
+    body[1].update(age=None, flag=True, count=4.0)
+    for batch in (body[:1], body[:2], body[:16], body):
+        frame = detector.encoder_.schema_.records_frame(batch)
+        expected = detector.verdict_columns(frame)
+        response = client.post("/score", json=batch)
+        assert response.status_code == 200, response.text
+        payload = response.json()
+        for column, values in expected.items():  # JSON keeps a float64 exactly
+            assert [r[column] for r in payload["results"]] == values.tolist(), column
+        unknown = detector.encoder_.unknown_counts(frame)
+        assert payload["unknown_categories"] == {k: v for k, v in unknown.items() if v}
+    for column, value in [("amount", 1e300), ("ratio", True), ("ratio", float("nan")),
+                          ("weekend", 2), ("channel", None), ("count", "x")]:
+        batch = [body[0], {**body[1], column: value}]
+        with pytest.raises(SchemaError) as error:
+            detector.verdict_columns(detector.encoder_.schema_.records_frame(batch))
+        response = client.post("/score", content=json.dumps(batch),
+                               headers={"content-type": "application/json"})
+        assert response.status_code == 400, response.text
+        assert response.json() == {"error": str(error.value), "reason": "schema"}
 
 
 def test_score_file_csv_and_parquet(client):
