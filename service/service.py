@@ -248,7 +248,7 @@ class Scorer:
         """Rows of values in schema order -> ``[score, log_likelihood, p_value, is_anomaly,
         model tag, threshold, target FPR]`` per row (plain lists: cheaper than dicts both ways)."""
         model = self.follower.current  # one model for the whole batch
-        frame = pd.DataFrame(rows, columns=model.detector.encoder_.schema_.names)
+        frame = pd.DataFrame(rows, columns=model.detector.input_columns)
         try:
             verdicts = Verdicts.of(model, frame)
         except UnscorableRecordError:  # one client's record must not fail the whole batch
@@ -318,22 +318,22 @@ class FlowadService:
         return self.follower.current.tag
 
     def _on_swap(self, new: LoadedModel, old: LoadedModel | None) -> None:
-        calibrator = new.detector.calibrator_
+        detector = new.detector
+        reference = detector.calibration_scores_  # the drift reference: calibration scores
         if self.metrics is None:  # histogram buckets come from the first model (see README)
             self.metrics = service_metrics.metrics(service_metrics.score_buckets(
-                calibrator.quantiles(np.array(service_metrics.SCORE_BUCKET_QUANTILES))
+                np.quantile(reference, service_metrics.SCORE_BUCKET_QUANTILES)
             ))
         m = self.metrics
-        self.window = DriftWindow(calibrator.reference_scores_, calibrator.threshold_,
-                                  SETTINGS.drift_window)
+        self.window = DriftWindow(reference, detector.threshold_, SETTINGS.drift_window)
         if old is not None:
             m.model_info.labels(old.tag).set(0)
         m.model_info.labels(new.tag).set(1)
         m.load_seconds.labels(new.tag).set(new.load_seconds)
-        m.target_fpr.labels(new.tag).set(new.detector.target_fpr)
+        m.target_fpr.labels(new.tag).set(detector.target_fpr)
         for q, value in zip(
             service_metrics.REFERENCE_QUANTILES,
-            calibrator.quantiles(np.array(service_metrics.REFERENCE_QUANTILES)),
+            np.quantile(reference, service_metrics.REFERENCE_QUANTILES),
             strict=True,
         ):
             m.reference_quantile.labels(new.tag, str(q)).set(float(value))
@@ -414,7 +414,7 @@ class FlowadService:
             self._reject_unscorable(model, error.in_file(first_row))
         except SchemaError as error:
             self._reject(str(error.in_file(first_row)), "schema")
-        return verdicts, model.detector.encoder_.unknown_counts(chunk)
+        return verdicts, model.detector.unknown_counts(chunk)
 
     def _score_records(self, records: list[dict[str, Any]]) -> dict[str, Any]:
         if not records:
@@ -441,18 +441,22 @@ class FlowadService:
                 "changed": self.tag != previous}
 
     def describe(self) -> dict[str, Any]:
-        """What ``GET /model`` returns."""
+        """What ``GET /model`` returns: the detector's own description, the threshold ``null``
+        when it is +inf (JSON has no infinity; ``warnings`` then says why and what to do)."""
         current = self.follower.current
-        d = current.detector
+        about = current.detector.describe()
+        threshold = about["threshold"]
         return {
             "tag": current.tag,
             "production": registry.production_tag(current.tag.split(":")[0]) == current.tag,
             "created": bentoml.models.get(current.tag).info.creation_time.isoformat(),
-            "model_kind": d.model,
-            "target_fpr": d.target_fpr,
-            "threshold": d.threshold_ if math.isfinite(d.threshold_) else None,
-            "schema": d.encoder_.schema_.to_dict(),
-            "training_metrics": d.metrics_,
+            "model_kind": about["model_kind"],
+            "target_fpr": about["target_fpr"],
+            "threshold": threshold if math.isfinite(threshold) else None,
+            "calibration": about["calibration"],
+            "warnings": about["warnings"],
+            "schema": about["schema"],
+            "training_metrics": about["metrics"],
             "unknown_category_policy": UNKNOWN_CATEGORY_POLICY,
             "limits": {"max_records": SETTINGS.max_records,
                        "max_body_bytes": SETTINGS.max_body_bytes},
@@ -476,7 +480,7 @@ class FlowadService:
 
     def _frame(self, model: LoadedModel, records: list[dict[str, Any]]) -> pd.DataFrame:
         """Records -> DataFrame, rejecting a record with a missing or unknown column."""
-        columns = model.detector.encoder_.schema_.names
+        columns = model.detector.input_columns
         expected, ignored = set(columns), set(model.detector.exclude)
         for row, record in enumerate(records):
             keys = set(record) - ignored
@@ -495,7 +499,7 @@ class FlowadService:
             self._reject_unscorable(model, error)
         except SchemaError as error:
             self._reject(str(error), "schema")
-        unknown = {k: v for k, v in model.detector.encoder_.unknown_counts(frame).items() if v}
+        unknown = {k: v for k, v in model.detector.unknown_counts(frame).items() if v}
         self._observe(verdicts)
         return verdicts.response(unknown)
 
@@ -503,9 +507,9 @@ class FlowadService:
         """Validates and scores a frame, here or on the ``Scorer``; counts nothing."""
         if not SETTINGS.remote_scoring:
             return Verdicts.of(model, frame)  # the encoder validates it
-        encoder = model.detector.encoder_
-        encoder.validate(frame)
-        rows = list(frame[list(encoder.schema_.names)].itertuples(index=False, name=None))
+        detector = model.detector
+        detector.validate(frame)
+        rows = list(frame[detector.input_columns].itertuples(index=False, name=None))
         return Verdicts.from_rows(self.scorer.verdicts(rows))
 
     def _observe(self, verdicts: Verdicts) -> None:

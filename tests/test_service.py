@@ -24,7 +24,7 @@ SETTINGS = {"FLOWAD_MODEL": "service-test", "FLOWAD_MAX_RECORDS": "50",
 
 def train(seed: int) -> Detector:
     return Detector(exclude=["id"], target_fpr=0.05, train_options={"max_epochs": 5},
-                    random_state=seed, progress=False).fit(mixed_frame(1500, seed=seed))
+                    random_state=seed).fit(mixed_frame(1500, seed=seed))
 
 
 @pytest.fixture(scope="module")
