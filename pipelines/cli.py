@@ -286,8 +286,9 @@ def _bh_q_values(chunks: Iterator[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     import numpy as np
     from scipy.stats import false_discovery_control
 
-    p_values = np.concatenate(list(chunks)) if chunks else np.empty(0)
-    if len(p_values) == 0:
+    parts = list(chunks)
+    p_values = np.concatenate(parts) if parts else np.empty(0)
+    if len(p_values) == 0:  # scipy refuses an empty array; nothing to adjust
         return p_values, p_values
     return p_values, false_discovery_control(p_values, method="bh")
 

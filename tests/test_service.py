@@ -134,6 +134,9 @@ def test_model_endpoint(client):
     assert info["target_fpr"] == 0.05
     assert {c["name"] for c in info["schema"]["columns"]} >= {"amount", "channel"}
     assert "val_nll" in info["training_metrics"]
+    # 300 calibration rows are enough for 5%: no warning (Detector.describe() is tested with one)
+    assert info["calibration"] == {"n": 300, "min_rows_for_target_fpr": 19, "can_flag": True}
+    assert info["warnings"] == []
 
 
 def _with(row: int, **changes) -> list[dict]:
