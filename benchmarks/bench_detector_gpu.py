@@ -82,8 +82,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {name}, batch {args.batch:,}, dim {args.dim}")
 
     start = time.perf_counter()
-    detector = Detector(device=args.device, progress=False,
-                        train_options={"max_epochs": args.epochs})
+    detector = Detector(device=args.device, train_options={"max_epochs": args.epochs})
     detector.fit(synthetic_frame(args.train_rows, args.dim, seed=0))
     flow = detector.flow_
     members = getattr(flow, "components", [flow])

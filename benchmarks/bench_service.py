@@ -91,7 +91,7 @@ def main() -> None:
 
     frame = read_table(REPO / "examples/data/transactions.csv")
     frame = frame[frame.is_fraud == 0]
-    detector = Detector(exclude=["transaction_id", "is_fraud"], progress=False,
+    detector = Detector(exclude=["transaction_id", "is_fraud"],
                         train_options={"max_epochs": 30}).fit(frame)
     tag = save_detector(detector, "bench")
     features = frame.drop(columns=["transaction_id", "is_fraud"])

@@ -25,7 +25,7 @@ from sklearn.preprocessing import StandardScaler
 
 from pipelines import protocol
 from pipelines.benchmark import ProtocolDetector
-from pipelines.detector import Detector
+from pipelines.detector import Detector, as_frame
 
 
 def cell_mean_scores(detector: Detector, records: pd.DataFrame, points: int) -> np.ndarray:
@@ -58,8 +58,8 @@ def main() -> None:
             scaler = StandardScaler().fit(X[train])
             model = ProtocolDetector("realnvp", seed, flow_options={"members": args.members})
             model.fit(scaler.transform(X[train]))
-            records = model.frame(scaler.transform(X[test]))
-            midpoint = model.detector.score_samples(records)
+            records = as_frame(scaler.transform(X[test]))
+            midpoint = model.detector.decision_function(records)
             line = f"{name:16s} s{seed} midpoint={roc_auc_score(y_test, midpoint):.4f}"
             for points in args.points:
                 scores = cell_mean_scores(model.detector, records, points)

@@ -73,7 +73,6 @@ os.environ["BENTOML_HOME"] = str(WORK / "bentoml")
 os.environ["BENTOML_DO_NOT_TRACK"] = "true"
 
 from pipelines import Detector, protocol, registry  # noqa: E402 - BENTOML_HOME must be set first
-from pipelines.benchmark import ProtocolDetector  # noqa: E402
 from pipelines.labels import parse_labels  # noqa: E402
 from pipelines.store import save_detector  # noqa: E402
 from pipelines.tables import read_table  # noqa: E402
@@ -183,7 +182,7 @@ class ProtocolData:
 def default_detector(cfg: Config) -> Detector:
     """The default detector of this checkout (no architecture given here), seeded; with
     ``--options``, a candidate configuration instead."""
-    return Detector(random_state=cfg.seed, progress=False, **cfg.options)
+    return Detector(random_state=cfg.seed, **cfg.options)
 
 
 def isolation_forest(cfg: Config) -> IsolationForest:
@@ -207,15 +206,14 @@ def rows_per_second(score: Callable[[], object], n_rows: int, min_seconds: float
 
 def fit_row(cfg: Config, data: ProtocolData, fitted: dict[str, Detector]) -> Result:
     """Default ``Detector().fit`` seconds vs ``IsolationForest(100).fit`` on the same rows."""
-    frame = ProtocolDetector.frame(data.train)
-
     def fit_default() -> float:
         detector = default_detector(cfg)
-        took = seconds(lambda: detector.fit(frame))
+        took = seconds(lambda: detector.fit(data.train))
         fitted[data.name] = detector
         return took
 
-    print(f"fit, {data.name} ({len(frame)} rows): default / IsolationForest seconds", flush=True)
+    print(f"fit, {data.name} ({len(data.train)} rows): default / IsolationForest seconds",
+          flush=True)
     a, b = interleave(fit_default, lambda: seconds(lambda: isolation_forest(cfg).fit(data.train)),
                       cfg.rounds)
     limit = 30.0 if data.name == cfg.gated_fit_dataset else None
@@ -228,13 +226,13 @@ def scoring_row(cfg: Config, data: ProtocolData, fitted: dict[str, Detector]) ->
     """In-process scoring rows/s of the default detector vs IsolationForest on the test rows."""
     if data.name not in fitted:
         print(f"scoring, {data.name}: fitting the default detector once", flush=True)
-        fitted[data.name] = default_detector(cfg).fit(ProtocolDetector.frame(data.train))
+        fitted[data.name] = default_detector(cfg).fit(data.train)
     detector = fitted[data.name]
     forest = isolation_forest(cfg).fit(data.train)
     n = len(data.test)
 
-    def score_default() -> float:  # the frame is built per call, as the protocol's adapter does
-        return rows_per_second(lambda: detector.score_samples(ProtocolDetector.frame(data.test)),
+    def score_default() -> float:  # an array in: the detector builds its frame per call
+        return rows_per_second(lambda: detector.decision_function(data.test),
                                n, cfg.min_scoring_seconds)
 
     def score_forest() -> float:
@@ -326,7 +324,7 @@ def train_example_model(cfg: Config) -> tuple[str, pd.DataFrame]:
     normal = frame[parse_labels(frame, EXAMPLE_LABEL) == 0]
     start = time.perf_counter()
     detector = Detector(target_fpr=0.01, exclude=[EXAMPLE_ID, EXAMPLE_LABEL],
-                        random_state=cfg.seed, progress=False, **cfg.options).fit(normal)
+                        random_state=cfg.seed, **cfg.options).fit(normal)
     tag = save_detector(detector, MODEL_NAME)
     registry.promote(tag, reason="fast_default benchmark")
     print(f"trained and promoted {tag} in {time.perf_counter() - start:.0f} s", flush=True)

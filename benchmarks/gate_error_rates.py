@@ -140,8 +140,7 @@ def run_seed(seed: int, args: argparse.Namespace) -> list[dict[str, Any]]:
     """
     name = f"gate-{seed}"
     production = Detector(exclude=["id"], flow_options={"members": 1},
-                          train_options={"max_epochs": args.max_epochs}, random_state=seed,
-                          progress=False)
+                          train_options={"max_epochs": args.max_epochs}, random_state=seed)
     tag = save_detector(production.fit(blobs_frame(args.production_rows, 1000 + seed)), name)
     registry.promote(tag, reason="benchmark setup")
     kind = list(CORRUPTIONS)[seed % len(CORRUPTIONS)]
@@ -152,7 +151,7 @@ def run_seed(seed: int, args: argparse.Namespace) -> list[dict[str, Any]]:
     }
     rows = []
     for case, data in cases.items():
-        decision = retrain(data, name, baseline=tag, seed=seed, progress=False)
+        decision = retrain(data, name, baseline=tag, seed=seed)
         nll = decision.checks["nll"]
         rows.append({
             "seed": seed, "case": case, "rejected": not decision.promoted,

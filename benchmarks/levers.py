@@ -45,7 +45,7 @@ from sklearn.preprocessing import StandardScaler
 
 from pipelines import protocol
 from pipelines.benchmark import ProtocolDetector
-from pipelines.detector import split_rows
+from pipelines.detector import as_frame, split_rows
 
 # Named Detector options; ``flow_options``/``train_options`` override the size-scaled defaults.
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -153,9 +153,9 @@ def validation_scores(model: ProtocolDetector, Xtr: np.ndarray, seed: int) -> di
     docstring). The scores give the untrimmed validation NLL too (their mean)."""
     detector = model.detector
     _, val_rows, _ = split_rows(len(Xtr), (detector.validation_fraction, 0.0), seed)
-    val = model.frame(Xtr[val_rows])
-    scores = detector.score_samples(val)
-    outliers = detector.score_samples(crossover_outliers(val, seed=seed))
+    val = as_frame(Xtr[val_rows])
+    scores = detector.decision_function(val)
+    outliers = detector.decision_function(crossover_outliers(val, seed=seed))
     return {"val_scores": scores, "val_crossover_auc": separation_auc(scores, outliers)}
 
 

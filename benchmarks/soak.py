@@ -141,7 +141,7 @@ def train_versions(cfg: Config) -> tuple[str, str, pd.DataFrame]:
     tags = []
     for seed in (0, 1):
         start = time.perf_counter()
-        detector = Detector(exclude=EXCLUDE, target_fpr=0.01, random_state=seed, progress=False,
+        detector = Detector(exclude=EXCLUDE, target_fpr=0.01, random_state=seed,
                             train_options=train_options, flow_options=flow_options).fit(normal)
         tags.append(save_detector(detector, MODEL_NAME))
         print(f"trained {tags[-1]} in {time.perf_counter() - start:.0f} s")

@@ -10,7 +10,8 @@ FLOWS: dict[str, type[Flow]] = {"realnvp": RealNVP, "ffjord": FFJORD}
 
 def build_flow(kind: str, dim: int, *, members: int = 1, **options: object) -> Flow | FlowMixture:
     """Builds a flow by name (``"realnvp"`` or ``"ffjord"``) with constructor options;
-    ``members > 1`` builds an equal-weight :class:`FlowMixture` of that many such flows."""
+    ``members > 1`` builds an equal-weight :class:`FlowMixture` of that many such flows.
+    A ``generator`` option (a ``torch.Generator``) is the source of every initial weight."""
     try:
         cls = FLOWS[kind]
     except KeyError:

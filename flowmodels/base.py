@@ -16,6 +16,23 @@ def standard_normal_log_prob(z: Tensor) -> Tensor:
     return -0.5 * (z.square().sum(dim=-1) + z.shape[-1] * LOG_2PI)
 
 
+def linear(in_features: int, out_features: int,
+           generator: torch.Generator | None = None) -> nn.Linear:
+    """An ``nn.Linear`` initialised as PyTorch does, from ``generator`` (the global RNG when
+    None): built on the meta device first, so the global RNG is not drawn from either way.
+
+    Arguments:
+        in_features, out_features: the layer's shape.
+        generator: the source of the initial weights.
+    """
+    layer = nn.Linear(in_features, out_features, device="meta").to_empty(device="cpu")
+    # nn.Linear.reset_parameters, with the generator passed through.
+    nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=generator)
+    bound = 1 / math.sqrt(in_features)
+    nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
+    return layer
+
+
 class Flow(nn.Module):
     """A bijection between a standard normal base and the data space.
 
@@ -49,10 +66,11 @@ class Flow(nn.Module):
         """Log-density of the base distribution (a standard normal), per row."""
         return standard_normal_log_prob(z)
 
-    def base_sample(self, n: int) -> Tensor:
-        """``n`` draws from the base distribution."""
+    def base_sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` draws from the base distribution (from ``generator``; None: the global RNG)."""
         reference = next(self.parameters())
-        return torch.randn(n, self.dim, device=reference.device, dtype=reference.dtype)
+        return torch.randn(n, self.dim, device=reference.device, dtype=reference.dtype,
+                           generator=generator)
 
     def log_prob(self, x: Tensor) -> Tensor:
         """Exact log-density of each row of ``x`` in nats, shape ``(n,)``."""

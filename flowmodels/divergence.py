@@ -76,7 +76,8 @@ def hutchinson_divergence(f: Field, t: Tensor, z: Tensor, probe: Tensor) -> Tens
     return (vjp * probe).sum(dim=-1)
 
 
-def make_probe(z: Tensor, kind: ProbeKind = "rademacher") -> Tensor:
+def make_probe(z: Tensor, kind: ProbeKind = "rademacher",
+               generator: torch.Generator | None = None) -> Tensor:
     """A random probe shaped, placed and typed like ``z`` with ``E[e e^T] = I``.
 
     Rademacher probes (+-1) have the lower variance of the two (Hutchinson 1990).
@@ -84,9 +85,11 @@ def make_probe(z: Tensor, kind: ProbeKind = "rademacher") -> Tensor:
     Arguments:
         z: the state whose shape, device and dtype the probe takes.
         kind: ``"rademacher"`` or ``"gaussian"``.
+        generator: the source of the draws (None: the global RNG).
     """
     if kind == "rademacher":
-        return torch.randint(0, 2, z.shape, device=z.device).to(z.dtype) * 2 - 1
+        draws = torch.randint(0, 2, z.shape, device=z.device, generator=generator)
+        return draws.to(z.dtype) * 2 - 1
     if kind == "gaussian":
-        return torch.randn_like(z)
+        return torch.randn(z.shape, device=z.device, dtype=z.dtype, generator=generator)
     raise ValueError(f"unknown probe kind {kind!r}; use 'rademacher' or 'gaussian'")

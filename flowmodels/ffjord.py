@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torchdiffeq import odeint, odeint_adjoint
 
-from .base import Flow
+from .base import Flow, linear
 from .divergence import make_probe, vector_jacobian_product
 
 TrainDivergence = Literal["exact", "rademacher", "gaussian"]
@@ -64,17 +64,18 @@ class TimeMLP(nn.Module):
     Arguments:
         dim: the number of features.
         hidden: the width of both hidden layers.
+        generator: the source of the initial weights (None: the global RNG).
     """
 
-    def __init__(self, dim: int, hidden: int) -> None:
+    def __init__(self, dim: int, hidden: int, generator: torch.Generator | None = None) -> None:
         super().__init__()
-        self.linear1 = nn.Linear(dim, hidden)
-        self.linear2 = nn.Linear(hidden, hidden)
-        self.linear3 = nn.Linear(hidden, dim)
+        self.linear1 = linear(dim, hidden, generator)
+        self.linear2 = linear(hidden, hidden, generator)
+        self.linear3 = linear(hidden, dim, generator)
         # Small random time weights: a time-dependent field from the start, still near-autonomous.
-        self.time1 = nn.Parameter(0.1 * torch.randn(hidden))
-        self.time2 = nn.Parameter(0.1 * torch.randn(hidden))
-        self.time3 = nn.Parameter(0.1 * torch.randn(dim))
+        self.time1 = nn.Parameter(0.1 * torch.randn(hidden, generator=generator))
+        self.time2 = nn.Parameter(0.1 * torch.randn(hidden, generator=generator))
+        self.time3 = nn.Parameter(0.1 * torch.randn(dim, generator=generator))
 
     def _sigmoids(self, t: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
         """``sk = sigmoid(2 ak)`` so that ``hk = tanh(ak) = 2 sk - 1``.
@@ -215,6 +216,8 @@ class FFJORD(Flow):
             for the log-likelihood inside :meth:`training_terms` only.
         field: a custom vector field with ``forward_with_divergence`` (exact, autograd-free)
             replacing the default :class:`TimeMLP`; ``hidden`` is then ignored.
+        generator: the source of the default field's initial weights (None: the global RNG);
+            not part of :meth:`config`.
     """
 
     def __init__(
@@ -230,10 +233,11 @@ class FFJORD(Flow):
         adjoint: bool = False,
         train_divergence: TrainDivergence = "exact",
         field: nn.Module | None = None,
+        generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(dim)
         self.hidden = hidden
-        self.field = field if field is not None else TimeMLP(dim, hidden)
+        self.field = field if field is not None else TimeMLP(dim, hidden, generator)
         self.nfe = 0
         self._set_options(
             time_length=time_length, method=method, rtol=rtol, atol=atol, step_size=step_size,
@@ -332,7 +336,9 @@ class FFJORD(Flow):
         reference.set_solver(method="dopri5", rtol=tol, atol=tol)
         return (self.log_prob(x).double() - reference.log_prob(x.double())).abs()
 
-    def training_terms(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def training_terms(
+        self, x: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """Returns ``(log_prob, kinetic, jacobian_frobenius)``, each shape ``(n,)``, from one solve.
 
         ``log_prob`` uses ``train_divergence`` (exact, or Hutchinson with one probe per solve);
@@ -342,10 +348,11 @@ class FFJORD(Flow):
 
         Arguments:
             x: data rows, shape ``(n, dim)``.
+            generator: the source of the Hutchinson probe (None: the global RNG).
         """
         kind = "rademacher" if self.train_divergence == "exact" else self.train_divergence
         zero = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype)
-        dynamics = _Dynamics(self.field, make_probe(x, kind), self.train_divergence)
+        dynamics = _Dynamics(self.field, make_probe(x, kind, generator), self.train_divergence)
         z, log_det, kinetic, frobenius = self._solve(
             (x, zero, zero, zero), self.time_length, 0.0, dynamics
         )
@@ -353,7 +360,7 @@ class FFJORD(Flow):
         log_prob = self.base_log_prob(z) + log_det
         return log_prob, -kinetic, -frobenius
 
-    def flow_matching_loss(self, x: Tensor) -> Tensor:
+    def flow_matching_loss(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Per-row conditional flow-matching loss (Lipman et al. 2023, linear path, sigma = 0).
 
         A straight path ``z_t = (1 - t) e + t x`` from a base sample ``e`` to the data row has
@@ -364,9 +371,10 @@ class FFJORD(Flow):
 
         Arguments:
             x: data rows, shape ``(n, dim)``.
+            generator: the source of the base draws and times (None: the global RNG).
         """
-        base = self.base_sample(len(x)).to(x)
-        t = torch.rand(x.shape[0], 1, device=x.device, dtype=x.dtype)
+        base = self.base_sample(len(x), generator).to(x)
+        t = torch.rand(x.shape[0], 1, device=x.device, dtype=x.dtype, generator=generator)
         z_t = (1 - t) * base + t * x
         velocity = self.field(t * self.time_length, z_t)
         return (velocity - (x - base) / self.time_length).square().sum(dim=-1)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import StudentT
 
-from flowmodels.base import Flow
+from flowmodels.base import Flow, linear
 
 # Conditioner activations by name. GELU (exact, erf-based) was ~30% of RealNVP's scoring time
 # on CPU; ReLU and tanh cost a fraction of that.
@@ -73,10 +73,11 @@ class AffineCoupling(nn.Module):
         depth: number of hidden layers.
         log_scale_bound: the soft clamp on the log-scale.
         activation: the hidden layers' activation, a key of ``ACTIVATIONS``.
+        generator: the source of the initial weights (None: the global RNG).
     """
 
     def __init__(self, mask: Tensor, hidden: int, depth: int, log_scale_bound: float,
-                 activation: str = "gelu") -> None:
+                 activation: str = "gelu", generator: torch.Generator | None = None) -> None:
         super().__init__()
         dim = len(mask)
         self.register_buffer("mask", mask.float())
@@ -84,9 +85,9 @@ class AffineCoupling(nn.Module):
         layers: list[nn.Module] = []
         width = dim
         for _ in range(depth):
-            layers += [nn.Linear(width, hidden), ACTIVATIONS[activation]()]
+            layers += [linear(width, hidden, generator), ACTIVATIONS[activation]()]
             width = hidden
-        out = nn.Linear(width, 2 * dim)
+        out = linear(width, 2 * dim, generator)
         # Zero output layer: every coupling starts as the identity, so training starts from
         # the (ActNorm-standardised) Gaussian instead of a random distortion of it.
         nn.init.zeros_(out.weight)
@@ -112,11 +113,17 @@ class AffineCoupling(nn.Module):
         return x, -log_scale.sum(dim=-1)
 
 
-def coupling_masks(dim: int, n_layers: int) -> list[Tensor]:
+def coupling_masks(dim: int, n_layers: int,
+                   generator: torch.Generator | None = None) -> list[Tensor]:
     """Random balanced masks, each followed by its complement, so every feature is transformed.
 
     In one dimension there is nothing to condition on: every mask is 0 and each coupling is a
     learned affine map of the single feature.
+
+    Arguments:
+        dim: the number of features.
+        n_layers: the number of masks.
+        generator: the source of the random halves (None: the global RNG).
     """
     masks = []
     for i in range(n_layers):
@@ -124,7 +131,7 @@ def coupling_masks(dim: int, n_layers: int) -> list[Tensor]:
             masks.append(torch.zeros(1))
         elif i % 2 == 0:
             mask = torch.zeros(dim)
-            mask[torch.randperm(dim)[: dim // 2]] = 1
+            mask[torch.randperm(dim, generator=generator)[: dim // 2]] = 1
             masks.append(mask)
         else:
             masks.append(1 - masks[-1])
@@ -148,6 +155,8 @@ class RealNVP(Flow):
             its own learned degrees of freedom (starting at 30, close to normal).
         activation: the conditioners' activation: ``"gelu"``, ``"relu"``, ``"tanh"`` or
             ``"silu"``.
+        generator: the source of the initial weights and masks (None: the global RNG); not
+            part of :meth:`config`.
     """
 
     def __init__(
@@ -161,6 +170,7 @@ class RealNVP(Flow):
         actnorm: bool = True,
         base: str = "normal",
         activation: str = "gelu",
+        generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(dim)
         if base not in ("normal", "student"):
@@ -180,10 +190,11 @@ class RealNVP(Flow):
         if base == "student":
             self.log_df = nn.Parameter(torch.full((dim,), math.log(30.0)))
         layers: list[nn.Module] = []
-        for mask in coupling_masks(dim, n_layers):
+        for mask in coupling_masks(dim, n_layers, generator):
             if actnorm:
                 layers.append(ActNorm(dim))
-            layers.append(AffineCoupling(mask, hidden, depth, log_scale_bound, activation))
+            layers.append(AffineCoupling(mask, hidden, depth, log_scale_bound, activation,
+                                         generator))
         self.layers = nn.ModuleList(layers)
 
     def config(self) -> dict[str, Any]:

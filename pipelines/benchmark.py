@@ -7,32 +7,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from pipelines import protocol
 from pipelines.detector import Detector
 
 
 class ProtocolDetector:
-    """Adapts :class:`Detector` to the protocol's ``fit(X)`` / ``decision_function(X)``.
+    """A :class:`Detector` as the protocol runs it, with a line of training facts (``info_``).
 
-    The protocol hands over standardised arrays; the detector sees them as a DataFrame with
-    columns ``f0..f{d-1}`` and does its own encoding on top (an affine rescaling, so discrete
-    columns are still recognised by their regular grid).
+    The protocol hands over standardised arrays; the detector does its own encoding on top (an
+    affine rescaling, so discrete columns are still recognised by their regular grid).
     """
 
     def __init__(self, model: str, seed: int, **options: Any) -> None:
         # The protocol calibrates on its own split: no training rows are spent on ours.
-        self.detector = Detector(
-            model, random_state=seed, progress=False, calibration_fraction=0.0, **options
-        )
-
-    @staticmethod
-    def frame(X: np.ndarray) -> pd.DataFrame:
-        return pd.DataFrame(X, columns=[f"f{j}" for j in range(X.shape[1])])
+        self.detector = Detector(model, random_state=seed, calibration_fraction=0.0, **options)
 
     def fit(self, X: np.ndarray) -> ProtocolDetector:
-        self.detector.fit(self.frame(X))
+        self.detector.fit(X)
         metrics = self.detector.metrics_
         best = metrics["best_epoch"]
         best = "/".join(map(str, best)) if isinstance(best, list) else best
@@ -40,7 +32,7 @@ class ProtocolDetector:
         return self
 
     def decision_function(self, X: np.ndarray) -> np.ndarray:
-        return self.detector.score_samples(self.frame(X))
+        return self.detector.decision_function(X)
 
 
 def run_benchmark(

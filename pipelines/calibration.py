@@ -20,7 +20,8 @@ from typing import Any, Self
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-__all__ = ["Calibrator", "binomial_interval", "conformal_threshold", "p_values"]
+__all__ = ["Calibrator", "binomial_interval", "conformal_threshold", "min_calibration_rows",
+           "p_values"]
 
 _FORMAT_VERSION = 1
 
@@ -60,6 +61,17 @@ def _rank_k(n: int, alpha: float) -> int:
     # Fraction(str(alpha)) takes alpha as the decimal the user wrote: float arithmetic gets k
     # wrong for e.g. alpha = 0.41, n = 99 ((n + 1) * (1 - 0.41) = 59.00000000000001).
     return math.ceil((n + 1) * (1 - Fraction(str(alpha))))
+
+
+def min_calibration_rows(alpha: float) -> int:
+    """The fewest calibration scores whose conformal threshold at ``alpha`` is finite:
+    ``ceil((n + 1)(1 - alpha)) <= n`` exactly when ``n >= ceil(1/alpha) - 1``.
+
+    Arguments:
+        alpha: the target false-positive rate, in (0, 1).
+    """
+    alpha = _check_alpha(alpha)
+    return math.ceil(1 / Fraction(str(alpha))) - 1
 
 
 def conformal_threshold(scores: ArrayLike, alpha: float) -> float:
@@ -159,18 +171,6 @@ class Calibrator:
         """True where a score is anomalous (``score > threshold_``)."""
         self._check_fitted()
         return _new_scores(scores) > self.threshold_
-
-    def quantiles(self, probs: ArrayLike) -> NDArray[np.float64]:
-        """Reference-score quantiles (linear interpolation), e.g. as drift histogram buckets.
-
-        Ties in the reference can make neighbouring quantiles equal; deduplicate before using
-        them as bucket bounds.
-        """
-        self._check_fitted()
-        q = np.asarray(probs, dtype=np.float64)
-        if np.any(~((q >= 0.0) & (q <= 1.0))):
-            raise ValueError("probs must lie in [0, 1]")
-        return np.quantile(self.reference_scores_, q)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe state (strict JSON: an infinite threshold is written as the string "inf")."""

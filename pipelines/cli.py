@@ -1,4 +1,9 @@
-"""The ``flowad`` command line: train, score, evaluate, list models, run the benchmark."""
+"""The ``flowad`` command line: train, score, evaluate, recalibrate, list models, retrain,
+promote, run the benchmark.
+
+Everything heavy (torch, scikit-learn, pandas, BentoML) is imported inside the commands, so
+``flowad --help`` and argument errors answer at once.
+"""
 
 from __future__ import annotations
 
@@ -8,30 +13,68 @@ import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
-import pandas as pd
 import typer
 
 if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
     from pipelines.detector import Detector
     from pipelines.tables import TableWriter
 
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 
+# Plain help text: rich markup would swallow the "[default: ...]" of option help.
 app = typer.Typer(help="Anomaly detection with exact normalizing-flow likelihoods.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+                  no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None)
 
-Model = Annotated[str, typer.Option("--model", help="Flow: realnvp or ffjord.")]
+
+class FlowKind(StrEnum):
+    realnvp = "realnvp"
+    ffjord = "ffjord"
+
+
+class Scaling(StrEnum):
+    standard = "standard"
+    robust = "robust"
+    quantile = "quantile"
+
+
+class TrainObjective(StrEnum):
+    likelihood = "likelihood"
+    flow_matching = "flow_matching"
+
+
 EXPLAINED_FLAGGED = 1000  # flagged records `flowad evaluate` explains for its plot
-Objective = Annotated[str, typer.Option(
-    help="likelihood, or flow_matching (ffjord only: 10-20x faster to train, lower likelihood).")]
+Model = Annotated[FlowKind, typer.Option("--model", help="The flow.")]
+Objective = Annotated[TrainObjective, typer.Option(
+    help="flow_matching: ffjord only, 10-20x faster to train, lower likelihood.")]
+
+
+def _check_objective(model: FlowKind, objective: TrainObjective) -> None:
+    """Flow matching trains an ODE's field: refused for RealNVP before any data is read."""
+    if objective is TrainObjective.flow_matching and model is not FlowKind.ffjord:
+        raise typer.BadParameter("flow_matching trains ffjord only", param_hint="'--objective'")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"flowad {version('flowad')}")
+        raise typer.Exit()
 
 
 @app.callback()
 def main(
     threads: Annotated[int, typer.Option(help="Torch CPU threads (0 = torch's default).")] = 0,
+    version: Annotated[bool, typer.Option(
+        "--version", help="Print the version and exit.", callback=_version, is_eager=True)]
+    = False,
 ) -> None:
     """Anomaly detection with exact normalizing-flow likelihoods."""
     if threads > 0:
@@ -53,49 +96,70 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(2) from error
 
 
+@contextmanager
+def shown_warnings() -> Iterator[None]:
+    """A warning about the model being made (e.g. a threshold that can never flag) as one
+    ``warning: ...`` line on stderr, not Python's file-and-line format."""
+    from pipelines.detector import SmallCalibrationWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SmallCalibrationWarning)
+        yield
+    for warning in caught:
+        if issubclass(warning.category, SmallCalibrationWarning):
+            typer.echo(f"warning: {warning.message}", err=True)
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                                   warning.lineno)
+
+
 @app.command()
 def train(
     data: Annotated[Path, typer.Argument(help="CSV or Parquet file of (mostly) normal records.")],
     name: Annotated[str, typer.Option(help="Model name in the store.")] = "flowad-detector",
-    model: Model = "realnvp",
+    model: Model = FlowKind.realnvp,
     target_fpr: Annotated[float, typer.Option(help="False-positive rate to calibrate.")] = 0.01,
     exclude: Annotated[list[str] | None, typer.Option(help="Column to ignore (repeat).")] = None,
-    label: Annotated[str | None, typer.Option(help="Label column; anomalies are left out.")] = None,
-    scaling: Annotated[str, typer.Option(help="standard, robust or quantile.")] = "standard",
+    label: Annotated[str | None, typer.Option(
+        help="Label column: rows labelled 1/true/yes/anomaly or non-zero are left out.")] = None,
+    scaling: Annotated[Scaling, typer.Option(help="Scaling of continuous columns.")]
+    = Scaling.standard,
     atom_share: Annotated[float, typer.Option(
         help="A continuous value held by this share of rows is dequantised as a point mass; "
         "0 turns it off.")] = 0.01,
     max_epochs: Annotated[int | None, typer.Option(help="Cap on training epochs.")] = None,
-    objective: Objective = "likelihood",
+    objective: Objective = TrainObjective.likelihood,
     members: Annotated[int | None, typer.Option(
         help="Flows in an equal-weight mixture, each trained with its own seed "
-        "(default: 2 for realnvp, 1 for ffjord).", min=1, show_default=False)] = None,
+        "[default: 2 for realnvp, 1 for ffjord].", min=1, show_default=False)] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Train a detector on DATA and save it to the model store; prints the model tag."""
+    _check_objective(model, objective)
     from pipelines.detector import Detector
     from pipelines.labels import parse_labels
     from pipelines.store import save_detector
     from pipelines.tables import read_table
 
-    with user_errors():
+    with user_errors(), shown_warnings():
         frame = read_table(data)
         excluded = list(exclude or [])
         if label is not None:
             frame = frame[parse_labels(frame, label) == 0]
             excluded.append(label)
-        train_options: dict[str, object] = {"objective": objective}
+        train_options: dict[str, object] = {"objective": objective.value}
         if max_epochs:
             train_options["max_epochs"] = max_epochs
         detector = Detector(
-            model, target_fpr=target_fpr, scaling=scaling, exclude=excluded, random_state=seed,
-            atom_share=atom_share or None, train_options=train_options,
+            model.value, target_fpr=target_fpr, scaling=scaling.value, exclude=excluded,
+            random_state=seed, atom_share=atom_share or None, train_options=train_options,
             flow_options={"members": members} if members else None,
+            progress=sys.stderr.isatty(),
         ).fit(frame)
     tag = save_detector(detector, name)
     metrics = detector.metrics_
     typer.echo(
-        f"trained {model} ({metrics['members']} flow(s)) on {metrics['n_train']} rows: "
+        f"trained {model.value} ({metrics['members']} flow(s)) on {metrics['n_train']} rows: "
         f"validation NLL {metrics['val_nll']:.4f}, "
         f"threshold {detector.threshold_:.4f} at target FPR {target_fpr}",
         err=True,
@@ -108,7 +172,13 @@ def score(
     tag: Annotated[str, typer.Argument(help="Model tag (name or name:version).")],
     data: Annotated[Path, typer.Argument(help="CSV or Parquet file to score.")],
     output: Annotated[Path, typer.Option(help="Output .csv or .parquet.")],
-    chunk_rows: Annotated[int, typer.Option(help="Rows per chunk.")] = 50_000,
+    chunk_rows: Annotated[int, typer.Option(help="Rows per chunk.", min=1)] = 50_000,
+    fdr: Annotated[float | None, typer.Option(
+        help="Flag by Benjamini-Hochberg at this false-discovery rate over the whole file "
+        "instead of the per-record threshold: is_anomaly is then 'rejected by BH at level FDR' "
+        "and a q_value column (the BH-adjusted p-value) is added. Reads and scores the file "
+        "twice (every row's p-value is needed before the first verdict; 16 bytes per row are "
+        "kept).", show_default=False)] = None,
     progress: Annotated[bool | None, typer.Option(
         "--progress/--no-progress", help="Progress bar on stderr [default: when stderr is a "
         "terminal].", show_default=False)] = None,
@@ -122,20 +192,60 @@ def score(
     """Score DATA in chunks; writes the input columns plus score, log_likelihood, p_value,
     is_anomaly (and contributions with --explain). OUTPUT appears only once every row is scored
     (a failed or interrupted run leaves it as it was)."""
+    if fdr is not None and not 0 < fdr < 1:
+        raise typer.BadParameter(f"{fdr} is not in (0, 1)", param_hint="'--fdr'")
     from pipelines.store import load_detector
     from pipelines.tables import TableWriter
 
     with user_errors():
         detector = load_detector(tag)
         with TableWriter(output) as writer:
-            n_rows, n_anomalies = _score_chunks(detector, data, chunk_rows, writer, progress,
-                                                explain_top if explain else 0)
-    typer.echo(f"scored {n_rows} rows, {n_anomalies} flagged -> {output}")
+            n_rows, n_anomalies = _score_file(detector, data, chunk_rows, writer, progress, fdr,
+                                              explain_top if explain else 0)
+    rule = "" if fdr is None else f" by Benjamini-Hochberg at FDR {fdr:g}"
+    typer.echo(f"scored {n_rows} rows, {n_anomalies} flagged{rule} -> {output}")
 
 
-def _score_chunks(detector: Detector, data: Path, chunk_rows: int, writer: TableWriter,
-                  progress: bool | None, explain: int) -> tuple[int, int]:
+def _verdict_chunks(detector: Detector, data: Path, chunk_rows: int, bar: Any,
+                    explain: int = 0) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
+    """(chunk, its verdicts) for each chunk of ``data``; a schema error names the file's row.
+
+    Arguments:
+        detector: the loaded detector.
+        data: the CSV or Parquet file.
+        chunk_rows: rows per chunk.
+        bar: a tqdm bar, advanced by each chunk's rows.
+        explain: largest contributions added per row (0: none).
+    """
+    import pandas as pd
+
+    from pipelines.explain import top_columns
+    from pipelines.schema import SchemaError
+    from pipelines.tables import at_file_row, iter_table
+
+    n_rows = 0
+    for chunk in iter_table(data, chunk_rows):
+        try:  # an index from 0 in the chunk, so the error's row is a position in it
+            verdicts = detector.verdicts(chunk.reset_index(drop=True))
+            if explain:
+                top = top_columns(detector.explain(chunk.reset_index(drop=True)), explain)
+                verdicts = pd.concat([verdicts, top], axis=1)
+        except SchemaError as error:
+            raise at_file_row(error, n_rows, data) from error
+        verdicts.index = chunk.index
+        n_rows += len(chunk)
+        bar.update(len(chunk))
+        yield chunk, verdicts
+
+
+def _score_file(detector: Detector, data: Path, chunk_rows: int, writer: TableWriter,
+                progress: bool | None, fdr: float | None, explain: int) -> tuple[int, int]:
     """Scores ``data`` chunk by chunk into ``writer``; returns (rows, anomalies).
+
+    With ``fdr``, a first pass keeps only every row's p-value, Benjamini-Hochberg runs on all
+    of them (``scipy.stats.false_discovery_control``), and a second pass scores and writes each
+    chunk again with ``is_anomaly = q_value <= fdr``. Scoring is deterministic, so the second
+    pass's p-values must equal the first's; a file that changed in between is an error.
 
     Arguments:
         detector: the loaded detector.
@@ -143,32 +253,60 @@ def _score_chunks(detector: Detector, data: Path, chunk_rows: int, writer: Table
         chunk_rows: rows per chunk.
         writer: where the input columns plus verdicts go.
         progress: show a progress bar on stderr; None: when stderr is a terminal.
+        fdr: the false-discovery rate of Benjamini-Hochberg; None: the per-record threshold.
         explain: largest contributions added per row (0: none).
     """
+    import numpy as np
+    import pandas as pd
     from tqdm import tqdm
 
-    from pipelines.explain import top_columns
-    from pipelines.schema import SchemaError
-    from pipelines.tables import at_file_row, count_rows, iter_table
+    from pipelines.tables import count_rows
 
     show = sys.stderr.isatty() if progress is None else progress
+    total = count_rows(data)
+    passes = 1 if fdr is None else 2
     n_rows = n_anomalies = 0
-    with tqdm(total=count_rows(data), unit="rows", disable=not show, file=sys.stderr,
-              dynamic_ncols=True) as bar:
-        for chunk in iter_table(data, chunk_rows):
-            try:  # an index from 0 in the chunk, so the error's row is a position in it
-                verdicts = detector.verdicts(chunk.reset_index(drop=True))
-                if explain:
-                    top = top_columns(detector.explain(chunk.reset_index(drop=True)), explain)
-                    verdicts = pd.concat([verdicts, top], axis=1)
-            except SchemaError as error:
-                raise at_file_row(error, n_rows, data) from error
-            verdicts.index = chunk.index
+    with tqdm(total=None if total is None else passes * total, unit="rows", disable=not show,
+              file=sys.stderr, dynamic_ncols=True) as bar:
+        p_values = q_values = None
+        if fdr is not None:
+            p_values, q_values = _bh_q_values(
+                verdicts["p_value"].to_numpy()
+                for _, verdicts in _verdict_chunks(detector, data, chunk_rows, bar))
+        for chunk, verdicts in _verdict_chunks(detector, data, chunk_rows, bar, explain):
+            if q_values is not None:
+                rows = slice(n_rows, n_rows + len(chunk))
+                if not np.array_equal(verdicts["p_value"].to_numpy(), p_values[rows]):
+                    raise ValueError(f"{data} changed while it was being scored")
+                verdicts["q_value"] = q_values[rows]
+                verdicts["is_anomaly"] = q_values[rows] <= fdr
             writer.write(pd.concat([chunk, verdicts], axis=1))
             n_rows += len(chunk)
             n_anomalies += int(verdicts["is_anomaly"].sum())
-            bar.update(len(chunk))
+    if p_values is not None and n_rows != len(p_values):
+        raise ValueError(f"{data} changed while it was being scored")
     return n_rows, n_anomalies
+
+
+def _bh_q_values(chunks: Iterator[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """All p-values, and their Benjamini-Hochberg adjusted values (q-values): a record is
+    rejected at false-discovery rate Q exactly when its q-value is <= Q.
+
+    Conformal p-values of normal records are super-uniform and, sharing one calibration set,
+    positively dependent (PRDS), under which BH controls the FDR (Bates et al. 2023,
+    "Testing for outliers with conformal p-values").
+
+    Arguments:
+        chunks: the p-values of consecutive chunks.
+    """
+    import numpy as np
+    from scipy.stats import false_discovery_control
+
+    parts = list(chunks)
+    p_values = np.concatenate(parts) if parts else np.empty(0)
+    if len(p_values) == 0:  # scipy refuses an empty array; nothing to adjust
+        return p_values, p_values
+    return p_values, false_discovery_control(p_values, method="bh")
 
 
 @app.command()
@@ -192,7 +330,7 @@ def evaluate(
         frame = read_table(data)
         y = parse_labels(frame, label)
         records = frame.drop(columns=[label])
-        scores = detector.score_samples(records)
+        scores = detector.decision_function(records)
         # the most anomalous flagged records, a bounded number: explaining costs ~1-3 ms each
         flagged = np.argsort(-scores)[: min(int((scores > detector.threshold_).sum()),
                                             EXPLAINED_FLAGGED)]
@@ -209,7 +347,8 @@ def models(
     = False,
 ) -> None:
     """List saved models: tag, production, created, kind, threshold, key metrics. Broken store
-    entries (e.g. left by a killed save) are skipped with a warning naming their path."""
+    entries (e.g. left by a killed save) are skipped with a warning naming their path, and a
+    model that can never flag a record (threshold inf) gets a warning saying why."""
     from pipelines.registry import production_tag
     from pipelines.store import BrokenEntryWarning, list_detectors
 
@@ -225,6 +364,9 @@ def models(
         typer.echo(json.dumps(rows, indent=2, default=str))
     else:
         _print_models(rows)
+        for row in rows:
+            if "warning" in row:
+                typer.echo(f"warning: {row['tag']}: {row['warning']}", err=True)
 
 
 def _print_models(rows: list[dict[str, object]]) -> None:
@@ -274,7 +416,7 @@ def retrain(
     from pipelines.lifecycle import retrain as run_retrain
     from pipelines.tables import read_table
 
-    with user_errors():
+    with user_errors(), shown_warnings():
         frame = read_table(data)
         if window_rows:
             frame = frame.tail(window_rows)
@@ -282,7 +424,8 @@ def retrain(
                           nll_trim=nll_trim, max_production_fpr_ratio=max_production_fpr_ratio,
                           max_missing_rate_increase=max_missing_rate_increase,
                           auc_tolerance=auc_tolerance)
-        decision = run_retrain(frame, name, baseline=baseline, label=label, rules=rules)
+        decision = run_retrain(frame, name, baseline=baseline, label=label, rules=rules,
+                               progress=sys.stderr.isatty())
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(json.dumps(decision.to_dict(), indent=2, default=float))
     typer.echo(decision.summary())
@@ -301,22 +444,53 @@ def promote(tag: Annotated[str, typer.Argument(help="Model tag name:version.")])
 
 
 @app.command()
+def recalibrate(
+    tag: Annotated[str, typer.Argument(help="Model tag (name or name:version).")],
+    target_fpr: Annotated[float, typer.Option(help="The new target false-positive rate.",
+                                              show_default=False)],
+    promote: Annotated[bool, typer.Option(
+        "--promote", help="Make the new version the production model.")] = False,
+) -> None:
+    """Move TAG's threshold to a new target FPR, from its stored calibration scores (no
+    retraining), and save the result as a new version of its name; prints the new tag. Not
+    promoted unless --promote is given (or `flowad promote` later)."""
+    if not 0 < target_fpr < 1:
+        raise typer.BadParameter(f"{target_fpr} is not in (0, 1)", param_hint="'--target-fpr'")
+    from pipelines import registry
+    from pipelines.store import load_verified, save_detector
+
+    with user_errors(), shown_warnings():
+        detector = load_verified(tag, device="cpu")
+        source, before, fpr_before = detector.tag_, detector.threshold_, detector.target_fpr
+        detector.recalibrate(target_fpr)
+        new_tag = save_detector(detector, source.split(":")[0])
+        if promote:
+            registry.promote(new_tag, reason=f"recalibrated {source} to target FPR "
+                                             f"{target_fpr:g}")
+    typer.echo(f"recalibrated {source}: threshold {before:.4f} at target FPR {fpr_before:g} "
+               f"-> {detector.threshold_:.4f} at {target_fpr:g}"
+               + (" (production)" if promote else ""), err=True)
+    typer.echo(new_tag)
+
+
+@app.command()
 def benchmark(
     data_dir: Annotated[Path, typer.Option(help="Folder of .npz files with X and y.")],
     output: Annotated[Path, typer.Option(help="Output folder for the CSV and markdown.")],
-    model: Model = "realnvp",
+    model: Model = FlowKind.realnvp,
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "0,1,2",
     datasets: Annotated[str | None, typer.Option(help="Comma-separated dataset names.")] = None,
-    objective: Objective = "likelihood",
+    objective: Objective = TrainObjective.likelihood,
     members: Annotated[int | None, typer.Option(
         help="Flows in an equal-weight mixture [default: the detector's default]; names the "
         "rows -mix{N} (-single for 1).", min=1, show_default=False)] = None,
 ) -> None:
     """Run the evaluation protocol on every dataset; CSV + markdown vs the ten baselines."""
+    _check_objective(model, objective)
     from pipelines.benchmark import run_benchmark
 
     csv_path, md_path = run_benchmark(
-        data_dir, output, model=model, objective=objective, members=members,
+        data_dir, output, model=model.value, objective=objective.value, members=members,
         seeds=tuple(int(s) for s in seeds.split(",")),
         datasets=datasets.split(",") if datasets else None,
     )

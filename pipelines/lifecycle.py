@@ -93,7 +93,7 @@ class Decision:
 
 def _data_quality(production: Detector, new: pd.DataFrame, rules: GateRules) -> list[str]:
     problems = []
-    for spec in production.encoder_.schema_.columns:
+    for spec in production.schema.columns:
         if spec.name not in new.columns:
             continue  # the schema check of scoring reports missing columns
         column = new[spec.name]
@@ -129,7 +129,7 @@ def fit_check(
     Arguments:
         production_scores: production's NLL of each held-out normal record.
         candidate_scores: the candidate's NLL of the same records, in the same order.
-        n_features: encoded features of the production model (``n_features_in_``).
+        n_features: encoded features of the production model (``n_encoded_features_``).
         rules: supplies ``nll_margin``, ``nll_confidence`` and ``nll_trim``.
     """
     difference = np.nan_to_num(candidate_scores - production_scores, nan=HUGE_DIFFERENCE,
@@ -173,8 +173,8 @@ def compare(
     checks["data_quality"] = {"passed": not problems, "problems": problems}
     reasons += problems
 
-    production_scores = production.score_samples(normal)
-    candidate_scores = candidate.score_samples(normal)
+    production_scores = production.decision_function(normal)  # -log p: NLL per record
+    candidate_scores = candidate.decision_function(normal)
     production_fpr = float(np.mean(production_scores > production.threshold_))
     limit = rules.max_production_fpr_ratio * production.target_fpr
     checks["drift"] = {"production_fpr": production_fpr, "limit": limit,
@@ -187,7 +187,7 @@ def compare(
         )
 
     checks["nll"] = fit_check(production_scores, candidate_scores,
-                              production.n_features_in_, rules)
+                              production.n_encoded_features_, rules)
     nll = checks["nll"]
     if nll["n"] < 3:
         reasons.append(f"only {nll['n']} held-out normal rows: too few to compare the fits")
@@ -196,7 +196,7 @@ def compare(
             f"candidate NLL is worse by {nll['statistic']:.3f} nats per record "
             f"({rules.nll_trim:.0%}-trimmed mean of {nll['n']} paired differences; its "
             f"{rules.nll_confidence:.0%} lower bound {nll['lower_bound']:.3f} exceeds the margin "
-            f"{nll['margin']:.3f} = {rules.nll_margin} x {production.n_features_in_} features)"
+            f"{nll['margin']:.3f} = {rules.nll_margin} x {production.n_encoded_features_} features)"
         )
 
     candidate_fpr = float(np.mean(candidate_scores > candidate.threshold_))
@@ -210,8 +210,8 @@ def compare(
                        f"interval [{low:.2%}, {high:.2%}] of its target")
 
     if labels is not None and 0 < labels.sum() < len(labels):
-        auc_production = roc_auc_score(labels, production.score_samples(holdout))
-        auc_candidate = roc_auc_score(labels, candidate.score_samples(holdout))
+        auc_production = roc_auc_score(labels, production.decision_function(holdout))
+        auc_candidate = roc_auc_score(labels, candidate.decision_function(holdout))
         passed = auc_candidate >= auc_production - rules.auc_tolerance
         checks["roc_auc"] = {"production": auc_production, "candidate": auc_candidate,
                              "passed": bool(passed)}
@@ -237,7 +237,7 @@ def retrain(
     rules: GateRules | None = None,
     holdout_fraction: float = 0.2,
     seed: int = 0,
-    progress: bool = True,
+    progress: bool = False,
 ) -> Decision:
     """Trains a candidate with production's configuration on ``data`` and applies the gate.
 
@@ -253,6 +253,7 @@ def retrain(
         rules: the gate's thresholds.
         holdout_fraction: share of ``data`` held out for the comparison.
         seed: seeds the hold-out split.
+        progress: show the candidate's training progress bar.
     """
     from pipelines import registry
     from pipelines.store import load_detector, save_detector

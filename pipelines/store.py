@@ -1,14 +1,12 @@
-"""Saving and loading a fitted :class:`~pipelines.detector.Detector` in the BentoML model store.
+"""Fitted :class:`~pipelines.detector.Detector` s in the BentoML model store: versions, listing,
+and the check a model passes before it is promoted or served.
 
-One detector is one model-store entry (the *one saved artifact* contract, docs/design.md) holding:
-- ``flow.pt``: the flow's state_dict (``torch.save``; loaded with ``weights_only=True``),
-- ``encoder.skops``: the fitted encoder (skops, which loads only allow-listed types),
-- ``calibration.json``: threshold and reference scores,
-- ``detector.json``: constructor parameters, flow options, training config and history,
-- ``reference.parquet`` + ``reference.json``: up to 64 calibration records and their scores,
-  which :func:`verify_detector` re-scores before a model is promoted or served (absent in
-  entries saved before them).
-Metadata repeats what ``flowad models`` and the service show: schema, threshold, metrics, versions.
+One detector is one model-store entry (the *one saved artifact* contract, docs/design.md): the
+files :meth:`Detector.save <pipelines.detector.Detector.save>` writes (which also reads them
+back), among them up to 64 calibration records and their scores, which :func:`verify_detector`
+re-scores before a model is promoted or served. The entry's metadata is
+:meth:`Detector.describe <pipelines.detector.Detector.describe>` plus library versions: what
+``flowad models`` and the service show.
 
 Saving is all or nothing: BentoML creates the version folder and then copies into it, so a kill
 in between left an empty ``models/NAME/VERSION/`` that made every listing fail. Here the entry
@@ -17,8 +15,6 @@ is built complete in a staging store on the same filesystem and renamed into pla
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import platform
 import shutil
@@ -30,20 +26,14 @@ from typing import Any
 
 import bentoml
 import numpy as np
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import sklearn
 import torch
 from bentoml._internal.configuration.containers import BentoMLContainer
 from bentoml._internal.models.model import Model, ModelStore
 from bentoml._internal.tag import Tag
 
-from flowmodels import build_flow
 from pipelines import registry
-from pipelines.calibration import Calibrator
-from pipelines.detector import Detector, resolve_device
-from pipelines.encoder import TabularEncoder
+from pipelines.detector import Detector, json_safe, small_calibration_message
 
 MODULE = "flowad"
 DEFAULT_NAME = "flowad-detector"
@@ -69,20 +59,6 @@ class ModelCheckError(ValueError):
 
 class BrokenEntryWarning(UserWarning):
     """A folder in the model store that is not a loadable model (e.g. left by a killed save)."""
-
-
-def _json_safe(value: Any) -> Any:
-    """Non-finite floats become strings and None entries are dropped: BentoML metadata takes
-    neither, and JSON keeps the result as it is."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value
 
 
 def library_versions() -> dict[str, str]:
@@ -157,32 +133,6 @@ def _publish(entry: Path, tag: Tag, scratch: Path) -> None:
 
 
 # ------------------------------------------------------------------ saving
-def _write_files(detector: Detector, ref: Model) -> None:
-    """Writes the detector's files into the entry being created."""
-    # Extra state (e.g. FFJORD's solver options) is a plain dict, not a tensor.
-    cpu_state = {
-        k: v.detach().cpu() if torch.is_tensor(v) else v
-        for k, v in detector.flow_.state_dict().items()
-    }
-    torch.save(cpu_state, ref.path_of("flow.pt"))
-    detector.encoder_.save(ref.path_of("encoder.skops"))
-    Path(ref.path_of("calibration.json")).write_text(json.dumps(detector.calibrator_.to_dict()))
-    state = {
-        "params": detector.get_params(),
-        "flow_options": detector.flow_options_,
-        "train_config": detector.train_config_,
-        "history": detector.history_,
-        "metrics": detector.metrics_,
-    }
-    Path(ref.path_of("detector.json")).write_text(json.dumps(_json_safe(state)))
-    records = getattr(detector, "reference_records_", None)
-    if records is not None:
-        table = pa.Table.from_pandas(records, preserve_index=False)
-        pq.write_table(table, ref.path_of("reference.parquet"))
-        scores = [float(s) for s in detector.reference_scores_]
-        Path(ref.path_of("reference.json")).write_text(json.dumps({"scores": scores}))
-
-
 def save_detector(detector: Detector, name: str = DEFAULT_NAME) -> str:
     """Saves a fitted detector as a new version of ``name``; returns its tag ``name:version``.
 
@@ -192,25 +142,16 @@ def save_detector(detector: Detector, name: str = DEFAULT_NAME) -> str:
     """
     if getattr(detector, "calibrator_", None) is None:
         raise ValueError("only a fitted, calibrated detector can be saved")
-    metadata = {
-        "model_kind": detector.model,
-        "target_fpr": detector.target_fpr,
-        "threshold": detector.threshold_,
-        "n_features": detector.n_features_in_,
-        "schema": detector.encoder_.schema_.to_dict(),
-        "flow_options": detector.flow_options_,
-        "metrics": detector.metrics_,
-        "versions": library_versions(),
-    }
+    metadata = {**detector.describe(), "versions": library_versions()}
     staging_root().mkdir(parents=True, exist_ok=True)
     _remove_stale_staging()
     scratch = Path(tempfile.mkdtemp(prefix=_staging_prefix(os.getpid()), dir=staging_root()))
     try:
         with bentoml.models.create(
             name, module=MODULE, labels={"kind": detector.model},
-            metadata=_json_safe(metadata), _model_store=ModelStore(scratch / "models"),
+            metadata=json_safe(metadata), _model_store=ModelStore(scratch / "models"),
         ) as ref:
-            _write_files(detector, ref)
+            detector.save(ref.path)
         entry = scratch / "models" / ref.tag.path()
         _fsync_tree(entry)
         _publish(entry, ref.tag, scratch)
@@ -231,36 +172,9 @@ def load_detector(tag: str, *, device: str = "auto", production_only: bool = Fal
             (:class:`~pipelines.registry.NoProductionModel` otherwise): what a service needs.
     """
     ref = bentoml.models.get(registry.resolve(tag, production_only=production_only))
-    state = json.loads(Path(ref.path_of("detector.json")).read_text())
-    params = {"atom_share": None, **state["params"], "device": device}  # None: saved before atoms
-    detector = Detector(**params)
-    detector.device_ = resolve_device(device)
-    detector.encoder_ = TabularEncoder.load(ref.path_of("encoder.skops"))
-    detector.n_features_in_ = detector.encoder_.n_features_out_
-    detector.flow_options_ = state["flow_options"]
-    detector.flow_ = build_flow(detector.model, detector.n_features_in_, **state["flow_options"])
-    weights = torch.load(ref.path_of("flow.pt"), map_location="cpu", weights_only=True)
-    detector.flow_.load_state_dict(weights)
-    detector.flow_.to(detector.device_).eval()
-    calibration = json.loads(Path(ref.path_of("calibration.json")).read_text())
-    detector.calibrator_ = Calibrator.from_dict(calibration)
-    detector.threshold_ = detector.calibrator_.threshold_
-    detector.train_config_ = state["train_config"]
-    detector.history_ = state["history"]
-    detector.metrics_ = state["metrics"]
-    detector.reference_records_, detector.reference_scores_ = _load_reference(ref)
+    detector = Detector.load(ref.path, device=device)
     detector.tag_ = str(ref.tag)
     return detector
-
-
-def _load_reference(ref: Model) -> tuple[pd.DataFrame | None, np.ndarray | None]:
-    """The saved reference records and scores; (None, None) for entries saved without them."""
-    records_path = Path(ref.path_of("reference.parquet"))
-    if not records_path.is_file():
-        return None, None
-    records = pq.read_table(records_path).to_pandas()
-    scores = json.loads(Path(ref.path_of("reference.json")).read_text())["scores"]
-    return records, np.asarray(scores, dtype=np.float64)
 
 
 # ------------------------------------------------------------------ checking
@@ -274,7 +188,7 @@ def _nonfinite_tensors(module: torch.nn.Module) -> list[str]:
 def _reference_problem(detector: Detector) -> str | None:
     """What is wrong with the scores of the reference records, or None."""
     try:
-        scores = detector.score_samples(detector.reference_records_)
+        scores = detector.decision_function(detector.reference_records_)
     except Exception as error:  # a broken encoder or flow: any failure means "do not serve"
         return f"scoring its reference records failed: {type(error).__name__}: {error}"
     expected = detector.reference_scores_
@@ -292,7 +206,7 @@ def _reference_problem(detector: Detector) -> str | None:
 
 def _zero_batch_problem(detector: Detector) -> str | None:
     """For models saved without reference records: log p of a zero batch must be finite."""
-    zeros = torch.zeros(CHECK_ROWS, detector.n_features_in_, device=detector.device_)
+    zeros = torch.zeros(CHECK_ROWS, detector.n_encoded_features_, device=detector.device_)
     with torch.inference_mode():
         log_prob = detector.flow_.log_prob(zeros)
     if bool(torch.isfinite(log_prob).all()):
@@ -359,7 +273,8 @@ def _scan(name: str | None) -> tuple[list[Model], list[tuple[Path, str]]]:
 
 
 def list_detectors(name: str | None = None) -> list[dict[str, Any]]:
-    """Saved detectors, newest first: tag, creation time, kind, threshold and key metrics.
+    """Saved detectors, newest first: tag, creation time, kind, threshold, key metrics, and a
+    warning when the detector can never flag a record (its threshold is +inf).
 
     A broken entry (e.g. an empty version folder left by a save killed inside BentoML) is
     skipped with a :class:`BrokenEntryWarning` naming its path.
@@ -373,15 +288,19 @@ def list_detectors(name: str | None = None) -> list[dict[str, Any]]:
         if model.info.module != MODULE:
             continue
         meta = model.info.metadata
-        rows.append(
-            {
-                "tag": str(model.tag),
-                "created": model.info.creation_time.isoformat(timespec="seconds"),
-                "model_kind": meta.get("model_kind"),
-                "target_fpr": meta.get("target_fpr"),
-                "threshold": meta.get("threshold"),
-                "val_nll": meta.get("metrics", {}).get("val_nll"),
-                "n_train": meta.get("metrics", {}).get("n_train"),
-            }
-        )
+        metrics = meta.get("metrics", {})
+        row = {
+            "tag": str(model.tag),
+            "created": model.info.creation_time.isoformat(timespec="seconds"),
+            "model_kind": meta.get("model_kind"),
+            "target_fpr": meta.get("target_fpr"),
+            "threshold": meta.get("threshold"),
+            "val_nll": metrics.get("val_nll"),
+            "n_train": metrics.get("n_train"),
+        }
+        # From the threshold, not the saved warnings: entries saved before those existed.
+        if meta.get("threshold") == "inf" and metrics.get("n_calibration") is not None:
+            row["warning"] = small_calibration_message(metrics["n_calibration"],
+                                                       meta["target_fpr"])
+        rows.append(row)
     return sorted(rows, key=lambda row: row["created"], reverse=True)

@@ -133,13 +133,21 @@ def estimate_nll(
     return float(np.mean(trim1(nll.double().cpu().numpy(), trim, tail="right")))
 
 
-def training_loss(flow: Flow, batch: Tensor, config: TrainConfig) -> Tensor:
+def training_loss(flow: Flow, batch: Tensor, config: TrainConfig,
+                  generator: torch.Generator | None = None) -> Tensor:
     """Negative log-likelihood, plus the RNODE regularisers for flows that have them; or the
-    flow-matching loss."""
+    flow-matching loss.
+
+    Arguments:
+        flow: the model being trained.
+        batch: the (dequantised) training rows.
+        config: the objective and regulariser weights.
+        generator: the source of the loss's own draws (Hutchinson probes, flow-matching times).
+    """
     if config.objective == "flow_matching":
-        return flow.flow_matching_loss(batch).mean()
+        return flow.flow_matching_loss(batch, generator).mean()
     if hasattr(flow, "training_terms"):
-        log_prob, kinetic, jacobian = flow.training_terms(batch)
+        log_prob, kinetic, jacobian = flow.training_terms(batch, generator)
         return (
             -log_prob.mean()
             + config.kinetic_weight * kinetic.mean()
@@ -214,7 +222,7 @@ def train_flow(
                 )
             for group in optimizer.param_groups:
                 group["lr"] = lr_scale * learning_rate(step, total_steps, config)
-            loss = training_loss(flow, batch, config)
+            loss = training_loss(flow, batch, config, generator)
             if not torch.isfinite(loss):
                 # Recover: go back to the best weights, halve the step size and carry on.
                 consecutive_failures += 1

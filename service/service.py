@@ -46,7 +46,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from pipelines import registry
-from pipelines.explain import reference_record, reference_values, top_contributions
+from pipelines.explain import top_contributions
 from pipelines.schema import SchemaError, UnscorableRecordError, shown
 from pipelines.tables import iter_table
 from service import metrics as service_metrics
@@ -267,7 +267,7 @@ class Scorer:
         """Rows of values in schema order -> ``[score, log_likelihood, p_value, is_anomaly,
         model tag, threshold, target FPR]`` per row (plain lists: cheaper than dicts both ways)."""
         model = self.follower.current  # one model for the whole batch
-        frame = pd.DataFrame(rows, columns=model.detector.encoder_.schema_.names)
+        frame = pd.DataFrame(rows, columns=model.detector.input_columns)
         try:
             verdicts = Verdicts.of(model, frame)
         except UnscorableRecordError:  # one client's record must not fail the whole batch
@@ -337,22 +337,22 @@ class FlowadService:
         return self.follower.current.tag
 
     def _on_swap(self, new: LoadedModel, old: LoadedModel | None) -> None:
-        calibrator = new.detector.calibrator_
+        detector = new.detector
+        reference = detector.calibration_scores_  # the drift reference: calibration scores
         if self.metrics is None:  # histogram buckets come from the first model (see README)
             self.metrics = service_metrics.metrics(service_metrics.score_buckets(
-                calibrator.quantiles(np.array(service_metrics.SCORE_BUCKET_QUANTILES))
+                np.quantile(reference, service_metrics.SCORE_BUCKET_QUANTILES)
             ))
         m = self.metrics
-        self.window = DriftWindow(calibrator.reference_scores_, calibrator.threshold_,
-                                  SETTINGS.drift_window)
+        self.window = DriftWindow(reference, detector.threshold_, SETTINGS.drift_window)
         if old is not None:
             m.model_info.labels(old.tag).set(0)
         m.model_info.labels(new.tag).set(1)
         m.load_seconds.labels(new.tag).set(new.load_seconds)
-        m.target_fpr.labels(new.tag).set(new.detector.target_fpr)
+        m.target_fpr.labels(new.tag).set(detector.target_fpr)
         for q, value in zip(
             service_metrics.REFERENCE_QUANTILES,
-            calibrator.quantiles(np.array(service_metrics.REFERENCE_QUANTILES)),
+            np.quantile(reference, service_metrics.REFERENCE_QUANTILES),
             strict=True,
         ):
             m.reference_quantile.labels(new.tag, str(q)).set(float(value))
@@ -404,16 +404,16 @@ class FlowadService:
         body = self._score_records(records)
         model = self.follower.current
         detector = model.detector
-        frame = pd.DataFrame.from_records(records, columns=detector.encoder_.schema_.names)
+        frame = pd.DataFrame.from_records(records, columns=detector.input_columns)
         for result, contributions in zip(
             body["results"], top_contributions(detector.explain(frame), frame, top), strict=True
         ):
             result["contributions"] = contributions
+        reference = detector.explanation_reference()
         body["explanation"] = {
             "model": model.tag,
-            "reference": reference_values(detector.encoder_),
-            "reference_score": float(
-                detector.score_samples(reference_record(detector.encoder_))[0]),
+            "reference": reference,
+            "reference_score": float(detector.decision_function(pd.DataFrame([reference]))[0]),
         }
         return body
 
@@ -477,7 +477,7 @@ class FlowadService:
             self._reject_unscorable(model, error.in_file(first_row))
         except SchemaError as error:
             self._reject(str(error.in_file(first_row)), "schema")
-        return verdicts, model.detector.encoder_.unknown_counts(chunk)
+        return verdicts, model.detector.unknown_counts(chunk)
 
     def _score_records(self, records: list[dict[str, Any]]) -> dict[str, Any]:
         if not records:
@@ -505,18 +505,22 @@ class FlowadService:
                 "changed": self.tag != previous}
 
     def describe(self) -> dict[str, Any]:
-        """What ``GET /model`` returns."""
+        """What ``GET /model`` returns: the detector's own description, the threshold ``null``
+        when it is +inf (JSON has no infinity; ``warnings`` then says why and what to do)."""
         current = self.follower.current
-        d = current.detector
+        about = current.detector.describe()
+        threshold = about["threshold"]
         return {
             "tag": current.tag,
             "production": registry.production_tag(current.tag.split(":")[0]) == current.tag,
             "created": bentoml.models.get(current.tag).info.creation_time.isoformat(),
-            "model_kind": d.model,
-            "target_fpr": d.target_fpr,
-            "threshold": d.threshold_ if math.isfinite(d.threshold_) else None,
-            "schema": d.encoder_.schema_.to_dict(),
-            "training_metrics": d.metrics_,
+            "model_kind": about["model_kind"],
+            "target_fpr": about["target_fpr"],
+            "threshold": threshold if math.isfinite(threshold) else None,
+            "calibration": about["calibration"],
+            "warnings": about["warnings"],
+            "schema": about["schema"],
+            "training_metrics": about["metrics"],
             "unknown_category_policy": UNKNOWN_CATEGORY_POLICY,
             "limits": {"max_records": SETTINGS.max_records,
                        "max_body_bytes": SETTINGS.max_body_bytes},
@@ -540,7 +544,7 @@ class FlowadService:
 
     def _check_columns(self, model: LoadedModel, records: list[dict[str, Any]]) -> None:
         """Rejects a record with a missing or unknown column."""
-        expected = set(model.detector.encoder_.schema_.names)
+        expected = set(model.detector.input_columns)
         ignored = set(model.detector.exclude)
         for row, record in enumerate(records):
             keys = set(record) - ignored
@@ -555,10 +559,9 @@ class FlowadService:
         """Scores records whose columns :meth:`_check_columns` accepted."""
         try:  # every record is checked against the schema before anything is scored
             if SETTINGS.remote_scoring:  # the scorer is sent the rows of a checked frame
-                frame = pd.DataFrame.from_records(
-                    records, columns=model.detector.encoder_.schema_.names)
+                frame = pd.DataFrame.from_records(records, columns=model.detector.input_columns)
                 verdicts = self._verdicts(model, frame)
-                unknown = model.detector.encoder_.unknown_counts(frame)
+                unknown = model.detector.unknown_counts(frame)
             else:  # pipelines builds no frame for a few records
                 verdicts, unknown = Verdicts.of_records(model, records)
         except UnscorableRecordError as error:
@@ -572,9 +575,9 @@ class FlowadService:
         """Validates and scores a frame, here or on the ``Scorer``; counts nothing."""
         if not SETTINGS.remote_scoring:
             return Verdicts.of(model, frame)  # the encoder validates it
-        encoder = model.detector.encoder_
-        encoder.validate(frame)
-        rows = list(frame[list(encoder.schema_.names)].itertuples(index=False, name=None))
+        detector = model.detector
+        detector.validate(frame)
+        rows = list(frame[detector.input_columns].itertuples(index=False, name=None))
         return Verdicts.from_rows(self.scorer.verdicts(rows))
 
     def _observe(self, verdicts: Verdicts) -> None:

@@ -154,18 +154,6 @@ def test_from_dict_rejects_inconsistent_state() -> None:
         Calibrator.from_dict({**state, "format_version": 99})
 
 
-def test_quantiles() -> None:
-    ref = np.random.default_rng(5).normal(size=1000)
-    cal = Calibrator().fit(ref)
-    probs = np.linspace(0, 1, 11)
-    q = cal.quantiles(probs)
-    assert q[0] == ref.min() and q[-1] == ref.max()
-    assert np.all(np.diff(q) >= 0)
-    assert abs(cal.quantiles([0.5])[0] - np.median(ref)) < 1e-12
-    with pytest.raises(ValueError):
-        cal.quantiles([1.5])
-
-
 @pytest.mark.parametrize("bad", [[], [1.0, math.nan], [1.0, math.inf], [[1.0, 2.0]]])
 def test_rejects_bad_calibration_scores(bad: list) -> None:
     with pytest.raises(ValueError):

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import REPO, mixed_frame
@@ -219,3 +220,90 @@ def test_promote_refuses_a_model_with_nan_weights(tag):
     assert result.stderr.startswith(f"error: refusing to promote {bad_tag}: non-finite")
     assert len(result.stderr.strip().splitlines()) == 1
     assert registry.production_tag("cli-test") is None
+
+
+# ------------------------------------------------------------------ conventions of issue 17
+def test_version_and_help_text_keep_their_brackets():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout.startswith("flowad ")
+    result = runner.invoke(app, ["train", "--help"])
+    assert "[default: 2 for realnvp, 1 for ffjord]" in " ".join(result.stdout.split())
+
+
+def test_help_imports_no_torch_sklearn_or_skops():
+    code = ("import sys\nfrom pipelines.cli import app\nsys.argv = ['flowad', '--help']\n"
+            "try:\n    app()\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'sklearn', 'skops', 'bentoml', 'pandas') "
+            "if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize(("option", "value"), [("--model", "nvp"), ("--scaling", "minmax"),
+                                               ("--objective", "flow_matching")])
+def test_choices_are_checked_before_the_data_is_read(option, value, tmp_path):
+    missing = tmp_path / "no-such-file.csv"
+    result = runner.invoke(app, ["train", str(missing), option, value])
+    assert result.exit_code == 2
+    assert option in result.output and "no-such-file" not in result.output
+
+
+def test_train_and_models_warn_when_the_table_is_too_small(tmp_path):
+    path = tmp_path / "small.csv"
+    mixed_frame(130, seed=0).to_csv(path, index=False)
+    result = runner.invoke(app, ["train", str(path), "--name", "cli-small", "--exclude", "id",
+                                 "--max-epochs", "1", "--members", "1"])
+    assert result.exit_code == 0, result.output
+    assert "warning: only 26 calibration rows" in result.stderr
+    assert "at least 99" in result.stderr and "threshold inf" in result.stderr
+    small = result.stdout.strip().splitlines()[-1]
+    listed = runner.invoke(app, ["models", "cli-small", "--json"])
+    assert "at least 99" in json.loads(listed.stdout)[0]["warning"]
+    listed = runner.invoke(app, ["models", "cli-small"], env={"COLUMNS": "250"})
+    assert f"warning: {small}: only 26 calibration rows" in listed.stderr
+
+
+def test_recalibrate_saves_a_new_version_and_promotes_only_when_asked(tag):
+    from pipelines import registry
+    from pipelines.calibration import conformal_threshold
+    from pipelines.store import load_detector, save_detector
+
+    result = runner.invoke(app, ["recalibrate", tag, "--target-fpr", "0.2"])
+    assert result.exit_code == 0, result.output
+    new_tag = result.stdout.strip().splitlines()[-1]
+    assert new_tag.startswith("cli-test:") and new_tag != tag
+    old, new = load_detector(tag), load_detector(new_tag)
+    assert new.target_fpr == 0.2
+    assert new.threshold_ == conformal_threshold(old.calibration_scores_, 0.2)
+    assert registry.production_tag("cli-test") is None  # not promoted
+    copy_tag = save_detector(old, "cli-recalibrate")
+    result = runner.invoke(app, ["recalibrate", copy_tag, "--target-fpr", "0.05", "--promote"])
+    assert result.exit_code == 0, result.output
+    assert registry.production_tag("cli-recalibrate") == result.stdout.strip().splitlines()[-1]
+    result = runner.invoke(app, ["recalibrate", tag, "--target-fpr", "1.5"])
+    assert result.exit_code == 2 and "--target-fpr" in result.output
+
+
+def test_score_with_fdr_flags_by_benjamini_hochberg_over_the_whole_file(tag, labelled_csv,
+                                                                       tmp_path):
+    from scipy.stats import false_discovery_control
+
+    out = tmp_path / "out.csv"
+    result = runner.invoke(app, ["score", tag, str(labelled_csv), "--output", str(out),
+                                 "--chunk-rows", "300", "--fdr", "0.1"])
+    assert result.exit_code == 0, result.output
+    assert "by Benjamini-Hochberg at FDR 0.1" in result.stdout
+    scored = pd.read_csv(out)
+    assert list(scored.columns[-5:]) == ["score", "log_likelihood", "p_value", "is_anomaly",
+                                         "q_value"]
+    # BH over every row of the file, not per chunk
+    expected = false_discovery_control(scored["p_value"].to_numpy(), method="bh")
+    np.testing.assert_allclose(scored["q_value"], expected, rtol=1e-12)
+    np.testing.assert_array_equal(scored["is_anomaly"], expected <= 0.1)
+    assert scored["is_anomaly"].iloc[-60:].mean() > 0.8
+    false_discoveries = scored["is_anomaly"] & (scored["label"] == 0)
+    assert false_discoveries.sum() <= 0.2 * max(1, scored["is_anomaly"].sum())
+    result = runner.invoke(app, ["score", tag, str(labelled_csv), "--output", str(out),
+                                 "--fdr", "0"])
+    assert result.exit_code == 2 and "--fdr" in result.output

@@ -14,7 +14,7 @@ FAST = {"max_epochs": 15, "patience": 5}
 @pytest.fixture(scope="module")
 def fitted() -> tuple[Detector, pd.DataFrame]:
     train = mixed_frame(3000, seed=0)
-    detector = Detector(target_fpr=0.05, exclude=["id"], train_options=FAST, progress=False)
+    detector = Detector(target_fpr=0.05, exclude=["id"], train_options=FAST)
     return detector.fit(train), train
 
 
@@ -22,9 +22,11 @@ def test_fit_sets_fitted_attributes_and_scores_are_finite(fitted):
     detector, _ = fitted
     assert detector.metrics_["n_calibration"] == 600
     assert np.isfinite(detector.threshold_)
-    scores = detector.score_samples(mixed_frame(500, seed=1))
+    frame = mixed_frame(500, seed=1)
+    scores = detector.decision_function(frame)
     assert scores.shape == (500,) and np.isfinite(scores).all()
-    np.testing.assert_array_equal(scores, -detector.log_likelihood(mixed_frame(500, seed=1)))
+    np.testing.assert_array_equal(detector.score_samples(frame), detector.log_likelihood(frame))
+    np.testing.assert_array_equal(scores, -detector.log_likelihood(frame))
 
 
 def test_verdicts_are_consistent(fitted):
@@ -40,9 +42,9 @@ def test_verdicts_are_consistent(fitted):
 def test_scores_do_not_depend_on_batch_or_order(fitted):
     detector, _ = fitted
     frame = mixed_frame(1000, seed=3)
-    alone = detector.score_samples(frame.iloc[:5])
-    together = detector.score_samples(frame)[:5]
-    reversed_ = detector.score_samples(frame.iloc[::-1])[-5:][::-1]
+    alone = detector.decision_function(frame.iloc[:5])
+    together = detector.decision_function(frame)[:5]
+    reversed_ = detector.decision_function(frame.iloc[::-1])[-5:][::-1]
     assert np.abs(alone - together).max() < 1e-4
     assert np.abs(alone - reversed_).max() < 1e-4
 
@@ -52,12 +54,12 @@ def test_anomalies_score_higher_than_normal_records(fitted):
     normal = mixed_frame(300, seed=4)
     odd = normal.copy()
     odd["amount"] *= 30
-    assert np.mean(detector.score_samples(odd) > detector.score_samples(normal)) > 0.95
+    assert np.mean(detector.decision_function(odd) > detector.decision_function(normal)) > 0.95
 
 
 def test_realised_fpr_matches_the_target_on_fresh_normal_data():
     train = mixed_frame(12_000, seed=10)
-    detector = Detector(target_fpr=0.05, exclude=["id"], train_options=FAST, progress=False)
+    detector = Detector(target_fpr=0.05, exclude=["id"], train_options=FAST)
     detector.fit(train)
     n_test = 20_000
     flagged = int(detector.predict(mixed_frame(n_test, seed=11)).sum())
@@ -83,7 +85,7 @@ def test_every_dataset_kind_trains_without_nonfinite_values(adbench_dir, name):
     X, y = load_npz(adbench_dir / f"{name}.npz")
     X = X[y == 0][:3000]
     frame = pd.DataFrame(X, columns=[f"f{j}" for j in range(X.shape[1])])
-    detector = Detector(train_options={"max_epochs": 3}, progress=False).fit(frame)
+    detector = Detector(train_options={"max_epochs": 3}).fit(frame)
     assert detector.metrics_["members"] == 2
     assert all(np.isfinite(h["train_nll"]) and np.isfinite(h["val_nll"])
                for h in detector.history_)
@@ -100,7 +102,7 @@ def test_an_atom_of_a_continuous_column_gets_its_mass_per_cell_not_a_spike():
     frame = pd.DataFrame({"a": np.where(rng.random(n) < 0.5, 0.0, rng.normal(0, 1, n)),
                           "b": rng.normal(0, 1, n)})
     probe = pd.DataFrame({"a": 0.0, "b": [-0.5, 0.0, 0.5]})
-    fitted = {share: Detector(atom_share=share, calibration_fraction=0.0, progress=False,
+    fitted = {share: Detector(atom_share=share, calibration_fraction=0.0,
                               flow_options={"members": 1})  # one flow: a third of the time
               .fit(frame) for share in (0.01, None)}
     h = fitted[0.01].encoder_.atom_width_[0]
@@ -132,7 +134,7 @@ def test_bad_input_names_the_problem(fitted, mutate, message):
 def test_an_all_nan_column_is_rejected_at_fit():
     frame = mixed_frame(200).assign(broken=np.nan)
     with pytest.raises(SchemaError, match="broken"):
-        Detector(exclude=["id"], progress=False).fit(frame)
+        Detector(exclude=["id"]).fit(frame)
 
 
 def test_default_flow_options_grow_realnvp_from_200k_rows_and_mix_two_flows():

@@ -26,14 +26,14 @@ def test_contributions_sum_to_the_score_minus_the_reference_score(mixed):
     assert list(explained.columns) == list(mixed.encoder_.feature_names_in_)
     assert explained.index.equals(data.index)
     # the detector's normal scoring path, independent of the explanation's
-    expected = mixed.score_samples(data) - mixed.score_samples(reference_record(mixed.encoder_))
+    expected = mixed.decision_function(data) - mixed.decision_function(reference_record(mixed.encoder_))
     np.testing.assert_allclose(explained.sum(axis=1), expected, rtol=0, atol=1e-3)
 
 
 def test_the_reference_is_a_typical_record(mixed):
     reference = reference_record(mixed.encoder_)
     assert reference.notna().all(axis=None)
-    assert mixed.score_samples(reference)[0] < np.median(mixed.calibrator_.reference_scores_)
+    assert mixed.decision_function(reference)[0] < np.median(mixed.calibrator_.reference_scores_)
     # a record that is the reference has nothing to explain
     np.testing.assert_allclose(mixed.explain(reference).to_numpy(), 0.0, atol=1e-6)
 

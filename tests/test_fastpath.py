@@ -85,7 +85,7 @@ def test_unsupported_flows_are_left_to_torch() -> None:
 @pytest.fixture(scope="module")
 def detector() -> Detector:
     return Detector(exclude=["id"], flow_options={"members": 2, "hidden": 32},
-                    train_options={"max_epochs": 2}, progress=False).fit(mixed_frame(800))
+                    train_options={"max_epochs": 2}).fit(mixed_frame(800))
 
 
 def test_a_record_scores_the_same_alone_and_in_a_large_batch(detector: Detector) -> None:

@@ -19,7 +19,7 @@ from service.follower import FIRST_BACKOFF_S, ModelFollower
 
 def tiny(seed: int) -> Detector:
     return Detector(exclude=["id"], train_options={"max_epochs": 3}, flow_options={"members": 1},
-                    random_state=seed, progress=False).fit(mixed_frame(600, seed=seed))
+                    random_state=seed).fit(mixed_frame(600, seed=seed))
 
 
 @pytest.fixture(scope="module")

@@ -30,8 +30,8 @@ def test_exact_log_prob_on_cuda_matches_cpu(kind, dim):
 
 
 def test_detector_trains_on_cuda_and_scores_like_its_cpu_copy():
-    detector = Detector(exclude=["id"], device="cuda", train_options={"max_epochs": 5},
-                        progress=False).fit(mixed_frame(2000, seed=0))
+    detector = Detector(exclude=["id"], device="cuda", train_options={"max_epochs": 5})
+    detector.fit(mixed_frame(2000, seed=0))
     assert detector.device_.type == "cuda"
     frame = mixed_frame(500, seed=1)
     on_gpu = detector.score_samples(frame)

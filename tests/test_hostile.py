@@ -25,7 +25,7 @@ BIN = Path(sys.executable).parent
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("hostile")
     detector = Detector(exclude=["id"], target_fpr=0.05, train_options={"max_epochs": 3},
-                        flow_options={"members": 1}, progress=False).fit(mixed_frame(1500, seed=0))
+                        flow_options={"members": 1}).fit(mixed_frame(1500, seed=0))
     registry.promote(save_detector(detector, "hostile-test"))
     port = free_port()
     env = {**os.environ, "FLOWAD_MODEL": "hostile-test", "FLOWAD_WORKERS": "2",

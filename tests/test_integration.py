@@ -85,8 +85,8 @@ def servers(request, tmp_path_factory):
     if PROMETHEUS is None:
         pytest.skip("prometheus is not installed (Debian package 'prometheus')")
     tmp = tmp_path_factory.mktemp("integration")
-    detector = Detector(exclude=["id"], target_fpr=0.05, train_options={"max_epochs": 10},
-                        progress=False).fit(mixed_frame(3000, seed=0))
+    detector = Detector(exclude=["id"], target_fpr=0.05, train_options={"max_epochs": 10})
+    detector.fit(mixed_frame(3000, seed=0))
     tag = save_detector(detector, "integration-test")
     registry.promote(tag)
 
@@ -218,7 +218,7 @@ def test_promotion_under_load_drops_no_request(servers):
     base, _, tag, _ = servers
     new_tag = save_detector(
         Detector(exclude=["id"], target_fpr=0.05, train_options={"max_epochs": 3},
-                 random_state=1, progress=False).fit(mixed_frame(2000, seed=1)),
+                 random_state=1).fit(mixed_frame(2000, seed=1)),
         "integration-test",
     )
     seen: list[tuple[float, str]] = []

@@ -70,7 +70,7 @@ def test_train_leaves_the_labelled_anomalies_out(encoding, tmp_path):
 @pytest.fixture(scope="module")
 def tiny_production():
     detector = Detector(exclude=["id"], target_fpr=0.05, flow_options={"members": 1},
-                        train_options={"max_epochs": 2}, progress=False)
+                        train_options={"max_epochs": 2})
     tag = save_detector(detector.fit(mixed_frame(600, seed=0)), "labels-retrain")
     registry.promote(tag, reason="test setup")
     return "labels-retrain", tag
@@ -80,7 +80,7 @@ def tiny_production():
 def test_retrain_leaves_the_labelled_anomalies_out(encoding, tiny_production):
     name, tag = tiny_production
     data = _labelled(encoding)
-    decision = retrain(data, name, baseline=tag, label="label", progress=False)
+    decision = retrain(data, name, baseline=tag, label="label")
     # The old parser read every word as an anomaly and trained on nothing.
     train_rows, _ = holdout_split(len(data), 0.2, 0)
     expected = int((train_rows < 600).sum())  # the first 600 rows are the normal ones

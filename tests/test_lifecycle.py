@@ -19,7 +19,7 @@ FAST = {"max_epochs": 12, "patience": 5}
 @pytest.fixture
 def production(request):
     name = f"lifecycle-{request.node.name[:30].replace('[', '-').replace(']', '')}"
-    detector = Detector(exclude=["id"], target_fpr=0.05, train_options=FAST, progress=False)
+    detector = Detector(exclude=["id"], target_fpr=0.05, train_options=FAST)
     # As many rows as a retrain on 3000 new rows trains on (20% are held out for the gate).
     tag = save_detector(detector.fit(mixed_frame(2400, seed=0)), name)
     registry.promote(tag, reason="test setup")
@@ -28,7 +28,7 @@ def production(request):
 
 def test_same_distribution_is_promoted(production):
     name, tag = production
-    decision = retrain(mixed_frame(3000, seed=7), name, progress=False)
+    decision = retrain(mixed_frame(3000, seed=7), name)
     assert decision.promoted, decision.reasons
     assert registry.production_tag(name) == decision.candidate_tag != tag
     assert decision.checks["nll"]["passed"] and decision.checks["calibration"]["passed"]
@@ -51,7 +51,7 @@ def _shuffled(frame, columns, seed=0):
 )
 def test_corrupted_data_is_rejected_and_production_kept(production, corrupt, reason):
     name, tag = production
-    decision = retrain(corrupt(mixed_frame(3000, seed=8)), name, progress=False)
+    decision = retrain(corrupt(mixed_frame(3000, seed=8)), name)
     assert not decision.promoted
     assert any(reason in r for r in decision.reasons), decision.reasons
     assert registry.production_tag(name) == tag
@@ -64,8 +64,7 @@ def test_labels_enable_the_auc_rule(production):
     odd = mixed_frame(100, seed=10).assign(label=1)
     odd["amount"] *= 20
     data = __import__("pandas").concat([frame, odd], ignore_index=True)
-    decision = retrain(data, name, label="label", progress=False,
-                       rules=GateRules(auc_tolerance=0.02))
+    decision = retrain(data, name, label="label", rules=GateRules(auc_tolerance=0.02))
     assert decision.checks["roc_auc"]["candidate"] > 0.9
     assert decision.promoted, decision.reasons
 
@@ -117,7 +116,7 @@ def audit_production():
     """The audit's setting: production fitted on 4,000 rows, retrains on 2,000 (so the candidate
     fits 1,088 rows against production's 2,720, and its held-out NLL is a little worse)."""
     detector = Detector(exclude=["id"], target_fpr=0.05, flow_options={"members": 1},
-                        train_options={"max_epochs": 30, "patience": 10}, progress=False)
+                        train_options={"max_epochs": 30, "patience": 10})
     tag = save_detector(detector.fit(mixed_frame(4000, seed=0)), "lifecycle-audit")
     registry.promote(tag, reason="test setup")
     return "lifecycle-audit", tag
@@ -125,7 +124,7 @@ def audit_production():
 
 def test_same_distribution_retrain_on_fewer_rows_is_promoted(audit_production):
     name, tag = audit_production
-    decision = retrain(mixed_frame(2000, seed=22), name, baseline=tag, progress=False)
+    decision = retrain(mixed_frame(2000, seed=22), name, baseline=tag)
     nll = decision.checks["nll"]
     # The audit's false rejection: the old rule refused this healthy candidate (it did, 10 of
     # seeds 20-31 in this setting), as the fit gap of fewer rows exceeded 0.05 + 2 SE.

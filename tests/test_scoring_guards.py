@@ -22,7 +22,7 @@ FAST = {"max_epochs": 15, "patience": 5}
 def fitted() -> tuple[Detector, list[str], list[dict[str, object]]]:
     """A small detector, its column names and three good records as parsed JSON."""
     train = mixed_frame(1500, seed=0)
-    detector = Detector(target_fpr=0.05, exclude=["id"], train_options=FAST, progress=False)
+    detector = Detector(target_fpr=0.05, exclude=["id"], train_options=FAST)
     detector.fit(train)
     records = json.loads(mixed_frame(3, seed=1).to_json(orient="records"))
     return detector, list(train.columns), records
@@ -101,8 +101,8 @@ def test_flows_score_the_bound_finitely_in_float32(model: str) -> None:
     gets a finite float32 log-likelihood (measured: finite up to 3e13)."""
     train = mixed_frame(600, seed=0)
     options = FAST if model == "realnvp" else {**FAST, "objective": "flow_matching"}
-    detector = Detector(model, exclude=["id"], train_options=options, calibration_fraction=0.0,
-                        progress=False).fit(train)
+    detector = Detector(model, exclude=["id"], train_options=options,
+                        calibration_fraction=0.0).fit(train)
     x, _ = detector.encoder_.transform(train.iloc[:8])
     base = torch.as_tensor(x, dtype=torch.float32)
     cases = [torch.full_like(base, sign * MAX_ENCODED) for sign in (1, -1)]

@@ -25,7 +25,7 @@ SETTINGS = {"FLOWAD_MODEL": "service-test", "FLOWAD_MAX_RECORDS": "50",
 
 def train(seed: int) -> Detector:
     return Detector(exclude=["id"], target_fpr=0.05, train_options={"max_epochs": 5},
-                    random_state=seed, progress=False).fit(mixed_frame(1500, seed=seed))
+                    random_state=seed).fit(mixed_frame(1500, seed=seed))
 
 
 @pytest.fixture(scope="module")
@@ -170,6 +170,9 @@ def test_model_endpoint(client):
     assert info["target_fpr"] == 0.05
     assert {c["name"] for c in info["schema"]["columns"]} >= {"amount", "channel"}
     assert "val_nll" in info["training_metrics"]
+    # 300 calibration rows are enough for 5%: no warning (Detector.describe() is tested with one)
+    assert info["calibration"] == {"n": 300, "min_rows_for_target_fpr": 19, "can_flag": True}
+    assert info["warnings"] == []
 
 
 def _with(row: int, **changes) -> list[dict]:

@@ -1,4 +1,5 @@
 import copy
+import json
 import os
 import random
 import signal
@@ -21,6 +22,7 @@ from pipelines.store import (
     ModelCheckError,
     list_detectors,
     load_detector,
+    load_verified,
     save_detector,
     staging_root,
     store_dir,
@@ -30,7 +32,7 @@ from pipelines.store import (
 
 @pytest.fixture(scope="module")
 def saved() -> tuple[Detector, str]:
-    detector = Detector(exclude=["id"], train_options={"max_epochs": 5}, progress=False)
+    detector = Detector(exclude=["id"], train_options={"max_epochs": 5})
     detector.fit(mixed_frame(1500, seed=0))
     return detector, save_detector(detector, "store-test")
 
@@ -69,7 +71,7 @@ def test_list_detectors_shows_the_saved_model(saved):
 
 def test_a_mixture_detector_round_trips():
     detector = Detector(exclude=["id"], flow_options={"members": 3, "n_layers": 2, "hidden": 16},
-                        train_options={"max_epochs": 3}, progress=False)
+                        train_options={"max_epochs": 3})
     detector.fit(mixed_frame(1000, seed=2))
     assert detector.metrics_["members"] == 3
     assert {h["member"] for h in detector.history_} == {0, 1, 2}
@@ -84,13 +86,13 @@ def test_a_mixture_detector_round_trips():
         members = np.stack([m.log_prob(torch.as_tensor(x, dtype=torch.float32)).double().numpy()
                             for m in detector.flow_.components])
     expected = -(np.log(np.exp(members).mean(axis=0)) + log_jacobian)
-    np.testing.assert_allclose(detector.score_samples(frame), expected, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(detector.decision_function(frame), expected, rtol=1e-5, atol=1e-4)
 
 
 # ------------------------------------------------------------------ reference records and checks
 def tiny(seed: int = 0) -> Detector:
     return Detector(exclude=["id"], train_options={"max_epochs": 3}, flow_options={"members": 1},
-                    random_state=seed, progress=False).fit(mixed_frame(600, seed=seed))
+                    random_state=seed).fit(mixed_frame(600, seed=seed))
 
 
 def test_reference_records_are_saved_and_reproduced(saved):
@@ -157,6 +159,37 @@ def test_models_saved_without_reference_records_load_and_are_checked(tmp_path):
             parameter.fill_(1e30)
     with pytest.raises(ModelCheckError):
         verify_detector(loaded)
+
+
+def _edit_detector_json(tag: str, edit) -> None:
+    path = Path(bentoml.models.get(tag).path) / "detector.json"
+    path.write_text(json.dumps(edit(json.loads(path.read_text()))))
+
+
+def test_entries_saved_before_the_format_version_load_and_verify():
+    """Format 1 (before ``format_version`` and ``feature_names_in``): the same files, scores
+    already -log p, so they load unchanged; the input columns come from the schema."""
+    detector = tiny(4)
+    tag = save_detector(detector, "store-format1")
+
+    def as_format_1(state):
+        del state["format_version"], state["feature_names_in"]
+        return {**state, "params": {**state["params"], "progress": True}}
+
+    _edit_detector_json(tag, as_format_1)
+    loaded = load_verified(tag)
+    frame = mixed_frame(50, seed=9)
+    np.testing.assert_array_equal(loaded.decision_function(frame),
+                                  detector.decision_function(frame))
+    assert set(loaded.feature_names_in_) == set(detector.feature_names_in_)
+    assert loaded.progress is False  # a display choice, not part of the model
+
+
+def test_an_entry_of_a_newer_format_fails_its_check_saying_so():
+    tag = save_detector(tiny(5), "store-format99")
+    _edit_detector_json(tag, lambda state: {**state, "format_version": 99})
+    with pytest.raises(ModelCheckError, match=r"detector format 99.*upgrade flowad"):
+        load_verified(tag)
 
 
 def test_resolve_follows_the_pointer_only_when_asked():
