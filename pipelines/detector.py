@@ -434,7 +434,8 @@ class Detector(OutlierMixin, BaseEstimator):
             UnscorableRecordError: the flow gave a record NaN (never returned; ``-inf``, zero
                 density, is).
         """
-        return self._log_likelihood(*self.encoder_.transform(self._frame(X)))
+        frame = self._frame(X)  # first: it checks that the detector is fitted
+        return self._log_likelihood(*self.encoder_.transform(frame))
 
     def _log_likelihood(self, x: np.ndarray, log_jacobian: np.ndarray) -> np.ndarray:
         """:meth:`log_likelihood` of encoded records.

@@ -26,7 +26,8 @@ def test_contributions_sum_to_the_score_minus_the_reference_score(mixed):
     assert list(explained.columns) == list(mixed.encoder_.feature_names_in_)
     assert explained.index.equals(data.index)
     # the detector's normal scoring path, independent of the explanation's
-    expected = mixed.decision_function(data) - mixed.decision_function(reference_record(mixed.encoder_))
+    reference_score = mixed.decision_function(reference_record(mixed.encoder_))
+    expected = mixed.decision_function(data) - reference_score
     np.testing.assert_allclose(explained.sum(axis=1), expected, rtol=0, atol=1e-3)
 
 
