@@ -50,6 +50,7 @@ from pipelines.explain import reference_record, reference_values, top_contributi
 from pipelines.schema import SchemaError, UnscorableRecordError, shown
 from pipelines.tables import iter_table
 from service import metrics as service_metrics
+from service.bundle import model_to_bundle
 from service.drift import DriftWindow
 from service.follower import LoadedModel, ModelFollower
 from service.guard import (
@@ -194,6 +195,7 @@ def stream_body(parts: list[Verdicts], unknown: dict[str, int],
 
 
 _SERVED_SCHEMA = served_schema(SETTINGS.model)
+BUNDLED_TAG = model_to_bundle(SETTINGS.model)  # what `bentoml build` puts in the Bento
 Record = record_model(_SERVED_SCHEMA) if _SERVED_SCHEMA else dict[str, Any]
 
 
@@ -305,6 +307,10 @@ class FlowadService:
 
     if SETTINGS.remote_scoring:
         scorer = bentoml.depends(Scorer)
+    if BUNDLED_TAG is not None:
+        # Declared so that BentoML ships it with the Bento (service/bundle.py); never read
+        # through this attribute: the follower loads and verifies the model.
+        bundled_model = bentoml.models.BentoModel(BUNDLED_TAG)
 
     def __init__(self) -> None:
         global _front
