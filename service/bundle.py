@@ -29,33 +29,30 @@ log = logging.getLogger("flowad.service")
 BENTO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def bento_yaml(root: Path = BENTO_ROOT) -> Path | None:
-    """``bento.yaml`` of the built Bento these sources belong to, or None outside a Bento.
+def running_bento() -> Path | None:
+    """The root of the built Bento these sources run from, or None (e.g. the repository)."""
+    inside = Path(__file__).resolve().parents[1] == BENTO_ROOT / "src"
+    return BENTO_ROOT if inside and (BENTO_ROOT / "bento.yaml").is_file() else None
+
+
+def bundled_tag(root: Path | None = None) -> str | None:
+    """The tag of the flowad model a built Bento carries, from its ``bento.yaml``.
 
     Arguments:
-        root: the folder that holds ``src/`` in a built Bento.
-    """
-    path = root / "bento.yaml"
-    inside = Path(__file__).resolve().parents[1] == root / "src"
-    return path if inside and path.is_file() else None
-
-
-def bundled_tag(root: Path = BENTO_ROOT) -> str | None:
-    """The tag of the flowad model the Bento carries, or None outside a Bento.
-
-    Arguments:
-        root: the folder that holds ``src/`` in a built Bento.
+        root: the Bento's folder (the one holding ``bento.yaml``); default the Bento these
+            sources run from, and None is returned outside one.
 
     Raises:
-        ValueError: a Bento that carries no flowad model, or several (built without a
+        ValueError: a Bento that carries no flowad model, or several (one built without a
             production model: serving it could only fail later, with a vaguer message).
     """
-    path = bento_yaml(root)
-    if path is None:
+    root = root or running_bento()
+    if root is None:
         return None
+    path = root / "bento.yaml"
     info = yaml.safe_load(path.read_text())
-    # BentoML 1.4 lists a service's models under its entry in ``services``; older Bentos and
-    # bentofile ``models:`` entries under the top-level ``models``.
+    # BentoML 1.4 lists a service's models under its entry in ``services``; bentofile
+    # ``models:`` entries go to the top-level ``models``.
     entries = [*info.get("models", []),
                *(m for service in info.get("services", []) for m in service.get("models", []))]
     tags = sorted({str(m["tag"]) for m in entries if m.get("module") == MODULE})
