@@ -2,8 +2,9 @@
 
 Metric objects are created lazily, inside the worker: BentoML sets PROMETHEUS_MULTIPROC_DIR
 after importing the service module, and prometheus_client picks its storage at import time.
-The only label beyond BentoML's own is ``model`` (the tag), plus the bounded ``reason`` of
-rejections and ``quantile`` of the reference quantiles.
+The labels beyond BentoML's own are the model's tag ``model`` and, split from it, ``model_name``
+and ``model_version`` (:class:`ByModel`), plus the bounded ``reason`` of rejections and
+``quantile`` of the reference quantiles.
 """
 
 from __future__ import annotations
@@ -28,6 +29,27 @@ REFERENCE_QUANTILES = (0.5, 0.9, 0.99)
 # be compared with the reference share it was built from.
 SCORE_BUCKET_QUANTILES = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999)
 P_VALUE_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0)
+MODEL_LABELS = ("model", "model_name", "model_version")
+
+
+class ByModel:
+    """A metric labelled by the model's tag and by its name and version, split from the tag.
+
+    Dashboards and rules follow a model across retrains by ``model_name`` (``sum by
+    (model_name)``: one line, whatever version served), and keep versions apart where their
+    numbers are not comparable (score distributions, drift) by ``model_version``. Callers pass
+    the tag only, as before the split: ``.labels(tag, *other_values)``.
+
+    Arguments:
+        metric: a prometheus_client metric whose label names start with ``MODEL_LABELS``.
+    """
+
+    def __init__(self, metric: Any) -> None:
+        self.metric = metric
+
+    def labels(self, tag: str, *values: str) -> Any:
+        name, _, version = tag.partition(":")
+        return self.metric.labels(tag, name, version, *values)
 
 
 @dataclass(frozen=True)
@@ -55,25 +77,26 @@ def metrics(score_buckets: tuple[float, ...]) -> Metrics:
     from prometheus_client import Counter, Gauge, Histogram
 
     def gauge(name: str, doc: str, mode: str = "livemostrecent") -> Any:
-        return Gauge(name, doc, ["model"], multiprocess_mode=mode)
+        return ByModel(Gauge(name, doc, MODEL_LABELS, multiprocess_mode=mode))
 
     return Metrics(
-        records=Counter("flowad_records_scored", "Records scored.", ["model"]),
-        anomalies=Counter("flowad_anomalies_flagged", "Records flagged as anomalies.", ["model"]),
-        rejected=Counter(
-            "flowad_requests_rejected", "Requests rejected with a 4xx.", ["model", "reason"]
-        ),
-        scores=Histogram(
+        records=ByModel(Counter("flowad_records_scored", "Records scored.", MODEL_LABELS)),
+        anomalies=ByModel(Counter("flowad_anomalies_flagged", "Records flagged as anomalies.",
+                                  MODEL_LABELS)),
+        rejected=ByModel(Counter(
+            "flowad_requests_rejected", "Requests rejected with a 4xx.", [*MODEL_LABELS, "reason"]
+        )),
+        scores=ByModel(Histogram(
             "flowad_score", "Anomaly scores (-log p); buckets at calibration quantiles.",
-            ["model"], buckets=score_buckets,
-        ),
-        p_values=Histogram(
-            "flowad_p_value", "Conformal p-values.", ["model"], buckets=P_VALUE_BUCKETS
-        ),
-        reference_quantile=Gauge(
+            MODEL_LABELS, buckets=score_buckets,
+        )),
+        p_values=ByModel(Histogram(
+            "flowad_p_value", "Conformal p-values.", MODEL_LABELS, buckets=P_VALUE_BUCKETS
+        )),
+        reference_quantile=ByModel(Gauge(
             "flowad_reference_score_quantile", "Calibration score quantiles.",
-            ["model", "quantile"], multiprocess_mode="livemax",
-        ),
+            [*MODEL_LABELS, "quantile"], multiprocess_mode="livemax",
+        )),
         psi=gauge("flowad_drift_psi", "Population stability index, window vs reference."),
         ks_statistic=gauge("flowad_drift_ks_statistic", "Two-sample KS statistic."),
         ks_pvalue=gauge("flowad_drift_ks_pvalue", "Two-sample KS p-value."),

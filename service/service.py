@@ -50,6 +50,7 @@ from pipelines.explain import top_contributions
 from pipelines.schema import SchemaError, UnscorableRecordError, shown
 from pipelines.tables import iter_table
 from service import metrics as service_metrics
+from service.bundle import model_to_bundle
 from service.drift import DriftWindow
 from service.follower import LoadedModel, ModelFollower
 from service.guard import (
@@ -204,6 +205,7 @@ def stream_body(parts: list[Verdicts], unknown: dict[str, int],
 
 
 _SERVED_SCHEMA = served_schema(SETTINGS.model)
+BUNDLED_TAG = model_to_bundle(SETTINGS.model)  # what `bentoml build` puts in the Bento
 Record = record_model(_SERVED_SCHEMA) if _SERVED_SCHEMA else dict[str, Any]
 
 
@@ -315,6 +317,10 @@ class FlowadService:
 
     if SETTINGS.remote_scoring:
         scorer = bentoml.depends(Scorer)
+    if BUNDLED_TAG is not None:
+        # Declared so that BentoML ships it with the Bento (service/bundle.py); never read
+        # through this attribute: the follower loads and verifies the model.
+        bundled_model = bentoml.models.BentoModel(BUNDLED_TAG)
 
     def __init__(self) -> None:
         global _front

@@ -8,13 +8,15 @@ from dataclasses import dataclass
 import torch
 
 from pipelines.store import DEFAULT_NAME
+from service.bundle import bundled_tag
 
 
 @dataclass(frozen=True)
 class Settings:
     """Arguments (environment variable in brackets):
     model: what to serve [FLOWAD_MODEL]: a model name (default ``flowad-detector``) follows
-        that name's production model (else its newest); ``name:version`` pins one version.
+        that name's production model; ``name:version`` pins one version. Unset in a built
+        Bento, the model the Bento carries, pinned (:mod:`service.bundle`).
     reload_interval: seconds between checks for a newly promoted model; 0 disables polling
         [FLOWAD_RELOAD_INTERVAL].
     admin_token: bearer token of ``POST /admin/reload``; unset disables it [FLOWAD_ADMIN_TOKEN].
@@ -68,7 +70,7 @@ class Settings:
         if scoring == "auto":
             scoring = "scorer" if torch.cuda.is_available() else "local"
         return cls(
-            model=env("FLOWAD_MODEL", DEFAULT_NAME),
+            model=env("FLOWAD_MODEL") or bundled_tag() or DEFAULT_NAME,
             reload_interval=float(env("FLOWAD_RELOAD_INTERVAL", "30")),
             admin_token=env("FLOWAD_ADMIN_TOKEN") or None,
             max_records=int(env("FLOWAD_MAX_RECORDS", "10000")),

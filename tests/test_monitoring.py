@@ -22,6 +22,8 @@ DASHBOARD = GRAFANA_DIR / "flowad-dashboard.json"
 PROMETHEUS_CONFIG = PROMETHEUS_DIR / "prometheus.yml"
 ALERTS = PROMETHEUS_DIR / "alerts.yml"
 ALERTS_TEST = PROMETHEUS_DIR / "alerts_test.yml"
+FLEET = PROMETHEUS_DIR / "fleet.yml"
+FLEET_TEST = PROMETHEUS_DIR / "fleet_test.yml"
 
 
 def _load_expressions_module():
@@ -40,9 +42,13 @@ ex = _load_expressions_module()
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed")
 
-# Labels the exporters put on the series (BentoML's, the service's) plus Prometheus' target labels.
+# Labels the exporters put on the series (BentoML's, the service's) plus Prometheus' target labels
+# (``namespace``: added by the Prometheus Operator's PodMonitor, deploy/kubernetes/).
 KNOWN_LABELS = {
     "model",
+    "model_name",
+    "model_version",
+    "namespace",
     "reason",
     "quantile",
     "le",
@@ -98,12 +104,12 @@ def _exprs(panel: dict) -> list[str]:
 @needs_promtool
 def test_promtool_check_config():
     out = promtool("check", "config", PROMETHEUS_CONFIG.name)
-    assert "1 rule files found" in out.stdout
+    assert "2 rule files found" in out.stdout
 
 
 @needs_promtool
 def test_promtool_check_rules():
-    promtool("check", "rules", ALERTS.name)
+    promtool("check", "rules", ALERTS.name, FLEET.name)
 
 
 @needs_promtool
@@ -111,6 +117,14 @@ def test_promtool_alert_unit_tests():
     """alerts_test.yml: PSI fires after 15 min above 0.2 and not before, anomaly rate fires
     above 3x the target FPR (window gauge and counters) and not at 2-2.5x, and the others."""
     out = promtool("test", "rules", ALERTS_TEST.name)
+    assert "SUCCESS" in out.stdout
+
+
+@needs_promtool
+def test_promtool_fleet_rule_unit_tests():
+    """fleet_test.yml: two replicas, one with calibration-like traffic and one shifted, give the
+    fleet KS statistic and PSI worked out by hand; one replica without drift gives 0."""
+    out = promtool("test", "rules", FLEET_TEST.name)
     assert "SUCCESS" in out.stdout
 
 
@@ -285,7 +299,7 @@ def test_grafana_provisioning():
 def test_prometheus_config():
     config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
     assert config["global"]["scrape_interval"] == "15s"
-    assert config["rule_files"] == ["alerts.yml"]
+    assert config["rule_files"] == ["alerts.yml", "fleet.yml"]
     (job,) = config["scrape_configs"]
     assert job["job_name"] == "flowad"  # the alerts and the dashboard select up{job="flowad"}
     assert job.get("metrics_path", "/metrics") == "/metrics"
@@ -350,3 +364,29 @@ def test_bentoml_metric_labels_match_installed_bentoml():
         assert f'name="{name}"' in runner
     defaults = yaml.safe_load(config.read_text())
     assert defaults["services"]["metrics"]["namespace"] == "bentoml_service"
+
+
+def test_fleet_rules_use_the_services_p_value_buckets():
+    """The fleet rules spell out every p-value bucket bound and its reference share: they must
+    be service/metrics.py's P_VALUE_BUCKETS, formatted as prometheus_client writes ``le``."""
+    from prometheus_client.utils import floatToGoString
+
+    from service.metrics import P_VALUE_BUCKETS
+
+    rules = {rule["record"]: " ".join(rule["expr"].split()) for rule in ex.load_rules(FLEET)}
+    bounds = [floatToGoString(b) for b in P_VALUE_BUCKETS]
+    cdf = re.findall(r'vector\(([\d.]+)\), "le", "([^"]+)"',
+                     rules["flowad:p_value_cdf:reference_ratio"])
+    assert [le for _, le in cdf] == bounds
+    assert [float(value) for value, _ in cdf] == list(P_VALUE_BUCKETS)
+    bins = re.findall(r'vector\(([\d.]+)\), "le", "([^"]+)"',
+                      rules["flowad:p_value_bin:reference_ratio"])
+    assert [le for _, le in bins] == bounds
+    widths = [upper - lower for lower, upper in zip((0.0, *P_VALUE_BUCKETS[:-1]), P_VALUE_BUCKETS,
+                                                    strict=True)]
+    assert [float(value) for value, _ in bins] == pytest.approx(widths, abs=1e-12)
+    for expr in rules.values():
+        unknown = {n for n in ex.metric_names(expr)
+                   if not ex.is_known_metric(n) and n not in rules}
+        assert not unknown, f"unknown metrics {unknown} in {expr!r}"
+        assert ex.label_names(expr) <= KNOWN_LABELS, expr
