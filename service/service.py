@@ -50,7 +50,7 @@ from pipelines.explain import top_contributions
 from pipelines.schema import SchemaError, UnscorableRecordError, shown
 from pipelines.tables import iter_table
 from service import metrics as service_metrics
-from service.bundle import model_to_bundle
+from service.bundle import bundled_tag, model_to_bundle, running_bento
 from service.drift import DriftWindow
 from service.follower import LoadedModel, ModelFollower
 from service.guard import (
@@ -510,6 +510,14 @@ class FlowadService:
         return {"model": self.tag, "previous": previous, "scorer_model": scorer_tag,
                 "changed": self.tag != previous}
 
+    @staticmethod
+    def _is_production(tag: str) -> bool:
+        """A built Bento's model is its production model (it has no pointer file); otherwise
+        the registry's pointer decides."""
+        if running_bento() is not None:
+            return bundled_tag() == tag
+        return registry.production_tag(tag.split(":")[0]) == tag
+
     def describe(self) -> dict[str, Any]:
         """What ``GET /model`` returns: the detector's own description, the threshold ``null``
         when it is +inf (JSON has no infinity; ``warnings`` then says why and what to do)."""
@@ -518,7 +526,7 @@ class FlowadService:
         threshold = about["threshold"]
         return {
             "tag": current.tag,
-            "production": registry.production_tag(current.tag.split(":")[0]) == current.tag,
+            "production": self._is_production(current.tag),
             "created": bentoml.models.get(current.tag).info.creation_time.isoformat(),
             "model_kind": about["model_kind"],
             "target_fpr": about["target_fpr"],

@@ -260,8 +260,10 @@ def test_built_bento_scores_without_a_model_store(bento, served):
     response = json.loads(body)
     assert response["model"] == bento["tag"]
     served_scores = [result["score"] for result in response["results"]]
-    np.testing.assert_allclose(served_scores, bento["detector"].score_samples(records),
+    np.testing.assert_allclose(served_scores, bento["detector"].decision_function(records),
                                rtol=1e-9, atol=1e-9)
+    status, body = http("GET", f"{served['base']}/model")
+    assert status == 200 and json.loads(body)["production"] is True, body
     # nothing was read from, or written to, a model store of its own
     assert not any((served["home"] / "models").iterdir())
 
