@@ -44,6 +44,11 @@ class Scaling(StrEnum):
     quantile = "quantile"
 
 
+class Engine(StrEnum):
+    local = "local"
+    spark = "spark"
+
+
 class TrainObjective(StrEnum):
     likelihood = "likelihood"
     flow_matching = "flow_matching"
@@ -229,12 +234,23 @@ def score(
         )] = False,
     explain_top: Annotated[int, typer.Option(
         help="Contributions per row with --explain.", min=1, max=20)] = 3,
+    engine: Annotated[Engine, typer.Option(
+        help="local: this process, chunk by chunk; spark: a Spark job on --master, OUTPUT a "
+        "directory of part files (needs pyspark: the 'spark' extra).")] = Engine.local,
+    master: Annotated[str, typer.Option(help="Spark master URL, with --engine spark.")]
+    = "local[*]",
 ) -> None:
     """Score DATA in chunks; writes the input columns plus score, log_likelihood, p_value,
     is_anomaly (and contributions with --explain). OUTPUT appears only once every row is scored
     (a failed or interrupted run leaves it as it was)."""
     if fdr is not None and not 0 < fdr < 1:
         raise typer.BadParameter(f"{fdr} is not in (0, 1)", param_hint="'--fdr'")
+    if engine is Engine.spark:
+        if fdr is not None:
+            raise typer.BadParameter("--fdr needs every row's p-value in one place: use the "
+                                     "local engine", param_hint="'--fdr'")
+        _score_on_spark(tag, data, str(output), master, explain_top if explain else 0)
+        return
     from pipelines.store import load_detector
     from pipelines.tables import TableWriter
 
@@ -245,6 +261,37 @@ def score(
                                               explain_top if explain else 0)
     rule = "" if fdr is None else f" by Benjamini-Hochberg at FDR {fdr:g}"
     typer.echo(f"scored {n_rows} rows, {n_anomalies} flagged{rule} -> {output}")
+
+
+def _score_on_spark(tag: str, data: str, output: str, master: str, explain: int) -> None:
+    """``flowad score --engine spark``: a Spark job reads DATA, scores it on the executors
+    (:func:`pipelines.spark.score`) and writes OUTPUT all or nothing.
+
+    Arguments:
+        tag: the model tag.
+        data: a file, directory or URI Spark reads.
+        output: the output directory (``.parquet`` or ``.csv``).
+        master: the Spark master URL; a session already running in this process is used as is.
+        explain: largest contributions added per row (0: none).
+    """
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError as error:
+        typer.echo("error: --engine spark needs pyspark: pip install 'flowad[spark]'", err=True)
+        raise typer.Exit(2) from error
+    from pipelines import spark
+
+    with user_errors():
+        running = SparkSession.getActiveSession()
+        session = running or spark.session(master, "flowad score")
+        master = session.sparkContext.master
+        try:
+            spark.write_scored(spark.score(spark.read(session, data), tag, explain_top=explain),
+                               output)
+        finally:
+            if running is None:
+                session.stop()
+    typer.echo(f"scored {data} on Spark ({master}) -> {output}")
 
 
 def _verdict_chunks(detector: Detector, data: str, chunk_rows: int, bar: Any,
