@@ -4,13 +4,11 @@ Training fits on this sample (``flowad train``/``retrain --max-rows``): every ro
 equally likely to be in it, whatever its size, and the encoder's statistics (scaling, category
 levels, atoms) come from the sample, so from the same single pass.
 
-The method is reservoir sampling by random keys (Efraimidis and Spirakis, "Weighted random
-sampling with a reservoir", 2006, with equal weights): each row draws a key ``U(0, 1)`` and the
-sample is the N rows with the smallest keys, a uniform sample without replacement. Chunk by
-chunk, only rows whose key is below the N-th smallest key so far can still enter; they are
-buffered and the buffer is cut back to the N smallest keys whenever it passes 2N rows, so at
-most 2N rows plus one chunk are held. Over a table of n rows about ``N (1 + ln(n / N))`` rows
-enter in all.
+The method is reservoir sampling (Vitter's Algorithm R, "Random sampling with a reservoir",
+1985), a chunk at a time: the first N rows fill the reservoir; row ``j`` (0-based) after them
+replaces a uniformly drawn slot with probability ``N / (j + 1)``. The reservoir is one
+preallocated array per column, written in place, so memory is N rows plus one chunk whatever
+the table's size (``benchmarks/sampling_memory.py``).
 """
 
 from __future__ import annotations
@@ -28,11 +26,11 @@ class Reservoir:
     """Keeps a uniform sample of at most ``max_rows`` of the rows added to it.
 
     A table of at most ``max_rows`` rows is kept whole and in its order, so small tables train
-    exactly as they did before sampling existed.
+    exactly as they did before sampling existed; beyond that the sample's order means nothing.
 
     Arguments:
         max_rows: the sample size N.
-        seed: seeds the keys.
+        seed: seeds the draws.
     """
 
     def __init__(self, max_rows: int, seed: int = 0) -> None:
@@ -41,48 +39,48 @@ class Reservoir:
         self.max_rows = max_rows
         self.rows_seen = 0
         self._rng = np.random.default_rng(seed)
-        self._frames: list[pd.DataFrame] = []
-        self._keys: list[np.ndarray] = []
-        self._held = 0
-        self._bound = 1.0  # the N-th smallest key once N rows are held: larger keys never enter
+        self._columns: dict[str, np.ndarray] = {}
 
     def add(self, chunk: pd.DataFrame) -> None:
         """Offers the rows of ``chunk`` (in table order) to the sample.
 
         Arguments:
-            chunk: the next rows of the table.
+            chunk: the next rows of the table, with the columns of the first chunk.
         """
-        keys = self._rng.random(len(chunk))
-        positions = np.arange(self.rows_seen, self.rows_seen + len(chunk))
+        if not self._columns:
+            self._columns = {name: np.empty(self.max_rows, dtype=chunk[name].to_numpy().dtype)
+                             for name in chunk.columns}
+        elif list(chunk.columns) != list(self._columns):
+            raise ValueError(f"columns changed from {list(self._columns)} to "
+                             f"{list(chunk.columns)} at row {self.rows_seen}")
+        rows, slots = self._draw(len(chunk))
         self.rows_seen += len(chunk)
-        enter = keys < self._bound
-        if not enter.any():
-            return
-        frame = chunk.iloc[np.flatnonzero(enter)].set_axis(positions[enter], axis=0)
-        self._frames.append(frame)
-        self._keys.append(keys[enter])
-        self._held += len(frame)
-        if self._held >= 2 * self.max_rows:
-            self._cut()
+        for name, target in self._columns.items():
+            values = chunk[name].to_numpy()
+            if values.dtype != target.dtype:  # e.g. ints, then a chunk with a missing value
+                target = self._columns[name] = target.astype(
+                    np.result_type(target.dtype, values.dtype))
+            target[slots] = values[rows]
 
-    def _cut(self) -> None:
-        """Keeps the ``max_rows`` smallest keys held, and lowers the entry bound to the largest
-        of them."""
-        frame = pd.concat(self._frames) if len(self._frames) > 1 else self._frames[0]
-        keys = np.concatenate(self._keys)
-        if len(keys) > self.max_rows:
-            keep = np.argpartition(keys, self.max_rows - 1)[: self.max_rows]
-            frame, keys = frame.iloc[keep], keys[keep]
-        if len(keys) >= self.max_rows:
-            self._bound = float(keys.max())
-        self._frames, self._keys, self._held = [frame], [keys], len(keys)
+    def _draw(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The rows of the next ``n`` that enter the sample, and the slots they take.
+
+        A slot drawn twice in the chunk keeps the later row, as one row after the other would.
+        """
+        position = np.arange(self.rows_seen, self.rows_seen + n)
+        filling = position < self.max_rows
+        enter = filling | (self._rng.random(n) * (position + 1) < self.max_rows)
+        rows = np.flatnonzero(enter)
+        slots = np.where(filling[rows], position[rows],
+                         self._rng.integers(0, self.max_rows, len(rows)))
+        last_slots, last = np.unique(slots[::-1], return_index=True)
+        return rows[::-1][last], last_slots
 
     def sample(self) -> pd.DataFrame:
-        """The sample, its rows in table order; the index is each row's position in the table."""
-        if not self._frames:
-            return pd.DataFrame()
-        self._cut()
-        return self._frames[0].sort_index()
+        """The sampled rows (views of the reservoir: no copy)."""
+        size = min(self.rows_seen, self.max_rows)
+        return pd.DataFrame({name: column[:size] for name, column in self._columns.items()},
+                            copy=False)
 
 
 def sample_rows(chunks: Iterable[pd.DataFrame], max_rows: int = DEFAULT_MAX_ROWS,
