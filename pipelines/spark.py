@@ -64,7 +64,12 @@ def export_detector(tag: str) -> Path:
 def _detector(archive_name: str) -> Detector:
     """The detector shipped as ``archive_name``, loaded once per Python worker process."""
     if archive_name not in _loaded:
-        from pyspark import SparkFiles
+        import torch
+        from pyspark import SparkFiles, TaskContext
+
+        # as many torch threads as the task has cores: more than one per core on a busy
+        # executor made OpenMP's spin-waiting collapse throughput (docs/design.md, "Measuring")
+        torch.set_num_threads(TaskContext.get().cpus())
 
         target = Path(tempfile.mkdtemp(prefix="flowad-model-"))
         with tarfile.open(SparkFiles.get(archive_name)) as tar:
