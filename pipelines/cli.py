@@ -12,7 +12,7 @@ import os
 import sys
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -42,6 +42,11 @@ class Scaling(StrEnum):
     standard = "standard"
     robust = "robust"
     quantile = "quantile"
+
+
+class Engine(StrEnum):
+    local = "local"
+    spark = "spark"
 
 
 class TrainObjective(StrEnum):
@@ -113,9 +118,45 @@ def shown_warnings() -> Iterator[None]:
                                    warning.lineno)
 
 
+DATA_HELP = ("a CSV or Parquet file, or a dataset: a directory of them (Spark/Hive layout, "
+             "key=value partition folders become columns) or a filesystem URI (s3://, gs://, "
+             "hdfs://, ...)")
+MaxRows = Annotated[int, typer.Option(
+    help="Fit on a uniform sample of at most this many rows (reservoir sampling in one "
+    "streaming pass; memory is bounded by it, not by the table).", min=1)]
+
+
+def _training_sample(data: str, max_rows: int, seed: int, *, label: str | None = None,
+                     window_rows: int | None = None) -> pd.DataFrame:
+    """A uniform sample of at most ``max_rows`` rows of ``data``, streamed in chunks; says on
+    stderr how many rows it kept of how many.
+
+    Arguments:
+        data: a file, directory or URI.
+        max_rows: the sample size.
+        seed: seeds the sample.
+        label: a label column: rows it marks as anomalies are dropped before sampling.
+        window_rows: sample only the last this many rows.
+    """
+    from pipelines.labels import parse_labels
+    from pipelines.sampling import last_rows, sample_rows
+    from pipelines.tables import iter_table
+
+    chunks = iter_table(data)
+    if window_rows:
+        chunks = last_rows(chunks, window_rows)
+    if label is not None:
+        chunks = (chunk[parse_labels(chunk, label) == 0] for chunk in chunks)
+    frame, seen = sample_rows(chunks, max_rows, seed)
+    if len(frame) < seen:
+        typer.echo(f"sampled {len(frame)} of {seen} rows uniformly (--max-rows {max_rows})",
+                   err=True)
+    return frame
+
+
 @app.command()
 def train(
-    data: Annotated[Path, typer.Argument(help="CSV or Parquet file of (mostly) normal records.")],
+    data: Annotated[str, typer.Argument(help=f"Records, (mostly) normal: {DATA_HELP}.")],
     name: Annotated[str, typer.Option(help="Model name in the store.")] = "flowad-detector",
     model: Model = FlowKind.realnvp,
     target_fpr: Annotated[float, typer.Option(help="False-positive rate to calibrate.")] = 0.01,
@@ -133,20 +174,23 @@ def train(
         help="Flows in an equal-weight mixture, each trained with its own seed "
         "[default: 2 for realnvp, 1 for ffjord].", min=1, show_default=False)] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    max_rows: MaxRows = 1_000_000,
+    distributed: Annotated[bool, typer.Option(
+        "--distributed", help="Data-parallel training in the processes torchrun started "
+        "(torchrun --nproc_per_node N -m pipelines.cli train ... --distributed): gradients "
+        "averaged by DistributedDataParallel, NCCL on GPUs, gloo on CPUs; rank 0 saves.")]
+    = False,
 ) -> None:
     """Train a detector on DATA and save it to the model store; prints the model tag."""
     _check_objective(model, objective)
     from pipelines.detector import Detector
-    from pipelines.labels import parse_labels
+    from pipelines.distributed import process_group
     from pipelines.store import save_detector
-    from pipelines.tables import read_table
 
-    with user_errors(), shown_warnings():
-        frame = read_table(data)
-        excluded = list(exclude or [])
-        if label is not None:
-            frame = frame[parse_labels(frame, label) == 0]
-            excluded.append(label)
+    with user_errors(), shown_warnings(), (process_group() if distributed else nullcontext()
+                                           ) as parallel:
+        frame = _training_sample(data, max_rows, seed, label=label)
+        excluded = [*(exclude or []), *([label] if label is not None else [])]
         train_options: dict[str, object] = {"objective": objective.value}
         if max_epochs:
             train_options["max_epochs"] = max_epochs
@@ -155,7 +199,9 @@ def train(
             random_state=seed, atom_share=atom_share or None, train_options=train_options,
             flow_options={"members": members} if members else None,
             progress=sys.stderr.isatty(),
-        ).fit(frame)
+        ).fit(frame, parallel=parallel)
+        if parallel is not None and parallel.rank > 0:
+            return  # the model is rank 0's to save: one run, one version
     tag = save_detector(detector, name)
     metrics = detector.metrics_
     typer.echo(
@@ -170,7 +216,7 @@ def train(
 @app.command()
 def score(
     tag: Annotated[str, typer.Argument(help="Model tag (name or name:version).")],
-    data: Annotated[Path, typer.Argument(help="CSV or Parquet file to score.")],
+    data: Annotated[str, typer.Argument(help=f"Records to score: {DATA_HELP}.")],
     output: Annotated[Path, typer.Option(help="Output .csv or .parquet.")],
     chunk_rows: Annotated[int, typer.Option(help="Rows per chunk.", min=1)] = 50_000,
     fdr: Annotated[float | None, typer.Option(
@@ -188,12 +234,23 @@ def score(
         )] = False,
     explain_top: Annotated[int, typer.Option(
         help="Contributions per row with --explain.", min=1, max=20)] = 3,
+    engine: Annotated[Engine, typer.Option(
+        help="local: this process, chunk by chunk; spark: a Spark job on --master, OUTPUT a "
+        "directory of part files (needs pyspark: the 'spark' extra).")] = Engine.local,
+    master: Annotated[str, typer.Option(help="Spark master URL, with --engine spark.")]
+    = "local[*]",
 ) -> None:
     """Score DATA in chunks; writes the input columns plus score, log_likelihood, p_value,
     is_anomaly (and contributions with --explain). OUTPUT appears only once every row is scored
     (a failed or interrupted run leaves it as it was)."""
     if fdr is not None and not 0 < fdr < 1:
         raise typer.BadParameter(f"{fdr} is not in (0, 1)", param_hint="'--fdr'")
+    if engine is Engine.spark:
+        if fdr is not None:
+            raise typer.BadParameter("--fdr needs every row's p-value in one place: use the "
+                                     "local engine", param_hint="'--fdr'")
+        _score_on_spark(tag, data, str(output), master, explain_top if explain else 0)
+        return
     from pipelines.store import load_detector
     from pipelines.tables import TableWriter
 
@@ -206,13 +263,45 @@ def score(
     typer.echo(f"scored {n_rows} rows, {n_anomalies} flagged{rule} -> {output}")
 
 
-def _verdict_chunks(detector: Detector, data: Path, chunk_rows: int, bar: Any,
+def _score_on_spark(tag: str, data: str, output: str, master: str, explain: int) -> None:
+    """``flowad score --engine spark``: a Spark job reads DATA, scores it on the executors
+    (:func:`pipelines.spark.score`) and writes OUTPUT all or nothing.
+
+    Arguments:
+        tag: the model tag.
+        data: a file, directory or URI Spark reads.
+        output: the output directory (``.parquet`` or ``.csv``).
+        master: the Spark master URL; a session already running in this process is used as is.
+        explain: largest contributions added per row (0: none).
+    """
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError as error:
+        typer.echo("error: --engine spark needs pyspark: pip install 'flowad[spark]'", err=True)
+        raise typer.Exit(2) from error
+    from pipelines import spark
+
+    with user_errors():
+        running = SparkSession.getActiveSession()
+        session = running or spark.session(master, "flowad score")
+        master = session.sparkContext.master
+        try:
+            spark.write_scored(spark.score(spark.read(session, data), tag, explain_top=explain),
+                               output)
+        finally:
+            if running is None:
+                session.stop()
+    typer.echo(f"scored {data} on Spark ({master}) -> {output}")
+
+
+def _verdict_chunks(detector: Detector, data: str, chunk_rows: int, bar: Any,
                     explain: int = 0) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
-    """(chunk, its verdicts) for each chunk of ``data``; a schema error names the file's row.
+    """(chunk, its verdicts) for each chunk of ``data``; a schema error names the file and the
+    row in it (for a dataset, the file of the dataset).
 
     Arguments:
         detector: the loaded detector.
-        data: the CSV or Parquet file.
+        data: the CSV or Parquet file, or a dataset (a directory or URI).
         chunk_rows: rows per chunk.
         bar: a tqdm bar, advanced by each chunk's rows.
         explain: largest contributions added per row (0: none).
@@ -221,24 +310,23 @@ def _verdict_chunks(detector: Detector, data: Path, chunk_rows: int, bar: Any,
 
     from pipelines.explain import top_columns
     from pipelines.schema import SchemaError
-    from pipelines.tables import at_file_row, iter_table
+    from pipelines.tables import at_file_row, iter_chunks
 
-    n_rows = 0
-    for chunk in iter_table(data, chunk_rows):
+    for located in iter_chunks(data, chunk_rows):
+        chunk = located.frame
         try:  # an index from 0 in the chunk, so the error's row is a position in it
             verdicts = detector.verdicts(chunk.reset_index(drop=True))
             if explain:
                 top = top_columns(detector.explain(chunk.reset_index(drop=True)), explain)
                 verdicts = pd.concat([verdicts, top], axis=1)
         except SchemaError as error:
-            raise at_file_row(error, n_rows, data) from error
+            raise at_file_row(error, located.start, located.file) from error
         verdicts.index = chunk.index
-        n_rows += len(chunk)
         bar.update(len(chunk))
         yield chunk, verdicts
 
 
-def _score_file(detector: Detector, data: Path, chunk_rows: int, writer: TableWriter,
+def _score_file(detector: Detector, data: str, chunk_rows: int, writer: TableWriter,
                 progress: bool | None, fdr: float | None, explain: int) -> tuple[int, int]:
     """Scores ``data`` chunk by chunk into ``writer``; returns (rows, anomalies).
 
@@ -386,7 +474,7 @@ def _print_models(rows: list[dict[str, object]]) -> None:
 
 @app.command()
 def retrain(
-    data: Annotated[Path, typer.Argument(help="CSV or Parquet file of fresh records.")],
+    data: Annotated[str, typer.Argument(help=f"Fresh records: {DATA_HELP}.")],
     name: Annotated[str, typer.Option(help="Model name.")] = "flowad-detector",
     baseline: Annotated[str | None, typer.Option(help="Compare with this tag instead of "
                                                      "production.")] = None,
@@ -409,17 +497,15 @@ def retrain(
     max_missing_rate_increase: Annotated[float, typer.Option(
         help="Largest allowed rise of a column's missing rate.")] = 0.2,
     auc_tolerance: Annotated[float, typer.Option(help="Allowed ROC-AUC drop.")] = 0.01,
+    max_rows: MaxRows = 1_000_000,
 ) -> None:
     """Train a candidate on fresh DATA with production's configuration; promote it if it passes
     the gate. Exit status: 0 promoted, 3 rejected, other = failure."""
     from pipelines.lifecycle import GateRules
     from pipelines.lifecycle import retrain as run_retrain
-    from pipelines.tables import read_table
 
     with user_errors(), shown_warnings():
-        frame = read_table(data)
-        if window_rows:
-            frame = frame.tail(window_rows)
+        frame = _training_sample(data, max_rows, seed=0, window_rows=window_rows)
         rules = GateRules(nll_margin=nll_margin, nll_confidence=nll_confidence,
                           nll_trim=nll_trim, max_production_fpr_ratio=max_production_fpr_ratio,
                           max_missing_rate_increase=max_missing_rate_increase,

@@ -27,7 +27,13 @@ from pipelines.encoder import TabularEncoder
 from pipelines.explain import N_SAMPLES, contributions, reference_values
 from pipelines.fastpath import SMALL_BATCH_ROWS, fast_log_prob
 from pipelines.schema import Schema, SchemaError, UnscorableRecordError
-from pipelines.training import TrainResult, default_train_config, estimate_nll, train_flow
+from pipelines.training import (
+    Parallel,
+    TrainResult,
+    default_train_config,
+    estimate_nll,
+    train_flow,
+)
 
 # Rows per flow call when scoring: at 4096 the default flow's activations (4096 x 128 floats)
 # stay in cache; on 32_shuttle's 12.6k test rows 4096 scored 420-460k rows/s, 8192 230-370k.
@@ -263,6 +269,7 @@ class Detector(OutlierMixin, BaseEstimator):
         y: Any = None,
         *,
         calibration_data: pd.DataFrame | ArrayLike | None = None,
+        parallel: Parallel | None = None,
     ) -> Detector:
         """Fits encoder, flow and calibrator on normal records; returns ``self``.
 
@@ -271,6 +278,8 @@ class Detector(OutlierMixin, BaseEstimator):
             y: ignored (scikit-learn's signature); leave known anomalies out of ``X``.
             calibration_data: optional separate calibration records; when given, ``X`` is
                 only split into train and validation.
+            parallel: data-parallel training of the flows (:mod:`pipelines.distributed`), every
+                process calling ``fit`` on the same records; None: this process alone.
 
         Warns:
             SmallCalibrationWarning: too few calibration rows for ``target_fpr``: the
@@ -326,7 +335,8 @@ class Detector(OutlierMixin, BaseEstimator):
         results: list[TrainResult] = [  # independent fits, each with its own seed and noise
             train_flow(member, train_t, width_t, val_t, val_jacobian_t,
                        replace(config, seed=config.seed + k),
-                       train_log_jacobian_mean=float(np.mean(train_log_jacobian)))
+                       train_log_jacobian_mean=float(np.mean(train_log_jacobian)),
+                       parallel=parallel)
             for k, member in enumerate(members)
         ]
         self.flow_.eval()

@@ -1,67 +1,157 @@
-"""Reading and writing CSV / Parquet tables, whole or in bounded-memory chunks."""
+"""Reading and writing CSV / Parquet tables, whole or in bounded-memory chunks.
+
+A source is one file, or a dataset read through ``pyarrow.dataset``: a directory of files (a
+Spark or Hive output, with ``key=value`` partition folders whose keys become columns) or a
+filesystem URI (``s3://``, ``gs://``, ``hdfs://``, ``file://``; whatever pyarrow's filesystems
+reach). Files whose names start with ``.`` or ``_`` (``_SUCCESS``, ``.crc``) are skipped.
+"""
 
 from __future__ import annotations
 
 import os
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipelines.schema import SchemaError
 
 CHUNK_ROWS = 50_000
+SUFFIXES = {".csv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+
+def is_dataset(source: str | Path) -> bool:
+    """Whether ``source`` is read through ``pyarrow.dataset``: a directory or a URI."""
+    return "://" in str(source) or Path(source).is_dir()
+
+
+def _filesystem(source: str | Path) -> tuple[pafs.FileSystem, str]:
+    if "://" in str(source):
+        return pafs.FileSystem.from_uri(str(source))
+    return pafs.LocalFileSystem(), str(Path(source).resolve())
 
 
 def table_format(path: str | Path) -> str:
-    """``"csv"`` or ``"parquet"`` from the file extension."""
-    suffix = Path(path).suffix.lower()
-    if suffix in (".csv", ".txt"):
-        return "csv"
-    if suffix in (".parquet", ".pq"):
-        return "parquet"
+    """``"csv"`` or ``"parquet"`` from the file extension; for a directory (or a URI without
+    one), from its first data file's."""
+    suffix = Path(str(path)).suffix.lower()
+    if suffix in SUFFIXES:
+        return SUFFIXES[suffix]
+    if is_dataset(path):
+        filesystem, root = _filesystem(path)
+        listing = filesystem.get_file_info(pafs.FileSelector(root, recursive=True))
+        for info in sorted(listing, key=lambda info: info.path):
+            name = Path(info.path).name
+            suffix = Path(name).suffix.lower()
+            if info.is_file and not name.startswith((".", "_")) and suffix in SUFFIXES:
+                return SUFFIXES[suffix]
+        raise ValueError(f"{path}: no .csv or .parquet files in it")
     raise ValueError(f"{path}: unsupported file type {suffix!r}; use .csv or .parquet")
 
 
+def open_dataset(source: str | Path) -> ds.Dataset:
+    """A directory or URI as a ``pyarrow.dataset`` (hive partitioning, Spark's layout)."""
+    filesystem, root = _filesystem(source)
+    return ds.dataset(root, filesystem=filesystem, format=table_format(source),
+                      partitioning="hive")
+
+
 def read_table(path: str | Path) -> pd.DataFrame:
-    """Reads a whole CSV or Parquet file."""
+    """Reads a whole CSV or Parquet file, or a dataset."""
+    if is_dataset(path):
+        return open_dataset(path).to_table().to_pandas()
     if table_format(path) == "csv":
         return pd.read_csv(path)
     return pd.read_parquet(path)
+
+
+@dataclass
+class TableChunk:
+    """Consecutive rows of a source, and where they come from (for error messages).
+
+    Arguments:
+        frame: the rows; the index counts from 0 across the whole source.
+        file: the file they were read from.
+        start: the position of the first row in that file.
+    """
+
+    frame: pd.DataFrame
+    file: str
+    start: int
+
+
+def iter_chunks(
+    source: str | Path | BinaryIO, chunk_rows: int = CHUNK_ROWS, *, fmt: str | None = None
+) -> Iterator[TableChunk]:
+    """Yields consecutive chunks of at most ``chunk_rows`` rows, each with its file and its
+    first row's position there; a dataset is read file by file.
+
+    Arguments:
+        source: a file path, a directory or URI (a dataset), or an open binary file (seekable
+            for Parquet) with ``fmt``.
+        chunk_rows: rows per chunk.
+        fmt: ``"csv"`` or ``"parquet"``; by default from the path's extension.
+    """
+    if not isinstance(source, str | Path):
+        files: Iterator[tuple[str, Iterator[pd.DataFrame]]] = iter(
+            [("upload", _file_frames(source, chunk_rows, fmt or "parquet"))])
+    elif is_dataset(source):
+        dataset = open_dataset(source)
+        files = ((fragment.path, (batch.to_pandas() for batch in fragment.to_batches(
+            schema=dataset.schema, batch_size=chunk_rows))) for fragment in dataset.get_fragments())
+    else:
+        files = iter([(str(source), _file_frames(source, chunk_rows,
+                                                 fmt or table_format(source)))])
+    offset = 0
+    for file, frames in files:
+        start = 0
+        for frame in frames:
+            frame.index = pd.RangeIndex(offset, offset + len(frame))
+            yield TableChunk(frame, file, start)
+            offset += len(frame)
+            start += len(frame)
+
+
+def _file_frames(source: str | Path | BinaryIO, chunk_rows: int, fmt: str
+                 ) -> Iterator[pd.DataFrame]:
+    """The chunks of one CSV or Parquet file."""
+    if fmt == "csv":
+        yield from pd.read_csv(source, chunksize=chunk_rows)
+        return
+    for batch in pq.ParquetFile(source).iter_batches(batch_size=chunk_rows):
+        yield batch.to_pandas()
 
 
 def iter_table(
     source: str | Path | BinaryIO, chunk_rows: int = CHUNK_ROWS, *, fmt: str | None = None
 ) -> Iterator[pd.DataFrame]:
     """Yields consecutive chunks of at most ``chunk_rows`` rows; the index counts from 0 across
-    chunks, so error messages name the row of the file.
+    chunks, so error messages name the row of the file (:func:`iter_chunks` for datasets).
 
     Arguments:
-        source: a file path, or an open binary file (seekable for Parquet) with ``fmt``.
+        source: as :func:`iter_chunks` takes it.
         chunk_rows: rows per chunk.
         fmt: ``"csv"`` or ``"parquet"``; by default from the path's extension.
     """
-    fmt = fmt or table_format(source)
-    if fmt == "csv":
-        yield from pd.read_csv(source, chunksize=chunk_rows)
-        return
-    offset = 0
-    for batch in pq.ParquetFile(source).iter_batches(batch_size=chunk_rows):
-        frame = batch.to_pandas()
-        frame.index = pd.RangeIndex(offset, offset + len(frame))
-        offset += len(frame)
-        yield frame
+    for chunk in iter_chunks(source, chunk_rows, fmt=fmt):
+        yield chunk.frame
 
 
 def count_rows(path: str | Path) -> int | None:
-    """Rows of a Parquet file from its footer; None for CSV (counting would read it twice)."""
-    if table_format(path) == "parquet":
-        return pq.ParquetFile(path).metadata.num_rows
-    return None
+    """Rows of a Parquet file or dataset from the footers; None for CSV (counting would read it
+    twice)."""
+    if table_format(path) != "parquet":
+        return None
+    if is_dataset(path):
+        return open_dataset(path).count_rows()
+    return pq.ParquetFile(path).metadata.num_rows
 
 
 def at_file_row(error: SchemaError, start: int, path: str | Path) -> SchemaError:

@@ -1,7 +1,9 @@
 """The training loop: maximum likelihood with dequantisation, early stopping and a NaN guard.
 
 Read top to bottom: a config dataclass, the learning-rate schedule, ``estimate_nll`` under
-``no_grad``, then :func:`train_flow`, which returns the best weights' history.
+``no_grad``, the loss, the data-parallel hook (:class:`Parallel`: one process unless
+:mod:`pipelines.distributed` supplies one), then :func:`train_flow`, which returns the best
+weights' history.
 """
 
 from __future__ import annotations
@@ -156,6 +158,50 @@ def training_loss(flow: Flow, batch: Tensor, config: TrainConfig,
     return -flow.log_prob(batch).mean()
 
 
+class TrainingLoss(torch.nn.Module):
+    """:func:`training_loss` as a module's ``forward``: what ``DistributedDataParallel`` wraps
+    (it averages the gradients of what runs through ``forward``; a flow's ``log_prob`` is not
+    its ``forward``).
+
+    Arguments:
+        flow: the model being trained.
+        config: the objective and regulariser weights.
+    """
+
+    def __init__(self, flow: Flow, config: TrainConfig) -> None:
+        super().__init__()
+        self.flow, self.config = flow, config
+
+    def forward(self, batch: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return training_loss(self.flow, batch, self.config, generator)
+
+
+class Parallel:
+    """How one training process shares the work with the others: here, alone.
+
+    :class:`pipelines.distributed.DataParallel` overrides these for data-parallel training, in
+    which every process runs the same loop on its own shard of each epoch's rows.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+
+    def wrap(self, loss: TrainingLoss) -> torch.nn.Module:
+        """The module whose ``forward`` gives the loss to minimise."""
+        return loss
+
+    def shard(self, order: Tensor) -> Tensor:
+        """This process's rows of an epoch's permutation of all training rows."""
+        return order
+
+    def mean(self, value: Tensor) -> float:
+        """``value`` averaged over the processes (the same number in each)."""
+        return float(value)
+
+    def broadcast(self, module: torch.nn.Module) -> None:
+        """Makes every process's weights those of the first."""
+
+
 def train_flow(
     flow: Flow,
     train_lower: Tensor,
@@ -164,6 +210,7 @@ def train_flow(
     val_log_jacobian: Tensor,
     config: TrainConfig,
     train_log_jacobian_mean: float = 0.0,
+    parallel: Parallel | None = None,
 ) -> TrainResult:
     """Trains ``flow`` in place and leaves it in eval mode with the best validation weights.
 
@@ -178,6 +225,9 @@ def train_flow(
         config: see :class:`TrainConfig`.
         train_log_jacobian_mean: the encoder's mean log-Jacobian on the training rows, which
             puts the recorded training NLL in the same raw-data units as the validation NLL.
+        parallel: data-parallel training (:mod:`pipelines.distributed`); None: one process.
+            Each process then takes ``batch_size / world_size`` rows of its shard per step, so
+            a step still averages the gradient over ``batch_size`` rows.
     """
     if config.objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {config.objective!r}; choose one of {OBJECTIVES}")
@@ -189,9 +239,11 @@ def train_flow(
     optimizer = torch.optim.AdamW(
         parameters, lr=config.learning_rate, weight_decay=config.weight_decay, fused=True
     )
+    parallel = parallel or Parallel()
+    model = parallel.wrap(TrainingLoss(flow, config))
     n = len(train_lower)
-    batch_size = min(config.batch_size, n)
-    steps_per_epoch = max(1, n // batch_size)
+    batch_size = max(1, min(config.batch_size, n) // parallel.world_size)
+    steps_per_epoch = max(1, n // parallel.world_size // batch_size)
     total_steps = steps_per_epoch * config.max_epochs
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
@@ -203,10 +255,12 @@ def train_flow(
     step = 0
     average: AveragedModel | None = None  # created after the first step (ActNorm initialised)
 
-    bar = tqdm(range(config.max_epochs), desc="training", unit="epoch", disable=not config.progress)
+    bar = tqdm(range(config.max_epochs), desc="training", unit="epoch",
+               disable=not config.progress or parallel.rank > 0)
     for epoch in bar:
         flow.train()
-        order = torch.randperm(n, generator=generator, device=train_lower.device)
+        # the same permutation in every process (one seed), each taking its shard of it
+        order = parallel.shard(torch.randperm(n, generator=generator, device=train_lower.device))
         epoch_loss, epoch_batches = 0.0, 0
         for i in range(steps_per_epoch):
             index = order[i * batch_size : (i + 1) * batch_size]
@@ -223,8 +277,9 @@ def train_flow(
                 )
             for group in optimizer.param_groups:
                 group["lr"] = lr_scale * learning_rate(step, total_steps, config)
-            loss = training_loss(flow, batch, config, generator)
-            if not torch.isfinite(loss):
+            loss = model(batch, generator)
+            mean_loss = parallel.mean(loss.detach())  # so that every process decides alike
+            if not math.isfinite(mean_loss):
                 # Recover: go back to the best weights, halve the step size and carry on.
                 consecutive_failures += 1
                 result.recovered_nonfinite += 1
@@ -239,18 +294,22 @@ def train_flow(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip, foreach=True)
             optimizer.step()
+            if step == 0:  # ActNorm initialised itself from each process's own first batch
+                parallel.broadcast(flow)
             if config.ema_decay is not None:
                 if average is None:
                     average = AveragedModel(
                         flow, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay)
                     )
                 average.update_parameters(flow)
-            epoch_loss += loss.item()
+            epoch_loss += mean_loss
             epoch_batches += 1
             step += 1
 
         evaluated = flow if average is None else average.module
-        val_nll = estimate_nll(evaluated, val_x, val_log_jacobian, trim=config.validation_trim)
+        val_nll = parallel.mean(torch.tensor(
+            estimate_nll(evaluated, val_x, val_log_jacobian, trim=config.validation_trim),
+            dtype=torch.float64))
         train_nll = epoch_loss / max(1, epoch_batches) - train_log_jacobian_mean
         result.history.append(
             {"epoch": epoch, "train_nll": train_nll, "val_nll": val_nll, "step": step}

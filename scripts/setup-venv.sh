@@ -15,6 +15,6 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     .venv/bin/python -m pip install --quiet --upgrade pip
     # torch first and pinned: anything that pulls in an unpinned torch would fetch a CUDA build.
     .venv/bin/python -m pip install --quiet "torch==$TORCH_VERSION"
-    .venv/bin/python -m pip install --quiet -e ".[dev]"
+    .venv/bin/python -m pip install --quiet -e ".[dev,spark]"
     echo "$want" > "$stamp"
 fi

@@ -1,0 +1,251 @@
+"""Batch scoring on Apache Spark: :func:`score` adds the verdict columns to a Spark DataFrame.
+
+The model travels to the executors as one file: the saved detector's folder
+(:meth:`Detector.save <pipelines.detector.Detector.save>`'s files) packed into a tar archive
+and shipped with ``SparkContext.addFile``. Each executor's Python worker unpacks and loads it
+once (a module-level cache; Spark reuses its Python workers between tasks) and scores the
+partition's Arrow batches with ``mapInPandas``. Executors need flowad installed (the same
+version as the driver), as any PySpark UDF needs its code.
+
+A record the model rejects fails the job; the message names the column, the partition and the
+row's position in it. :func:`write_scored` writes to a temporary path beside the target and
+renames it into place only when the job succeeded, so a failed job commits no output.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tarfile
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from pipelines.detector import Detector
+from pipelines.fastpath import SMALL_BATCH_ROWS
+from pipelines.schema import SchemaError, shown
+from pipelines.tables import SUFFIXES, table_format
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.types import StructType
+
+_loaded: dict[str, Detector] = {}  # archive name -> detector, per Python worker
+_exported: dict[str, Path] = {}  # tag -> archive, on the driver
+
+
+def export_detector(tag: str) -> Path:
+    """The saved detector ``tag`` as one tar archive (created once per driver process).
+
+    Arguments:
+        tag: a model tag (``name``, ``name:version``).
+    """
+    import bentoml
+
+    from pipelines import registry
+
+    full_tag = registry.resolve(tag)
+    if full_tag not in _exported:
+        folder = bentoml.models.get(full_tag).path
+        # a version is immutable, so one archive per tag serves every later score() call
+        archive = Path(tempfile.mkdtemp(prefix="flowad-spark-")) / (
+            f"flowad-{full_tag.replace(':', '-')}.tar")
+        with tarfile.open(archive, "w") as tar:
+            tar.add(folder, arcname="detector")
+        _exported[full_tag] = archive
+    return _exported[full_tag]
+
+
+def _detector(archive_name: str) -> Detector:
+    """The detector shipped as ``archive_name``, loaded once per Python worker process."""
+    if archive_name not in _loaded:
+        import torch
+        from pyspark import SparkFiles, TaskContext
+
+        # as many torch threads as the task has cores: more than one per core on a busy
+        # executor made OpenMP's spin-waiting collapse throughput (docs/design.md, "Measuring")
+        torch.set_num_threads(TaskContext.get().cpus())
+
+        target = Path(tempfile.mkdtemp(prefix="flowad-model-"))
+        with tarfile.open(SparkFiles.get(archive_name)) as tar:
+            tar.extractall(target, filter="data")
+        _loaded[archive_name] = Detector.load(target / "detector", device="cpu")
+    return _loaded[archive_name]
+
+
+def output_schema(df: DataFrame, explain_top: int = 0) -> StructType:
+    """The scored DataFrame's schema: ``df``'s columns, then the verdicts (and contributions).
+
+    Arguments:
+        df: the records.
+        explain_top: contributions per row (0: none).
+    """
+    from pyspark.sql.types import BooleanType, DoubleType, StringType, StructField, StructType
+
+    verdicts = [StructField("score", DoubleType()), StructField("log_likelihood", DoubleType()),
+                StructField("p_value", DoubleType()), StructField("is_anomaly", BooleanType())]
+    for k in range(1, explain_top + 1):
+        verdicts += [StructField(f"top{k}_column", StringType()),
+                     StructField(f"top{k}_contribution", DoubleType())]
+    return StructType(df.schema.fields + verdicts)
+
+
+def _in_partition(error: SchemaError, partition: int, start: int) -> SchemaError:
+    """``error``, raised on a batch that begins at row ``start`` of Spark partition
+    ``partition``, re-worded to name the row's position in the partition."""
+    located = error.in_file(start)
+    if located.row is None:
+        return SchemaError(f"partition {partition}: {located}", column=located.column)
+    where = f"row {located.row} of partition {partition}"
+    if located.column is not None:
+        where = f"column {shown(located.column)}, {where}"
+    return SchemaError(f"{where}: {located.problem}", column=located.column, row=located.row,
+                       problem=located.problem)
+
+
+def _without_small_batches(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    """The batches, each one of at most ``SMALL_BATCH_ROWS`` rows (a partition's last, mostly)
+    joined to the one before it: the detector would score it with its NumPy fast path, within
+    1e-5 nats of torch, and a row's score should not depend on where a batch ended.
+
+    Arguments:
+        batches: a partition's Arrow batches as frames.
+    """
+    held: pd.DataFrame | None = None
+    for batch in batches:
+        if held is not None and len(batch) <= SMALL_BATCH_ROWS:
+            held = pd.concat([held, batch], ignore_index=True)
+            continue
+        if held is not None:
+            yield held
+        held = batch
+    if held is not None:
+        yield held
+
+
+def _scorer(archive_name: str, explain_top: int
+            ) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+    """The ``mapInPandas`` function: each batch of a partition with its verdicts."""
+
+    def score_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        from pyspark import TaskContext
+
+        from pipelines.explain import top_columns
+
+        detector = _detector(archive_name)
+        start = 0
+        for batch in _without_small_batches(batches):
+            try:
+                verdicts = detector.verdicts(batch)
+                if explain_top:
+                    top = top_columns(detector.explain(batch), explain_top)
+                    verdicts = pd.concat([verdicts, top], axis=1)
+            except SchemaError as error:
+                raise _in_partition(error, TaskContext.get().partitionId(), start) from error
+            start += len(batch)
+            yield pd.concat([batch, verdicts], axis=1)
+
+    return score_partition
+
+
+def score(df: DataFrame, tag: str, *, explain_top: int = 0) -> DataFrame:
+    """``df`` with ``score``, ``log_likelihood``, ``p_value`` and ``is_anomaly`` added (and,
+    with ``explain_top``, each row's largest contributions: ``top1_column``,
+    ``top1_contribution``, ...), scored by the saved detector ``tag`` on the executors.
+
+    Lazy, as Spark transformations are: nothing is scored until the result is written or
+    collected. The model is checked on the driver first (it must reproduce its reference
+    scores, as before promotion or serving).
+
+    Arguments:
+        df: records with the model's input columns (others it was trained to ignore may stay).
+        tag: a model tag (``name`` for its production model, or ``name:version``).
+        explain_top: contributions per row (0: none; ~1-3 ms a row).
+    """
+    from pipelines.store import load_verified
+
+    load_verified(tag)
+    archive = export_detector(tag)
+    df.sparkSession.sparkContext.addFile(str(archive))
+    return df.mapInPandas(_scorer(archive.name, explain_top), output_schema(df, explain_top))
+
+
+def session(master: str = "local[*]", app_name: str = "flowad") -> SparkSession:
+    """The active Spark session, or a new one on ``master``.
+
+    A local master's Python workers run this interpreter (where flowad is installed), not
+    whichever ``python3`` comes first on the PATH.
+
+    Arguments:
+        master: a Spark master URL (``local[*]``, ``spark://...``, ``yarn``, ``k8s://...``).
+        app_name: the application's name in Spark's UI.
+    """
+    from pyspark.sql import SparkSession
+
+    if master.startswith("local"):  # read by SparkContext when it starts
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    return SparkSession.builder.master(master).appName(app_name).getOrCreate()
+
+
+def read(spark: SparkSession, path: str) -> DataFrame:
+    """A CSV or Parquet file or dataset (directory, URI) as a DataFrame.
+
+    Arguments:
+        spark: the session.
+        path: what ``flowad score`` takes.
+    """
+    if table_format(path) == "csv":
+        return spark.read.csv(path, header=True, inferSchema=True)
+    return spark.read.parquet(path)
+
+
+def write_scored(scored: DataFrame, output: str) -> None:
+    """Writes ``scored`` to the directory ``output`` (``.parquet`` or ``.csv`` by its name),
+    all or nothing: into a hidden temporary directory beside it, renamed onto ``output`` (which
+    it replaces) only when every partition was written. A failed job leaves ``output`` as it
+    was and no temporary directory.
+
+    Arguments:
+        scored: what :func:`score` returned.
+        output: a path or URI Hadoop's filesystems reach (``file:``, ``hdfs:``, ``s3a:``).
+
+    Raises:
+        SchemaError: a record the model rejected (the message names the column, the
+            partition and the row in it).
+    """
+    fmt = SUFFIXES.get(Path(output).suffix.lower())
+    if fmt is None:
+        raise ValueError(f"{output}: name the output .parquet or .csv")
+    spark = scored.sparkSession
+    hadoop = spark.sparkContext._jvm.org.apache.hadoop.fs
+    target = hadoop.Path(output)
+    filesystem = target.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    temp = hadoop.Path(target.getParent(), f".{target.getName()}.{uuid.uuid4().hex[:8]}.tmp")
+    writer = scored.write.mode("errorifexists")
+    try:
+        if fmt == "csv":
+            writer.option("header", True).csv(temp.toString())
+        else:
+            writer.parquet(temp.toString())
+    except Exception as error:
+        filesystem.delete(temp, True)
+        rejected = _schema_error(error)
+        if rejected is not None:
+            raise rejected from None  # Spark's Java and Python stack traces add nothing
+        raise
+    if filesystem.exists(target):
+        filesystem.delete(target, True)
+    if not filesystem.rename(temp, target):
+        raise OSError(f"could not rename {temp} to {output}")
+
+
+def _schema_error(error: Exception) -> SchemaError | None:
+    """The executor's :class:`SchemaError` inside a failed Spark job's error, if that is why it
+    failed."""
+    found = re.search(r"pipelines\.schema\.SchemaError: (.*)", str(error))
+    return None if found is None else SchemaError(found.group(1).strip())
