@@ -1,4 +1,5 @@
-"""``flowad benchmark``: the evaluation protocol of :mod:`pipelines.protocol` over a data folder."""
+"""``flowad benchmark``: the evaluation protocols of :mod:`pipelines.protocol` over a data folder,
+for the flowad detector or for the ten baselines."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import numpy as np
 
 from pipelines import protocol
 from pipelines.detector import Detector
+
+Log = Callable[[str], None]
 
 
 class ProtocolDetector:
@@ -44,28 +47,88 @@ def run_benchmark(
     members: int | None = None,
     seeds: tuple[int, ...] = protocol.SEEDS,
     datasets: list[str] | None = None,
-    log: Callable[[str], None] = print,
+    kind: str = "one-class",
+    trim_share: float = 0.0,
+    log: Log = print,
     **options: Any,
 ) -> tuple[Path, Path]:
     """Runs every ``*.npz`` in ``data_dir`` through the protocol; returns (csv, markdown) paths.
 
     The detector is named ``flowad-{model}``, with ``-fm`` appended when trained by flow matching.
     ``members`` overrides the default number of flows in the mixture and is named in the rows:
-    ``-mix{members}``, or ``-single`` for one flow.
+    ``-mix{members}``, or ``-single`` for one flow; a ``trim_share`` above 0 (trimmed-likelihood
+    training, :class:`~pipelines.training.TrainConfig`) appends ``-trim{trim_share}``. Under the
+    unsupervised protocol (``kind``) the files are named ``{detector}-unsupervised.csv`` / ``.md``
+    and compared with the bundled unsupervised baselines.
 
     Rows already in the output CSV (same dataset, detector and seed) are kept and not rerun, so
     an interrupted benchmark resumes where it stopped.
     """
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     detector_name = f"flowad-{model}" + ("-fm" if objective == "flow_matching" else "")
     if members is not None:
         detector_name += f"-mix{members}" if members > 1 else "-single"
         options = {**options, "flow_options": {**options.get("flow_options", {}),
                                                 "members": members}}
-    options = {**options, "train_options": {**options.get("train_options", {}),
-                                            "objective": objective}}
-    csv_path = output_dir / f"{detector_name}.csv"
+    train_options = {**options.get("train_options", {}), "objective": objective}
+    if trim_share > 0:
+        detector_name += f"-trim{trim_share:g}"
+        train_options["trim_share"] = trim_share
+    options = {**options, "train_options": train_options}
+    stem = detector_name + ("" if kind == "one-class" else f"-{kind}")
+    return _run(data_dir, Path(output_dir), stem, [detector_name],
+                lambda _: lambda seed: ProtocolDetector(model, seed, **options),
+                seeds=seeds, datasets=datasets, kind=kind, log=log)
+
+
+def run_baselines(
+    data_dir: str | Path,
+    output_dir: str | Path,
+    *,
+    seeds: tuple[int, ...] = protocol.SEEDS,
+    datasets: list[str] | None = None,
+    detectors: tuple[str, ...] = protocol.BASELINE_DETECTORS,
+    kind: str = "one-class",
+    log: Log = print,
+) -> tuple[Path, Path]:
+    """Runs the ten baselines (:mod:`pipelines.baselines`) through the protocol ``kind``;
+    returns the paths of ``baselines-{kind}.csv`` and ``.md`` (resumable, as
+    :func:`run_benchmark`)."""
+    from pipelines.baselines import make_baseline, warm_up
+
+    warm_up(detectors)
+    return _run(data_dir, Path(output_dir), f"baselines-{kind}", list(detectors),
+                lambda name: lambda seed: make_baseline(name, seed),
+                seeds=seeds, datasets=datasets, kind=kind, log=log, baselines=True)
+
+
+def _run(
+    data_dir: str | Path,
+    output_dir: Path,
+    stem: str,
+    detectors: list[str],
+    factory: Callable[[str], Callable[[int], protocol.AnomalyDetector]],
+    *,
+    seeds: tuple[int, ...],
+    datasets: list[str] | None,
+    kind: str,
+    log: Log,
+    baselines: bool = False,
+) -> tuple[Path, Path]:
+    """Every dataset x detector x seed not yet in ``{stem}.csv``, then the markdown summary.
+
+    Arguments:
+        data_dir: folder of ``*.npz`` datasets.
+        output_dir: where ``{stem}.csv`` and ``{stem}.md`` go.
+        stem: the files' name.
+        detectors: the names of the rows' detectors.
+        factory: for a detector name, the ``make_detector(seed)`` of the protocol.
+        seeds, datasets: the runs (``datasets`` None: every file).
+        kind: the protocol.
+        log: receives one line per finished run.
+        baselines: the rows are the baselines (summarised alone, not against the bundled ones).
+    """
+    output_dir.mkdir(parents=True, exist_ok=True)
+    csv_path = output_dir / f"{stem}.csv"
     rows = protocol.read_rows(csv_path) if csv_path.exists() else []
     done = {(r["dataset"], r["detector"], int(r["seed"])) for r in rows}
     paths = sorted(Path(data_dir).glob("*.npz"), key=lambda p: protocol.dataset_sort_key(p.stem))
@@ -73,20 +136,20 @@ def run_benchmark(
         name = protocol.dataset_name(path)
         if datasets and name not in datasets:
             continue
-        todo = tuple(s for s in seeds if (name, detector_name, s) not in done)
-        if not todo:
-            continue
         X, y = protocol.load_npz(path)
-        for row in protocol.run_protocol(
-            X, y, lambda seed: ProtocolDetector(model, seed, **options),
-            seeds=todo, name=name, detector=detector_name,
-        ):
-            rows.append(row)
-            protocol.write_rows(csv_path, rows)
-            log(
-                f"{name:16s} seed={row['seed']} auc={row['roc_auc']:.4f} ap={row['ap']:.4f} "
-                f"fpr05={row['fpr_05']:.3f} fit={row['fit_s']:.1f}s {row['info']} {row['error']}"
-            )
-    md_path = output_dir / f"{detector_name}.md"
-    md_path.write_text(protocol.summarize(rows))
+        for detector in detectors:
+            todo = tuple(s for s in seeds if (name, detector, s) not in done)
+            for row in protocol.run_protocol(X, y, factory(detector), seeds=todo, name=name,
+                                             detector=detector, kind=kind):
+                rows.append(row)
+                protocol.write_rows(csv_path, rows)
+                log(
+                    f"{name:16s} seed={row['seed']} {detector} auc={row['roc_auc']:.4f} "
+                    f"ap={row['ap']:.4f} fpr05={row['fpr_05']:.3f} fit={row['fit_s']:.1f}s "
+                    f"{row['info']} {row['error']}"
+                )
+    md_path = output_dir / f"{stem}.md"
+    summary = (protocol.summarize([], rows, kind=kind) if baselines
+               else protocol.summarize(rows, kind=kind))
+    md_path.write_text(summary)
     return csv_path, md_path

@@ -360,7 +360,8 @@ class Detector(OutlierMixin, BaseEstimator):
             "best_epoch": [r.best_epoch for r in results] if len(results) > 1
             else results[0].best_epoch,
             "epochs": sum(len(r.history) for r in results),
-            "val_nll": estimate_nll(self.flow_, val_t, val_jacobian_t, trim=config.validation_trim),
+            "val_nll": estimate_nll(self.flow_, val_t, val_jacobian_t,
+                                   trim=config.effective_validation_trim),
             "recovered_nonfinite": sum(r.recovered_nonfinite for r in results),
             "fit_seconds": time.perf_counter() - start,
         }

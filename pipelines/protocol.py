@@ -1,7 +1,8 @@
-"""The benchmark protocol, and comparison with bundled results of ten classical detectors.
+"""The benchmark protocols, and comparison with bundled results of ten classical detectors.
 
-Reimplements the protocol of the project's reference script ``baselines.py`` so that a detector
-run here gets exactly the metrics that script would give it. For each dataset and seed:
+Two protocols (``PROTOCOLS``). **One-class** (clean training data) reimplements the protocol of
+the project's reference script ``baselines.py`` so that a detector run here gets exactly the
+metrics that script would give it. For each dataset and seed:
 
 * inliers (``y == 0``) are shuffled with ``numpy.random.default_rng(seed).permutation``;
   ``floor(0.6 n_in)`` train, ``floor(0.2 n_in)`` calibration, the rest are test inliers;
@@ -13,13 +14,32 @@ run here gets exactly the metrics that script would give it. For each dataset an
   threshold (:func:`pipelines.calibration.conformal_threshold`) for alpha in {0.01, 0.05};
   ``fit_s`` = seconds of ``fit``, ``rows_per_s`` = test rows / seconds of scoring the test rows.
 
+**Unsupervised** (contaminated, unlabelled training data, as PyOD and ADBench evaluate):
+
+* ``sklearn.model_selection.train_test_split(arange(n), test_size=0.3, stratify=y,
+  random_state=seed)``: a stratified 70 % of all rows (anomalies included, unlabelled) is the
+  training part, the other 30 % the test set;
+* the training part is shuffled with ``numpy.random.default_rng(seed).permutation``; its last
+  ``floor(0.2 n_train)`` rows are the calibration slice, the others are the rows the detector is
+  fitted on (so 56 % / 14 % / 30 % of all rows). The slice is held out of ``fit`` because
+  in-sample scores are biased low (kNN finds the row itself, a KDE its own kernel); this is also
+  what :class:`~pipelines.detector.Detector` does with the rows it is given (20 % calibration);
+* the StandardScaler is fitted on the fitted rows, as in the one-class protocol; ROC-AUC and AP
+  as above;
+* FPR / TPR: the conformal threshold of the (contaminated) calibration slice at each alpha, and
+  the realised FPR on the *test inliers* and TPR on the test anomalies. The anomalies in the
+  slice push the threshold up, so the realised FPR is expected below alpha: it measures that
+  bias, not a guarantee.
+
 Bundled reference results (``pipelines/data/baselines.csv``, one row per dataset x detector x
 seed): IForest, ECOD, COPOD, KNN, LOF, OCSVM, HBOS, PCA (PyOD 3.6.7), GaussianMixture with
 BIC-chosen k and KernelDensity with Scott bandwidth (scikit-learn 1.9.1), plus PyOD's batch-mode
 ECOD-batch / COPOD-batch; numpy 2.4.6, Python 3.11, seeds 0, 1, 2. Datasets: the 14 "Classical"
 tabular sets of ADBench (Han et al., NeurIPS 2022; github.com/Minqi824/ADBench, commit 3dac822),
 most of them prepared by ODDS (Rayana 2016, odds.cs.stonybrook.edu). The datasets themselves are
-not bundled.
+not bundled. The unsupervised protocol's results of the same ten detectors (run by
+:mod:`pipelines.baselines` through this module) are bundled as
+``pipelines/data/baselines-unsupervised.csv``.
 """
 
 from __future__ import annotations
@@ -37,18 +57,20 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
 from pipelines.calibration import conformal_threshold
 
 __all__ = [
-    "ALPHAS", "BASELINE_DETECTORS", "COLUMNS", "SEEDS", "AnomalyDetector", "dataset_name",
-    "evaluate_scores", "load_bundled_baselines", "load_npz", "read_rows", "run_protocol", "split",
-    "summarize", "write_rows",
+    "ALPHAS", "BASELINE_DETECTORS", "COLUMNS", "PROTOCOLS", "SEEDS", "AnomalyDetector",
+    "dataset_name", "evaluate_scores", "load_bundled_baselines", "load_npz", "read_rows",
+    "run_protocol", "split", "split_unsupervised", "summarize", "write_rows",
 ]
 
 log = logging.getLogger(__name__)
 
+PROTOCOLS = ("one-class", "unsupervised")
 SEEDS = (0, 1, 2)
 ALPHAS = (0.01, 0.05)
 _ALPHA_TAGS = ("01", "05")  # column suffixes for ALPHAS
@@ -59,7 +81,9 @@ _FLOAT_COLUMNS = ("roc_auc", "ap", "fpr_01", "tpr_01", "fpr_05", "tpr_05", "fit_
 # whose transductive scoring breaks the protocol; they are left out of the comparison).
 BASELINE_DETECTORS = ("IForest", "ECOD", "COPOD", "KNN", "LOF", "OCSVM", "HBOS", "PCA", "GMM",
                       "KDE")
-_BUNDLED_CSV = Path(__file__).resolve().parent / "data" / "baselines.csv"
+_BUNDLED_CSV = {"one-class": Path(__file__).resolve().parent / "data" / "baselines.csv",
+                "unsupervised": Path(__file__).resolve().parent / "data"
+                / "baselines-unsupervised.csv"}
 
 Row = dict[str, Any]
 
@@ -100,6 +124,24 @@ def split(y: ArrayLike, seed: int) -> tuple[NDArray[np.int_], NDArray[np.int_],
     test = np.concatenate([test_in, anomalies])
     y_test = np.concatenate([np.zeros(len(test_in), int), np.ones(len(anomalies), int)])
     return train, cal, test, y_test
+
+
+def split_unsupervised(y: ArrayLike, seed: int) -> tuple[NDArray[np.int_], NDArray[np.int_],
+                                                         NDArray[np.int_], NDArray[np.int_]]:
+    """``(fit_idx, cal_idx, test_idx, y_test)`` of the unsupervised protocol: a stratified
+    70/30 train/test split of all rows, then the last ``floor(0.2 n_train)`` of the shuffled
+    train rows for calibration (see the module docstring)."""
+    y = np.asarray(y)
+    train, test = train_test_split(np.arange(len(y)), test_size=0.3, stratify=y,
+                                   random_state=seed)
+    perm = np.random.default_rng(seed).permutation(train)
+    n_fit = len(perm) - (2 * len(perm)) // 10
+    return perm[:n_fit], perm[n_fit:], test, y[test]
+
+
+def _check_protocol(kind: str) -> None:
+    if kind not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {kind!r}; choose one of {PROTOCOLS}")
 
 
 # ----------------------------------------------------------------------------- one run
@@ -149,16 +191,25 @@ def _run_one(row: Row, make_detector: Callable[[int], AnomalyDetector], seed: in
 
 def run_protocol(X: ArrayLike, y: ArrayLike, make_detector: Callable[[int], AnomalyDetector], *,
                  seeds: Iterable[int] = SEEDS, name: str = "dataset",
-                 detector: str = "flowad") -> Iterator[Row]:
+                 detector: str = "flowad", kind: str = "one-class") -> Iterator[Row]:
     """Yield one row (keys ``COLUMNS``) per seed for ``make_detector(seed)`` on ``(X, y)``.
 
     A run that raises, or gives any non-finite score, yields NaN metrics with the message in
     ``error`` (``fit_s`` / ``rows_per_s`` are kept when measured), as the reference script does.
+
+    Arguments:
+        X, y: the dataset (``y == 1`` for anomalies).
+        make_detector: a fresh detector for a seed.
+        seeds: one run per seed.
+        name, detector: the ``dataset`` and ``detector`` of the rows.
+        kind: the protocol, ``"one-class"`` or ``"unsupervised"`` (module docstring).
     """
+    _check_protocol(kind)
+    splitter = split if kind == "one-class" else split_unsupervised
     X = np.asarray(X, dtype=np.float64)
     y = np.asarray(y)
     for seed in seeds:
-        tr, cal, te, y_te = split(y, seed)
+        tr, cal, te, y_te = splitter(y, seed)
         sc = StandardScaler().fit(X[tr])
         # Transform each split on its own, exactly as the reference script does.
         Xtr, Xcal, Xte = sc.transform(X[tr]), sc.transform(X[cal]), sc.transform(X[te])
@@ -193,9 +244,11 @@ def write_rows(csv_path: str | os.PathLike[str], rows: Iterable[Mapping[str, Any
             w.writerow({k: float(r[k]) if k in _FLOAT_COLUMNS else r[k] for k in COLUMNS})
 
 
-def load_bundled_baselines() -> list[Row]:
-    """The bundled reference rows of the classical detectors (see the module docstring)."""
-    return read_rows(_BUNDLED_CSV)
+def load_bundled_baselines(kind: str = "one-class") -> list[Row]:
+    """The bundled reference rows of the classical detectors under protocol ``kind`` (see the
+    module docstring)."""
+    _check_protocol(kind)
+    return read_rows(_BUNDLED_CSV[kind])
 
 
 # ----------------------------------------------------------------------------- summary
@@ -238,16 +291,18 @@ def _metric_table(M: pd.DataFrame) -> list[str]:
 
 
 def summarize(rows: Sequence[Mapping[str, Any]],
-              baseline_rows: Sequence[Mapping[str, Any]] | None = None) -> str:
+              baseline_rows: Sequence[Mapping[str, Any]] | None = None,
+              kind: str = "one-class") -> str:
     """Markdown comparison of ``rows`` (our detectors) with the ten baselines.
 
-    Baselines default to the bundled results and are restricted to the (dataset, seed) pairs in
-    ``rows``, so every detector is compared on the same splits; with no ``rows`` the baselines
-    are summarised alone. Cells are means over seeds; ranks are per dataset. A dataset without
-    baseline results ranks the baselines last there, like failed runs.
+    Baselines default to the bundled results of protocol ``kind`` and are restricted to the
+    (dataset, seed) pairs in ``rows``, so every detector is compared on the same splits; with no
+    ``rows`` the baselines are summarised alone. Cells are means over seeds; ranks are per
+    dataset. A dataset without baseline results ranks the baselines last there, like failed
+    runs.
     """
     if baseline_rows is None:
-        baseline_rows = load_bundled_baselines()
+        baseline_rows = load_bundled_baselines(kind)
     ours = pd.DataFrame(list(rows), columns=COLUMNS)
     base = pd.DataFrame(list(baseline_rows), columns=COLUMNS)
     base = base[base["detector"].isin(BASELINE_DETECTORS)]
@@ -265,7 +320,7 @@ def summarize(rows: Sequence[Mapping[str, Any]],
     dsets = sorted(df["dataset"].unique(), key=dataset_sort_key)
     seeds = sorted(int(s) for s in df["seed"].unique())
 
-    lines = ["# Benchmark summary", "",
+    lines = ["# Benchmark summary", "", f"Protocol: {kind}.", "",
              f"{len(dsets)} datasets, seeds {seeds}. Cells are means over seeds (NaN if a run "
              "failed); bold = best on the dataset. Means over datasets skip NaN (count shown); "
              "ranks are per dataset on the seed means, ties averaged, a failed run ranked last.",

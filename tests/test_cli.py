@@ -69,6 +69,19 @@ def test_train_ffjord_by_flow_matching_without_atoms(labelled_csv):
     assert detector.atom_share is None and detector.encoder_.atom_share is None
 
 
+def test_train_trims_the_likelihood_on_request(labelled_csv):
+    from pipelines.store import load_detector
+
+    result = runner.invoke(app, ["train", str(labelled_csv), "--name", "cli-trim", "--exclude",
+                                 "id", "--max-epochs", "2", "--trim-share", "0.1"])
+    assert result.exit_code == 0, result.output
+    detector = load_detector(result.stdout.strip().splitlines()[-1])
+    assert detector.train_config_["trim_share"] == 0.1
+    refused = runner.invoke(app, ["train", str(labelled_csv), "--model", "ffjord", "--objective",
+                                  "flow_matching", "--trim-share", "0.1", "--exclude", "id"])
+    assert refused.exit_code == 2 and "trim_share" in refused.output
+
+
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
 def test_score_writes_the_input_columns_plus_verdicts(tag, labelled_csv, tmp_path, suffix):
     source = tmp_path / f"in{suffix}"

@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 from sklearn.metrics import average_precision_score
+from sklearn.model_selection import train_test_split
 from sklearn.neighbors import KernelDensity
 
 from pipelines import protocol
+from pipelines.benchmark import run_baselines
 from pipelines.protocol import (
     COLUMNS,
     dataset_name,
@@ -23,6 +25,7 @@ from pipelines.protocol import (
     read_rows,
     run_protocol,
     split,
+    split_unsupervised,
     summarize,
     write_rows,
 )
@@ -219,3 +222,101 @@ def test_load_npz_and_dataset_name(tmp_path: Path) -> None:
     assert X.dtype == np.float64 and X.shape == (3, 2)
     assert y.tolist() == [0, 1, 0]
     assert dataset_name(path) == "7_toy"
+
+
+# ----------------------------------------------------------------------------- unsupervised
+def test_unsupervised_split_is_stratified_disjoint_complete_and_seeded() -> None:
+    y = np.zeros(1003, int)
+    y[np.random.default_rng(0).choice(1003, 57, replace=False)] = 1
+    fit, cal, test, y_test = split_unsupervised(y, seed=3)
+    n_train = 1003 - len(test)
+    assert len(test) == math.ceil(0.3 * 1003)  # scikit-learn rounds the test size up
+    assert len(cal) == (2 * n_train) // 10 and len(fit) == n_train - len(cal)
+    everything = np.concatenate([fit, cal, test])
+    assert len(np.unique(everything)) == len(everything) == 1003  # disjoint, covers all rows
+    np.testing.assert_array_equal(y[test], y_test)
+    # Stratified: the test share of anomalies is the overall one, to a row.
+    assert abs(y_test.sum() - 0.3 * 57) <= 1
+    assert y[fit].sum() + y[cal].sum() == 57 - y_test.sum()  # training rows keep anomalies
+    # The train/test split is scikit-learn's stratified split, as documented.
+    _, want_test = train_test_split(np.arange(1003), test_size=0.3, stratify=y, random_state=3)
+    np.testing.assert_array_equal(test, want_test)
+    for ours, again in zip((fit, cal, test, y_test), split_unsupervised(y, 3), strict=True):
+        np.testing.assert_array_equal(ours, again)  # deterministic
+    assert not np.array_equal(split_unsupervised(y, 4)[0], fit)
+
+
+def test_unsupervised_protocol_fits_on_contaminated_rows_and_scales_on_them() -> None:
+    """The detector sees the fitted rows, anomalies included, standardised by their own
+    mean and deviation; the calibration slice and test rows are scored."""
+    rng = np.random.default_rng(1)
+    X = np.r_[rng.normal(2.0, 3.0, size=(450, 2)), rng.normal(30.0, 1.0, size=(50, 2))]
+    y = np.r_[np.zeros(450, int), np.ones(50, int)]
+    seen: list[NDArray[np.float64]] = []
+
+    class Recorder(KDE):
+        def fit(self, X: NDArray[np.float64]) -> Recorder:
+            seen.append(X)
+            return super().fit(X)
+
+        def decision_function(self, X: NDArray[np.float64]) -> NDArray[np.float64]:
+            seen.append(X)
+            return super().decision_function(X)
+
+    (row,) = run_protocol(X, y, lambda seed: Recorder(), seeds=(0,), kind="unsupervised")
+    fit, cal, test, _ = split_unsupervised(y, 0)
+    Xfit, Xcal, Xtest = seen
+    assert (len(Xcal), len(Xtest)) == (len(cal), len(test))
+    assert len(Xfit) == len(fit) and X[fit, 0].max() > 20  # contaminated
+    np.testing.assert_allclose(Xfit.mean(axis=0), 0.0, atol=1e-12)
+    np.testing.assert_allclose(Xfit.std(axis=0), 1.0)
+    assert row["roc_auc"] > 0.9 and not row["error"]
+    with pytest.raises(ValueError, match="unknown protocol"):
+        next(run_protocol(X, y, lambda seed: KDE(), kind="semi"))
+
+
+@pytest.mark.parametrize("kind", ["one-class", "unsupervised"])
+def test_baselines_on_a_tiny_dataset_give_every_column(tmp_path: Path, kind: str) -> None:
+    pytest.importorskip("pyod")
+    rng = np.random.default_rng(0)
+    directions = rng.normal(size=(30, 3))  # scattered anomalies: clustered ones mask each other
+    X = np.r_[rng.normal(size=(270, 3)),
+              6.0 * directions / np.linalg.norm(directions, axis=1, keepdims=True)]
+    np.savez(tmp_path / "1_toy.npz", X=X, y=np.r_[np.zeros(270, int), np.ones(30, int)])
+    csv_path, md_path = run_baselines(tmp_path, tmp_path / "out", seeds=(0, 1), kind=kind,
+                                      log=lambda _: None)
+    assert csv_path.name == f"baselines-{kind}.csv"
+    rows = read_rows(csv_path)
+    assert [(r["detector"], r["seed"]) for r in rows] == [
+        (d, s) for d in protocol.BASELINE_DETECTORS for s in (0, 1)]
+    for row in rows:
+        assert list(row) == COLUMNS and not row["error"], row
+        assert all(np.isfinite(row[k]) for k in METRICS) and row["roc_auc"] > 0.9, row
+    md = md_path.read_text()
+    assert f"Protocol: {kind}." in md
+    assert "| dataset | " + " | ".join(protocol.BASELINE_DETECTORS) + " |" in md
+
+
+@needs_shared
+def test_project_baselines_reproduce_the_reference_one_class_rows(tmp_path: Path) -> None:
+    """The baselines as the project builds them, run by its protocol code, give the reference
+    script's published one-class metrics: the unsupervised table comes from the same code."""
+    pytest.importorskip("pyod")
+    name = "38_thyroid"
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / f"{name}.npz").symlink_to(SHARED / "adbench" / f"{name}.npz")
+    csv_path, _ = run_baselines(tmp_path / "data", tmp_path, seeds=(0,), log=lambda _: None)
+    published = {r["detector"]: r for r in load_bundled_baselines()
+                 if r["dataset"] == name and r["seed"] == 0}
+    for row in read_rows(csv_path):
+        want = published[row["detector"]]
+        for key in METRICS:
+            assert row[key] == pytest.approx(want[key], abs=1e-9), (row["detector"], key)
+
+
+def test_bundled_unsupervised_baselines_are_the_committed_table() -> None:
+    rows = load_bundled_baselines("unsupervised")
+    assert {r["detector"] for r in rows} == set(protocol.BASELINE_DETECTORS)
+    committed = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    bundled = Path(protocol.__file__).parent / "data" / "baselines-unsupervised.csv"
+    assert bundled.read_bytes() == (committed / "baselines-unsupervised.csv").read_bytes()
