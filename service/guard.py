@@ -46,16 +46,21 @@ def parse_json(body: bytes) -> Any:
     then reach validation and are rejected there with the row and column named.
 
     Raises:
-        ValueError: not JSON, or nested too deeply to be records (the standard parser raises
-            ``RecursionError`` past ~1000 levels; orjson stops at 1024).
+        ValueError: not JSON, nested too deeply to be records (the standard parser raises
+            ``RecursionError`` past ~1000 levels; orjson stops at 1024), or a string holding a
+            lone surrogate (``UnicodeEncodeError``).
     """
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError:
         try:
-            return json.loads(body)
+            parsed = json.loads(body)
+            # The standard parser also accepts escaped lone surrogates ("\ud800"), which are
+            # not text: no column holds them, and encoding one later (pandas, a response) fails.
+            json.dumps(parsed, ensure_ascii=False).encode("utf-8")
         except RecursionError:
             raise ValueError("JSON nested too deeply (records are flat objects)") from None
+        return parsed
 
 
 def records_of(body: Any) -> list[Any] | None:
