@@ -592,7 +592,7 @@ class TabularEncoder(BaseEstimator):
         position = {name: j for j, name in enumerate(self.schema_.names)}
         sources = [position[spec.name] for spec in self._numeric_specs()]
         for spec, (slot_of, missing, unknown) in zip(
-            self.schema_.of_kind("categorical"), self._slot_tables(), strict=True
+            self.schema_.of_kind("categorical"), self.one_hot_slots(), strict=True
         ):
             # OneHotEncoder writes each column's slots contiguously, in column order.
             n_slots = len({*slot_of.values(), unknown, missing} - {-1})
@@ -638,7 +638,7 @@ class TabularEncoder(BaseEstimator):
             spec.name: sum(value is not None and value not in slot_of
                            for value in values[spec.name])
             for spec, (slot_of, _, _) in zip(
-                self.schema_.of_kind("categorical"), self._slot_tables(), strict=True
+                self.schema_.of_kind("categorical"), self.one_hot_slots(), strict=True
             )
         }
 
@@ -707,7 +707,7 @@ class TabularEncoder(BaseEstimator):
     def _one_hot(self, values: dict[str, NDArray[Any]], n: int) -> NDArray[np.float64]:
         """``onehot_.transform(self._tokens(values))`` by dictionary lookups (:meth:`_finish`
         builds the tables): one 1.0 per row and categorical column."""
-        tables = self._slot_tables()
+        tables = self.one_hot_slots()
         out = np.zeros((n, self.onehot_width_))
         rows = np.arange(n)
         for spec, (slot_of, missing_slot, unknown_slot) in zip(
@@ -722,8 +722,10 @@ class TabularEncoder(BaseEstimator):
             out[rows, slots] = 1.0
         return out
 
-    def _slot_tables(self) -> list[tuple[dict[str, int], int, int]]:
-        """``onehot_slots_``, built first for an encoder unpickled from before they existed."""
+    def one_hot_slots(self) -> list[tuple[dict[str, int], int, int]]:
+        """Per categorical column, ``(output column of each training level, of the missing
+        slot, of the unknown slot)`` (-1: none): ``onehot_slots_``, built first for an encoder
+        unpickled from before they existed."""
         if not hasattr(self, "onehot_slots_"):
             self._set_one_hot_tables()
         return self.onehot_slots_

@@ -74,7 +74,7 @@ def reference_values(encoder: TabularEncoder) -> dict[str, Any]:
             record[spec.name] = bool(value) if spec.dtype in BOOL_DTYPES else value
     if encoder.onehot_ is not None:  # a one-hot slot's mean code is its level's share
         shares = encoder.code_scaler_.mean_[len(discrete) :] - 0.5
-        for spec, (slot_of, _, _) in zip(schema.of_kind("categorical"), encoder._slot_tables(),
+        for spec, (slot_of, _, _) in zip(schema.of_kind("categorical"), encoder.one_hot_slots(),
                                          strict=True):
             record[spec.name] = max(spec.categories, key=lambda level: shares[slot_of[level]])
     return {name: record[name] for name in schema.names}
