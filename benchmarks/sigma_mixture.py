@@ -24,18 +24,28 @@ from pipelines.benchmark import run_benchmark
 DATA = Path(__file__).resolve().parents[2] / "shared/data/adbench"
 
 
-def main() -> None:
-    sigma, output = float(sys.argv[1]), sys.argv[2]
-    torch.set_num_threads(1)
+def with_second_member_sigma(sigma: float) -> None:
+    """Makes ``Detector.fit`` train its second mixture member on rows smoothed by ``sigma``
+    (it trains member 0, then member 1, each with a ``replace``d config).
+
+    Arguments:
+        sigma: the Gaussian noise's standard deviation, in encoded units.
+    """
     calls = 0
 
     def member_config(config: Any, **changes: Any) -> Any:
         nonlocal calls
         calls += 1
-        noise = sigma if calls % 2 == 0 else 0.0  # fit trains member 0, then member 1
+        noise = sigma if calls % 2 == 0 else 0.0
         return dataclasses.replace(config, noise_std=noise, **changes)
 
     detector_module.replace = member_config
+
+
+def main() -> None:
+    sigma, output = float(sys.argv[1]), sys.argv[2]
+    torch.set_num_threads(1)
+    with_second_member_sigma(sigma)
     run_benchmark(DATA, output)
 
 

@@ -14,37 +14,20 @@ and of the test ROC-AUC and their correlation.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
+from sigma_mixture import DATA, with_second_member_sigma  # this folder: a script's sys.path[0]
 from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
-import pipelines.detector as detector_module
 from pipelines import protocol
 from pipelines.benchmark import ProtocolDetector
 
-DATA = Path(__file__).resolve().parents[2] / "shared/data/adbench"
 SIGMAS = (0.0, 0.1)
-
-
-def with_second_member_sigma(sigma: float) -> None:
-    """Makes ``Detector.fit`` train its second mixture member on rows smoothed by ``sigma``."""
-    calls = 0
-
-    def member_config(config: Any, **changes: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        noise = sigma if calls % 2 == 0 else 0.0
-        return dataclasses.replace(config, noise_std=noise, **changes)
-
-    detector_module.replace = member_config
 
 
 def synthetic_anomalies(normal: np.ndarray, train: np.ndarray,
