@@ -45,6 +45,7 @@ from sklearn.metrics import roc_auc_score
 from pipelines.calibration import conformal_fpr_interval
 from pipelines.detector import Detector, split_rows
 from pipelines.labels import parse_labels
+from pipelines.ranking import rankable_scores
 
 # Stand-in for an infinite or undefined NLL difference: finite, so that the trimmed mean and
 # its variance stay defined, and large, so that it counts as a record the model cannot explain.
@@ -210,8 +211,9 @@ def compare(
                        f"interval [{low:.2%}, {high:.2%}] of its target")
 
     if labels is not None and 0 < labels.sum() < len(labels):
-        auc_production = roc_auc_score(labels, production.decision_function(holdout))
-        auc_candidate = roc_auc_score(labels, candidate.decision_function(holdout))
+        auc_production = roc_auc_score(
+            labels, rankable_scores(production.decision_function(holdout)))
+        auc_candidate = roc_auc_score(labels, rankable_scores(candidate.decision_function(holdout)))
         passed = auc_candidate >= auc_production - rules.auc_tolerance
         checks["roc_auc"] = {"production": auc_production, "candidate": auc_candidate,
                              "passed": bool(passed)}

@@ -25,6 +25,8 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from pipelines.ranking import rankable_scores
+
 __all__ = [
     "evaluation_metrics",
     "plot_roc_pr",
@@ -85,8 +87,9 @@ def evaluation_metrics(y_true: ArrayLike, scores: ArrayLike,
         "n": int(y.size),
         "n_normal": n_normal,
         "n_anomalous": n_anomalous,
-        "roc_auc": float(roc_auc_score(y, s)) if both else None,
-        "average_precision": float(average_precision_score(y, s)) if both else None,
+        "roc_auc": float(roc_auc_score(y, rankable_scores(s))) if both else None,
+        "average_precision": float(average_precision_score(y, rankable_scores(s))) if both
+        else None,
         "threshold": None,
         "n_flagged": None,
         "false_positives": None,
@@ -158,6 +161,7 @@ def plot_score_histograms(scores: ArrayLike, y_true: ArrayLike, threshold: float
 def plot_roc_pr(scores: ArrayLike, y_true: ArrayLike, path: str | os.PathLike[str]) -> Path:
     """ROC curve and precision-recall curve side by side (needs both classes)."""
     y, s = _inputs(y_true, scores)
+    s = rankable_scores(s)
     if y.min() == y.max():
         raise ValueError("ROC / PR curves need both normal and anomalous records")
     fpr, tpr, _ = roc_curve(y, s)

@@ -478,7 +478,12 @@ def test_benchmark_data_raw_and_standardized(name: str) -> None:
         for scaling in ("standard", "quantile"):
             enc = TabularEncoder(scaling=scaling).fit(frame[y == 0])  # type: ignore[arg-type]
             encoded, log_jac = enc.transform(frame)  # anomalies included
-            assert np.all(np.isfinite(encoded)) and np.all(np.isfinite(log_jac)), (variant, scaling)
+            assert np.all(np.isfinite(encoded)), (variant, scaling)
+            # Zero probability only where a value is off its column's grid (a few `6_cardio`
+            # anomalies), never for an inlier.
+            off = enc.off_grid_rows(enc.schema_.check(frame)).any(axis=1)
+            assert np.array_equal(log_jac == -np.inf, off), (variant, scaling)
+            assert np.all(np.isfinite(log_jac[~off])) and not off[y == 0].any(), (variant, scaling)
         kinds[variant] = [spec.kind for spec in enc.schema_.columns]
         n_codes = sum(kind != "continuous" for kind in kinds[variant])
         assert np.count_nonzero(enc.dequantization_width_) == n_codes
@@ -635,3 +640,63 @@ def test_transform_records_rejects_as_the_frame_path_does() -> None:
 
 def _no_frame(*args: object, **kwargs: object) -> pd.DataFrame:
     raise AssertionError("the records path built a DataFrame")
+
+
+# ----------------------------------------------------------------- values off the grid
+def grid_frame(n: int = 300, seed: int = 0) -> pd.DataFrame:
+    """An integer count, a 0/1 flag, a step-0.5 grid, levels off any grid and a float."""
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({
+        "count": rng.poisson(3, n),
+        "flag": rng.integers(0, 2, n),
+        "halves": rng.integers(0, 8, n) * 0.5 + 10.0,
+        "levels": rng.choice([0.0, 1.0, 2.7], n),  # 3 levels, not on a regular grid
+        "constant": np.full(n, 7.0),  # one level: its unit cell is a convention, not a grid
+        "x": rng.normal(size=n),
+    })
+
+
+def test_a_value_between_grid_points_has_zero_probability() -> None:
+    df = grid_frame()
+    enc = TabularEncoder().fit(df)
+    # count, flag, halves, levels, constant
+    assert enc.on_grid_.tolist() == [True, True, True, False, False]
+    base = df.iloc[[0] * 9].reset_index(drop=True).astype({"count": float, "flag": float})
+    base.loc[1, "count"] += 0.5            # between two counts
+    base.loc[2, "flag"] = 0.5              # neither 0 nor 1
+    base.loc[3, "halves"] += 0.25          # between two half-steps
+    base.loc[4, "count"] = 40.0            # far beyond training, but on the grid
+    base.loc[5, "count"] += 1e-9           # float noise: on the grid
+    base.loc[6, "levels"] = 1.7            # a column without a grid: scored, not zero
+    base.loc[7, "flag"] = 2.0              # a third level of a 0/1 column: on the grid
+    base.loc[8, "constant"] = 7.3          # another value of a constant column: scored
+    x, log_jac = enc.transform(base)
+    expected_off = [False, True, True, True, False, False, False, False, False]
+    assert (log_jac == -np.inf).tolist() == expected_off
+    assert np.isfinite(log_jac[~np.array(expected_off)]).all() and np.isfinite(x).all()
+    assert log_jac[5] == log_jac[0]
+    # the records path (no frame) and the per-column split agree with it
+    records = json.loads(base.to_json(orient="records"))
+    assert np.array_equal(enc.transform_records(records)[1], log_jac)
+    per_column = enc.column_log_jacobians(base)
+    assert np.array_equal(per_column.sum(axis=1), log_jac)
+    names = list(enc.schema_.names)
+    for row, column in ((1, "count"), (2, "flag"), (3, "halves")):
+        assert per_column[row, names.index(column)] == -np.inf
+        others = np.delete(per_column[row], names.index(column))
+        assert np.isfinite(others).all()
+
+
+def test_encoders_saved_before_the_grid_rule_keep_scoring_as_saved(tmp_path: Path) -> None:
+    df = grid_frame()
+    enc = TabularEncoder().fit(df)
+    enc.save(tmp_path / "enc.skops")
+    assert TabularEncoder.load(tmp_path / "enc.skops").on_grid_.tolist() == enc.on_grid_.tolist()
+    state = sio.load(tmp_path / "enc.skops", trusted=sio.get_untrusted_types(
+        file=tmp_path / "enc.skops"))
+    del state["on_grid_"]
+    sio.dump(state, tmp_path / "old.skops")
+    old = TabularEncoder.load(tmp_path / "old.skops")
+    off = df.iloc[[0]].astype({"count": float}).assign(count=2.5)
+    assert not old.on_grid_.any() and np.isfinite(old.transform(off)[1]).all()
+    assert np.array_equal(old.transform(df)[1], enc.transform(df)[1])

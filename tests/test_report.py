@@ -120,3 +120,16 @@ def test_top_contributions_plot(tmp_path: Path) -> None:
     y, s = _data()
     write_report(tmp_path / "empty", y, s, threshold=0.0, contributions=contributions.iloc[:0])
     assert not (tmp_path / "empty" / "top_contributions.png").exists()
+
+
+def test_infinite_scores_rank_first_and_keep_the_metrics_exact() -> None:
+    """A record of zero density scores +inf; scikit-learn's metrics refuse infinity, so the
+    report ranks it just above every finite score (the order, and so the metrics, unchanged)."""
+    y = np.array([0, 0, 1, 0, 1, 1])
+    scores = np.array([1.0, 5.0, np.inf, -np.inf, 4.0, np.inf])
+    metrics = evaluation_metrics(y, scores, threshold=4.5)
+    # independent: pairs (anomaly, normal) ordered correctly, ties half; normals 1, 5, -inf
+    pairs = [(a, n) for a in scores[y == 1] for n in scores[y == 0]]
+    expected = np.mean([1.0 if a > n else 0.5 if a == n else 0.0 for a, n in pairs])
+    assert metrics["roc_auc"] == pytest.approx(expected)
+    assert metrics["n_flagged"] == 3 and metrics["true_positives"] == 2

@@ -162,6 +162,25 @@ def test_unseen_category_is_scored_and_reported(client):
     assert response.json()["unknown_categories"] == {"channel": 1}
 
 
+
+def test_a_value_between_grid_points_is_flagged_with_zero_density(client):
+    """``count`` took whole numbers in training: 2.5 lies in no cell, so the record has
+    probability zero; its score (+inf) is written as null, and it is flagged, explained too."""
+    body = records(3)
+    body[1]["count"] = 2.5
+    response = client.post("/score?explain=true&top=2", json=body)
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert results[1]["score"] is None and results[1]["is_anomaly"] is True
+    n_calibration = len(client.detector.calibration_scores_)
+    assert results[1]["p_value"] == pytest.approx(1 / (n_calibration + 1))
+    assert results[1]["contributions"][0]["column"] == "count"
+    assert results[1]["contributions"][0]["contribution"] is None  # +inf
+    assert results[1]["contributions"][1]["contribution"] is not None
+    frame = mixed_frame(3, seed=1).drop(columns=["id"])
+    expected = client.detector.decision_function(frame)
+    assert [results[i]["score"] for i in (0, 2)] == pytest.approx(expected[[0, 2]], abs=1e-9)
+
 def test_model_endpoint(client):
     response = client.get("/model")
     assert response.status_code == 200, response.text
