@@ -227,8 +227,9 @@ def plot_training_curve(history: Sequence[Mapping[str, Any]],
 
 def plot_top_contributions(contributions: pd.DataFrame,
                            path: str | os.PathLike[str]) -> Path:
-    """The columns that contributed most to the scores of the flagged records: mean
-    contribution per column (nats, from ``Detector.explain``) and how many records it tops.
+    """The columns that contributed most to the scores of the flagged records: mean finite
+    contribution per column (nats, from ``Detector.explain``), how many records it tops, and in
+    how many its value was off the column's grid (an infinite contribution).
 
     Arguments:
         contributions: one row per flagged record, one column per input column.
@@ -236,13 +237,18 @@ def plot_top_contributions(contributions: pd.DataFrame,
     """
     if contributions.empty:
         raise ValueError("no contributions to plot")
-    mean = contributions.mean().sort_values(ascending=False).head(MAX_PLOTTED_COLUMNS)
+    # +inf: the column's value is off its grid (zero probability); counted, not averaged
+    impossible = np.isposinf(contributions).sum()
+    mean = (contributions.replace(np.inf, np.nan).mean().fillna(0.0)
+            .sort_values(ascending=False).head(MAX_PLOTTED_COLUMNS))
     first = contributions.idxmax(axis=1).value_counts()
     fig = Figure(figsize=(8, 0.8 + 0.35 * len(mean)))
     ax = fig.subplots()
     ax.barh(range(len(mean)), mean.to_numpy(), color="tab:red")
-    ax.set_yticks(range(len(mean)),
-                  [f"{name}  (top in {first.get(name, 0)})" for name in mean.index])
+    ax.set_yticks(range(len(mean)), [
+        f"{name}  (top in {first.get(name, 0)}"
+        + (f"; off its grid in {impossible[name]})" if impossible[name] else ")")
+        for name in mean.index])
     ax.invert_yaxis()  # largest first
     ax.axvline(0, color="grey", linewidth=0.8)
     ax.set_xlabel("mean contribution to -log p (nats, from a typical record)")

@@ -118,11 +118,15 @@ def observe_many(histogram: Any, values: np.ndarray) -> None:
     1000-record request cost ~10 ms. This reaches the same per-bucket values
     (``Histogram._buckets`` / ``_sum``, as ``observe`` does) with one write per bucket. If a
     future prometheus_client renames them, it falls back to observing one by one.
+
+    An infinite score (a record of zero density) is counted in the ``+Inf`` bucket but left out
+    of ``_sum``: one would make the sum infinite for the life of the process, and every mean
+    score on the dashboard (``rate(_sum) / rate(_count)``) NaN from then on.
     """
     buckets, total = getattr(histogram, "_buckets", None), getattr(histogram, "_sum", None)
     bounds = getattr(histogram, "_upper_bounds", None)
     if buckets is None or total is None or bounds is None:
-        for value in values:
+        for value in values[np.isfinite(values)]:  # no public way to skip only the sum
             histogram.observe(float(value))
         return
     # observe() puts a value in the first bucket whose upper bound is >= the value
@@ -130,7 +134,7 @@ def observe_many(histogram: Any, values: np.ndarray) -> None:
     for bucket, count in zip(buckets, counts[: len(bounds)], strict=True):
         if count:
             bucket.inc(int(count))
-    total.inc(float(np.sum(values)))
+    total.inc(float(np.sum(values[np.isfinite(values)])))
 
 
 def score_buckets(quantile_values: np.ndarray) -> tuple[float, ...]:

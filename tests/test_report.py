@@ -133,3 +133,13 @@ def test_infinite_scores_rank_first_and_keep_the_metrics_exact() -> None:
     expected = np.mean([1.0 if a > n else 0.5 if a == n else 0.0 for a, n in pairs])
     assert metrics["roc_auc"] == pytest.approx(expected)
     assert metrics["n_flagged"] == 3 and metrics["true_positives"] == 2
+
+
+def test_contributions_of_values_off_their_grid_are_counted_not_averaged(tmp_path: Path) -> None:
+    import warnings
+
+    contributions = pd.DataFrame({"a": [0.2, np.inf, 1.0], "b": [1.0, -0.1, np.inf]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an infinite bar made matplotlib warn (NaN transforms)
+        path = plot_top_contributions(contributions, tmp_path / "top.png")
+    assert path.read_bytes().startswith(PNG_MAGIC)

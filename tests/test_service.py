@@ -346,6 +346,19 @@ def test_observe_many_matches_one_by_one_observations():
     assert samples["one"] == pytest.approx(samples["many"])
 
 
+def test_an_infinite_score_is_counted_but_leaves_the_sum_finite():
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from service.metrics import observe_many
+
+    registry = CollectorRegistry()
+    histogram = Histogram("scores", "", buckets=(0.0, 1.0), registry=registry)
+    observe_many(histogram, np.array([0.5, np.inf, 2.0]))
+    samples = {(s.name, s.labels.get("le")): s.value for s in next(registry.collect()).samples}
+    assert samples[("scores_count", None)] == 3 and samples[("scores_bucket", "+Inf")] == 3
+    assert samples[("scores_bucket", "1.0")] == 1 and samples[("scores_sum", None)] == 2.5
+
+
 # ------------------------------------------------------------ hostile input and faults
 def _scored(client) -> float:
     """flowad_records_scored_total summed over models, from /metrics."""
