@@ -8,6 +8,9 @@ and a score ``s`` is flagged when ``s > threshold``. The p-value of ``s`` is
 false-positive rate is at most ``alpha``, and ``s > threshold`` exactly when ``p(s) <= alpha``.
 
 The sorted calibration scores are kept as the reference distribution for drift monitoring.
+A score of ``+inf`` (a record of zero density: a value off its column's grid) is a score like
+any other here: it ranks above every finite one, and calibration rows hold such records as often
+as new ones do. NaN and ``-inf`` are errors.
 """
 
 from __future__ import annotations
@@ -40,9 +43,9 @@ def _calibration_scores(scores: ArrayLike) -> NDArray[np.float64]:
         raise ValueError(f"calibration scores must be 1-D, got shape {s.shape}")
     if s.size == 0:
         raise ValueError("calibration scores are empty")
-    bad = ~np.isfinite(s)
+    bad = np.isnan(s) | (s == -np.inf)
     if bad.any():
-        raise ValueError(f"{int(bad.sum())}/{s.size} calibration scores are not finite")
+        raise ValueError(f"{int(bad.sum())}/{s.size} calibration scores are NaN or -inf")
     return s
 
 
@@ -181,8 +184,10 @@ class Calibrator:
             "target_fpr": float(self.target_fpr),
             "n": self.n_,
             "threshold": "inf" if math.isinf(self.threshold_) else self.threshold_,
-            # Python floats: json writes them with repr, which round-trips float64 exactly.
-            "reference_scores": self.reference_scores_.tolist(),
+            # Python floats: json writes them with repr, which round-trips float64 exactly;
+            # +inf (zero density) as the string "inf", as the threshold.
+            "reference_scores": [s if math.isfinite(s) else "inf"
+                                 for s in self.reference_scores_.tolist()],
         }
 
     @classmethod
@@ -191,7 +196,8 @@ class Calibrator:
         version = state.get("format_version")
         if version != _FORMAT_VERSION:
             raise ValueError(f"unsupported calibrator format_version {version!r}")
-        cal = cls(target_fpr=state["target_fpr"]).fit(state["reference_scores"])
+        cal = cls(target_fpr=state["target_fpr"]).fit(
+            [float(s) for s in state["reference_scores"]])
         # Refitting recomputes the threshold; a mismatch means the state was edited or corrupted.
         if cal.n_ != state["n"] or cal.threshold_ != float(state["threshold"]):
             raise ValueError(

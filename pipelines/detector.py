@@ -320,6 +320,10 @@ class Detector(OutlierMixin, BaseEstimator):
 
         train_lower, train_log_jacobian = self.encoder_.transform(train, offset=0.0)
         val_x, val_log_jacobian = self.encoder_.transform(val)
+        # A validation row off a column's grid (never a training row: the grid is theirs) has
+        # zero probability whatever the flow: it says nothing about the fit, so it is left out.
+        on_grid = np.isfinite(val_log_jacobian)
+        val_x, val_log_jacobian = val_x[on_grid], val_log_jacobian[on_grid]
         config = default_train_config(
             len(train), seed=self.random_state, progress=self.progress,
             **{**default_train_options(self.model), **(self.train_options or {})},

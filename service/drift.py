@@ -27,7 +27,10 @@ def population_stability_index(reference: np.ndarray, observed: np.ndarray) -> f
 
     Common reading: < 0.1 stable, 0.1-0.2 moderate shift, > 0.2 significant shift.
     """
-    edges = np.unique(np.quantile(reference, PSI_BIN_PROBABILITIES))
+    # finite edges only: deciles among +inf scores (zero density) are inf or NaN
+    with np.errstate(invalid="ignore"):  # inf - inf between two infinite deciles
+        edges = np.quantile(reference, PSI_BIN_PROBABILITIES)
+    edges = np.unique(edges[np.isfinite(edges)])
     bins = np.concatenate([[-np.inf], edges, [np.inf]])
     r = np.histogram(reference, bins)[0] / len(reference)
     o = np.histogram(observed, bins)[0] / len(observed)

@@ -146,6 +146,23 @@ def test_infinite_threshold_round_trips() -> None:
     assert Calibrator.from_dict(state).threshold_ == math.inf
 
 
+@pytest.mark.parametrize("n_infinite", [1, 3, 30])
+def test_zero_density_calibration_scores_are_scores_like_any_other(n_infinite: int) -> None:
+    """+inf (a calibration record off its column's grid) ranks above every finite score: the
+    threshold and p-values follow the definitions, and state round-trips through strict JSON."""
+    rng = np.random.default_rng(n_infinite)
+    scores = np.concatenate([rng.normal(size=97), np.full(n_infinite, math.inf)])
+    for percent in (1, 5, 41):
+        cal = Calibrator(percent / 100).fit(scores)
+        assert cal.threshold_ == brute_threshold(scores.tolist(), percent)
+    probe = np.array([-1.0, 0.0, 2.5, 1e300, math.inf])
+    expected = [brute_p_value(scores.tolist(), s) for s in probe]
+    np.testing.assert_allclose(cal.p_values(probe), expected, rtol=0, atol=1e-15)
+    back = Calibrator.from_dict(json.loads(json.dumps(cal.to_dict(), allow_nan=False)))
+    np.testing.assert_array_equal(back.reference_scores_, cal.reference_scores_)
+    assert back.threshold_ == cal.threshold_
+
+
 def test_from_dict_rejects_inconsistent_state() -> None:
     state = Calibrator(0.05).fit(np.arange(100.0)).to_dict()
     with pytest.raises(ValueError, match="inconsistent"):
@@ -154,7 +171,7 @@ def test_from_dict_rejects_inconsistent_state() -> None:
         Calibrator.from_dict({**state, "format_version": 99})
 
 
-@pytest.mark.parametrize("bad", [[], [1.0, math.nan], [1.0, math.inf], [[1.0, 2.0]]])
+@pytest.mark.parametrize("bad", [[], [1.0, math.nan], [1.0, -math.inf], [[1.0, 2.0]]])
 def test_rejects_bad_calibration_scores(bad: list) -> None:
     with pytest.raises(ValueError):
         Calibrator().fit(bad)
