@@ -46,8 +46,9 @@ FORMAT_VERSION = 2
 
 
 class SmallCalibrationWarning(UserWarning):
-    """Too few calibration rows for the target false-positive rate: the conformal threshold is
-    +inf, so the detector can never flag a record."""
+    """Too few calibration rows for the target false-positive rate (or at least that share of
+    them of zero density): the conformal threshold is +inf, so the detector can never flag a
+    record."""
 
 
 def json_safe(value: Any) -> Any:
@@ -282,8 +283,8 @@ class Detector(OutlierMixin, BaseEstimator):
                 process calling ``fit`` on the same records; None: this process alone.
 
         Warns:
-            SmallCalibrationWarning: too few calibration rows for ``target_fpr``: the
-                threshold is +inf and the detector never flags a record.
+            SmallCalibrationWarning: too few calibration rows for ``target_fpr`` (or too many
+                of zero density): the threshold is +inf and the detector never flags a record.
         """
         start = time.perf_counter()
         data = as_frame(X).reset_index(drop=True)
@@ -649,11 +650,19 @@ class Detector(OutlierMixin, BaseEstimator):
     @property
     def calibration_warning(self) -> str | None:
         """Why this detector can never flag a record (too few calibration rows for its target
-        FPR), or None."""
+        FPR, or too many of them of zero density), or None."""
         check_is_fitted(self, "calibrator_")
         if self.calibrator_ is None or math.isfinite(self.threshold_):
             return None
-        return small_calibration_message(self.calibrator_.n_, self.target_fpr)
+        n = self.calibrator_.n_
+        if n < min_calibration_rows(self.target_fpr):
+            return small_calibration_message(n, self.target_fpr)
+        impossible = int(np.isposinf(self.calibrator_.reference_scores_).sum())
+        return (f"{impossible} of {n} calibration rows have zero density (a value between the "
+                f"grid points of a column that training saw only on a grid), at least the "
+                f"target FPR {self.target_fpr:g} of them, so the threshold is +inf and no record "
+                f"is ever flagged. Train on rows that show the values such columns take, or "
+                f"exclude those columns")
 
     def describe(self) -> dict[str, Any]:
         """What the detector is, as plain values: what ``GET /model`` and the model store's

@@ -166,3 +166,14 @@ def test_records_off_the_grid_in_validation_and_calibration_rows(tmp_path):
     verify_detector(loaded)
     np.testing.assert_array_equal(loaded.calibration_scores_, detector.calibration_scores_)
     assert loaded.threshold_ == detector.threshold_
+
+
+def test_too_many_calibration_rows_off_the_grid_say_so():
+    from pipelines.detector import SmallCalibrationWarning, split_rows
+
+    frame = mixed_frame(600, seed=3).drop(columns=["id"]).astype({"count": float})
+    _, _, calibration = split_rows(len(frame), (0.15, 0.2), 0)
+    frame.loc[calibration[:10], "count"] += 0.5  # 10 of 120 rows: above target FPR 0.05
+    with pytest.warns(SmallCalibrationWarning, match="10 of 120 calibration rows have zero"):
+        detector = Detector(target_fpr=0.05, train_options={"max_epochs": 2}).fit(frame)
+    assert detector.threshold_ == np.inf and not detector.describe()["calibration"]["can_flag"]
