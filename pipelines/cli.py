@@ -530,8 +530,11 @@ def retrain(
                           auc_tolerance=auc_tolerance)
         decision = run_retrain(frame, name, baseline=baseline, label=label, rules=rules,
                                progress=sys.stderr.isatty())
+    from pipelines.report import strict_json
+
     report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(json.dumps(decision.to_dict(), indent=2, default=float))
+    # strict JSON: a mean NLL is +inf when a held-out row has zero density under a model
+    report.write_text(json.dumps(strict_json(decision.to_dict()), indent=2, allow_nan=False))
     typer.echo(decision.summary())
     raise typer.Exit(0 if decision.promoted else 3)
 

@@ -174,3 +174,21 @@ def test_retrain_options_default_to_the_gate_rules():
     parameters = inspect.signature(retrain_command).parameters
     for field, default in GateRules().__dict__.items():
         assert parameters[field].default == default, field
+
+
+def test_the_retrain_report_is_strict_json_when_rows_have_zero_density(production, tmp_path):
+    """Half-counts in the new data are off production's grid: production's mean NLL of the
+    held-out rows is +inf, written as "inf", and the report parses as strict JSON."""
+    name, _ = production
+    fresh = mixed_frame(3000, seed=12).astype({"count": float})
+    fresh.loc[fresh.index[::10], "count"] += 0.5
+    fresh.to_csv(tmp_path / "fresh.csv", index=False)
+    result = CliRunner().invoke(app, ["retrain", str(tmp_path / "fresh.csv"), "--name", name,
+                                      "--report", str(tmp_path / "report.json")])
+    assert result.exit_code in (0, 3), result.output
+
+    def refuse(token: str) -> None:
+        raise ValueError(f"not strict JSON: {token}")
+
+    report = json.loads((tmp_path / "report.json").read_text(), parse_constant=refuse)
+    assert report["checks"]["nll"]["production"] == "inf"
