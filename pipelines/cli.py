@@ -216,7 +216,7 @@ def train(
             model.value, target_fpr=target_fpr, scaling=scaling.value, exclude=excluded,
             random_state=seed, atom_share=atom_share or None, train_options=train_options,
             flow_options={"members": members} if members else None,
-            progress=sys.stderr.isatty(),
+            progress=sys.stderr.isatty(), n_threads=None,  # --threads has set torch's count
         ).fit(frame, parallel=parallel)
         if parallel is not None and parallel.rank > 0:
             return  # the model is rank 0's to save: one run, one version

@@ -8,7 +8,8 @@ import json
 import math
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, replace
 from os import PathLike
 from pathlib import Path
@@ -168,6 +169,24 @@ def default_train_options(model: str) -> dict[str, Any]:
     return {}
 
 
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Runs the block with ``n`` torch CPU threads, then restores the count (None: unchanged).
+
+    Arguments:
+        n: the thread count, or None.
+    """
+    previous = torch.get_num_threads()
+    if n is None or n == previous:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def split_rows(n: int, fractions: tuple[float, float], seed: int) -> tuple[np.ndarray, ...]:
     """Seeded split of row positions into (train, validation, calibration)."""
     validation_fraction, calibration_fraction = fractions
@@ -210,6 +229,10 @@ class Detector(OutlierMixin, BaseEstimator):
             from).
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         progress: show a progress bar while training.
+        n_threads: torch CPU threads while fitting, restored afterwards; None: torch's own
+            setting. One by default: the default flows are small, a step took 2.5 ms on one
+            thread against 3.4 ms on two, and two threads beside a busy process spun, at
+            650 ms a step (``benchmarks/README.md``). Scoring uses the caller's setting.
 
     Fitted attributes:
         n_features_in_, feature_names_in_: the columns ``fit`` was given (an array's are named
@@ -244,6 +267,7 @@ class Detector(OutlierMixin, BaseEstimator):
         random_state: int = 0,
         device: str = "auto",
         progress: bool = False,
+        n_threads: int | None = 1,
     ) -> None:
         self.model = model
         self.target_fpr = target_fpr
@@ -257,6 +281,7 @@ class Detector(OutlierMixin, BaseEstimator):
         self.random_state = random_state
         self.device = device
         self.progress = progress
+        self.n_threads = n_threads
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
@@ -286,6 +311,12 @@ class Detector(OutlierMixin, BaseEstimator):
             SmallCalibrationWarning: too few calibration rows for ``target_fpr`` (or too many
                 of zero density): the threshold is +inf and the detector never flags a record.
         """
+        with torch_threads(self.n_threads):
+            return self._fit(X, calibration_data, parallel)
+
+    def _fit(self, X: pd.DataFrame | ArrayLike, calibration_data: pd.DataFrame | ArrayLike | None,
+             parallel: Parallel | None) -> Detector:
+        """:meth:`fit` under its thread count."""
         start = time.perf_counter()
         data = as_frame(X).reset_index(drop=True)
         if len(data) == 0:
@@ -370,7 +401,7 @@ class Detector(OutlierMixin, BaseEstimator):
             "recovered_nonfinite": sum(r.recovered_nonfinite for r in results),
             "fit_seconds": time.perf_counter() - start,
         }
-        self._warn_if_it_cannot_flag()
+        self._warn_if_it_cannot_flag(stacklevel=4)  # user -> fit -> _fit -> here
         return self
 
     def recalibrate(self, target_fpr: float) -> Detector:
@@ -411,10 +442,10 @@ class Detector(OutlierMixin, BaseEstimator):
         scores = getattr(self, "decision_scores_", None)  # a loaded detector has none
         self.labels_ = None if scores is None else calibrator.predict(scores).astype(np.int64)
 
-    def _warn_if_it_cannot_flag(self) -> None:
+    def _warn_if_it_cannot_flag(self, stacklevel: int = 3) -> None:
         message = self.calibration_warning
-        if message:
-            warnings.warn(message, SmallCalibrationWarning, stacklevel=3)
+        if message:  # stacklevel: the caller of the public method
+            warnings.warn(message, SmallCalibrationWarning, stacklevel=stacklevel)
 
     def _reference_sample(
         self, records: pd.DataFrame, scores: np.ndarray

@@ -138,8 +138,10 @@ def test_fit_leaves_the_global_torch_rng_alone_and_is_reproducible():
 
 def test_a_small_calibration_split_warns_with_the_minimum_rows():
     frame = mixed_frame(130, seed=4)  # 26 calibration rows, as in the wine example
-    with pytest.warns(SmallCalibrationWarning, match=r"only 26 calibration rows.*at least 99"):
+    with pytest.warns(SmallCalibrationWarning, match=r"only 26 calibration rows.*at least 99"
+                      ) as caught:
         detector = tiny(exclude=["id"], target_fpr=0.01).fit(frame)
+    assert caught[0].filename == __file__  # points at the caller's line, not flowad's
     assert min_calibration_rows(0.01) == 99
     assert math.isinf(detector.threshold_) and detector.predict(frame).sum() == 0
     about = detector.describe()

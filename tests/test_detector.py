@@ -177,3 +177,27 @@ def test_too_many_calibration_rows_off_the_grid_say_so():
     with pytest.warns(SmallCalibrationWarning, match="10 of 120 calibration rows have zero"):
         detector = Detector(target_fpr=0.05, train_options={"max_epochs": 2}).fit(frame)
     assert detector.threshold_ == np.inf and not detector.describe()["calibration"]["can_flag"]
+
+
+@pytest.mark.parametrize(("n_threads", "during"), [(1, 1), (None, 2)])
+def test_fit_trains_on_its_thread_count_and_restores_the_callers(monkeypatch, n_threads, during):
+    import torch
+
+    import pipelines.detector as detector_module
+
+    seen = []
+    original = detector_module.train_flow
+
+    def recording(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(detector_module, "train_flow", recording)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        Detector(n_threads=n_threads, train_options={"max_epochs": 1}).fit(
+            mixed_frame(300, seed=0))
+        assert seen == [during, during] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
