@@ -516,20 +516,28 @@ def retrain(
         help="Largest allowed rise of a column's missing rate.")] = 0.2,
     auc_tolerance: Annotated[float, typer.Option(help="Allowed ROC-AUC drop.")] = 0.01,
     max_rows: MaxRows = 1_000_000,
+    distributed: Annotated[bool, typer.Option(
+        "--distributed", help="Train the candidate data-parallel in the processes torchrun "
+        "started, as `train --distributed`; rank 0 saves, compares, promotes and writes the "
+        "report.")] = False,
 ) -> None:
     """Train a candidate on fresh DATA with production's configuration; promote it if it passes
     the gate. Exit status: 0 promoted, 3 rejected, other = failure."""
+    from pipelines.distributed import process_group
     from pipelines.lifecycle import GateRules
     from pipelines.lifecycle import retrain as run_retrain
 
-    with user_errors(), shown_warnings():
+    with user_errors(), shown_warnings(), (process_group() if distributed else nullcontext()
+                                           ) as parallel:
         frame = _training_sample(data, max_rows, seed=0, window_rows=window_rows)
         rules = GateRules(nll_margin=nll_margin, nll_confidence=nll_confidence,
                           nll_trim=nll_trim, max_production_fpr_ratio=max_production_fpr_ratio,
                           max_missing_rate_increase=max_missing_rate_increase,
                           auc_tolerance=auc_tolerance)
         decision = run_retrain(frame, name, baseline=baseline, label=label, rules=rules,
-                               progress=sys.stderr.isatty())
+                               progress=sys.stderr.isatty(), parallel=parallel)
+        if decision is None:
+            return  # a rank other than 0: its part was the training
     from pipelines.report import strict_json
 
     report.parent.mkdir(parents=True, exist_ok=True)

@@ -74,8 +74,8 @@ def process_group() -> Iterator[DataParallel]:
     """
     if not launched_by_torchrun():
         raise ValueError("--distributed needs the RANK, WORLD_SIZE and LOCAL_RANK that "
-                           "torchrun sets: torchrun --nproc_per_node N -m pipelines.cli train "
-                           "... --distributed")
+                         "torchrun sets: torchrun --nproc_per_node N -m pipelines.cli "
+                         "train|retrain ... --distributed")
     if torch.cuda.is_available():
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)  # so that the detector's "cuda" is this rank's GPU

@@ -46,6 +46,7 @@ from pipelines.calibration import conformal_fpr_interval
 from pipelines.detector import Detector, split_rows
 from pipelines.labels import parse_labels
 from pipelines.ranking import rankable_scores
+from pipelines.training import Parallel
 
 # Stand-in for an infinite or undefined NLL difference: finite, so that the trimmed mean and
 # its variance stay defined, and large, so that it counts as a record the model cannot explain.
@@ -240,7 +241,8 @@ def retrain(
     holdout_fraction: float = 0.2,
     seed: int = 0,
     progress: bool = False,
-) -> Decision:
+    parallel: Parallel | None = None,
+) -> Decision | None:
     """Trains a candidate with production's configuration on ``data`` and applies the gate.
 
     The candidate is saved either way (a rejected one can still be promoted by hand after
@@ -256,6 +258,9 @@ def retrain(
         holdout_fraction: share of ``data`` held out for the comparison.
         seed: seeds the hold-out split.
         progress: show the candidate's training progress bar.
+        parallel: data-parallel training of the candidate (:mod:`pipelines.distributed`),
+            every process calling this on the same data. Only rank 0 saves, compares and
+            promotes; the other ranks return None after training.
     """
     from pipelines import registry
     from pipelines.store import load_detector, save_detector
@@ -274,7 +279,9 @@ def retrain(
     if labels is not None:
         train = train[labels[train_rows] == 0]
     params = {**production.get_params(), "progress": progress}
-    candidate = Detector(**params).fit(train)
+    candidate = Detector(**params).fit(train, parallel=parallel)
+    if parallel is not None and parallel.rank > 0:
+        return None  # one candidate, one decision: rank 0's
     candidate_tag = save_detector(candidate, name)
 
     holdout = data.iloc[held_out_rows]
