@@ -78,6 +78,6 @@ class Flow(nn.Module):
         return self.base_log_prob(z) + log_det
 
     @torch.no_grad()
-    def sample(self, n: int) -> Tensor:
-        """Draws ``n`` samples, shape ``(n, dim)``."""
-        return self.forward(self.base_sample(n))[0]
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Draws ``n`` samples, shape ``(n, dim)``, from ``generator`` (None: the global RNG)."""
+        return self.forward(self.base_sample(n, generator))[0]

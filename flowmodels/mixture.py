@@ -43,8 +43,10 @@ class FlowMixture(nn.Module):
         return torch.logsumexp(per_component, dim=0) - math.log(len(self.components))
 
     @torch.no_grad()
-    def sample(self, n: int) -> Tensor:
-        """Draws ``n`` samples: a uniformly chosen component per row."""
-        samples = torch.stack([flow.sample(n) for flow in self.components])
-        which = torch.randint(len(self.components), (n,), device=samples.device)
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Draws ``n`` samples: a uniformly chosen component per row, all from ``generator``
+        (None: the global RNG)."""
+        samples = torch.stack([flow.sample(n, generator) for flow in self.components])
+        which = torch.randint(len(self.components), (n,), device=samples.device,
+                              generator=generator)
         return samples[which, torch.arange(n, device=samples.device)]

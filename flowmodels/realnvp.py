@@ -24,6 +24,34 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 
+def student_t_sample(df: Tensor, n: int, generator: torch.Generator | None = None) -> Tensor:
+    """``n`` draws of independent Student-t coordinates with degrees of freedom ``df`` (one
+    per coordinate), from uniforms only, so that a ``generator`` can drive them
+    (``torch.distributions.StudentT`` draws gammas from the global RNG).
+
+    Bailey's polar method (Bailey, "Polar generation of random variates with the
+    t-distribution", Mathematics of Computation 1994): ``(u, v)`` uniform on the unit disc,
+    ``w = u^2 + v^2``, then ``u * sqrt(df (w^(-2/df) - 1) / w)`` is exactly t-distributed.
+
+    Arguments:
+        df: ``(dim,)`` positive degrees of freedom.
+        n: the number of rows.
+        generator: the source of the uniforms (None: the global RNG).
+    """
+    shape = (n, len(df))
+    out = torch.empty(shape, dtype=df.dtype, device=df.device)
+    todo = torch.ones(shape, dtype=torch.bool, device=df.device)
+    while todo.any():  # each pair lands in the disc with probability pi/4
+        u, v = torch.rand((2, *shape), dtype=df.dtype, device=df.device,
+                          generator=generator) * 2 - 1
+        w = u * u + v * v
+        accept = todo & (w <= 1) & (w > 0)
+        t = u * torch.sqrt(df * (w.pow(-2 / df) - 1) / w)
+        out = torch.where(accept, t, out)
+        todo &= ~accept
+    return out
+
+
 class ActNorm(nn.Module):
     """Per-feature affine map ``y = (x - bias) * exp(-log_scale)``, initialised from data.
 
@@ -208,10 +236,10 @@ class RealNVP(Flow):
             return super().base_log_prob(z)
         return self._student().log_prob(z).sum(dim=-1)
 
-    def base_sample(self, n: int) -> Tensor:
+    def base_sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         if self.log_df is None:
-            return super().base_sample(n)
-        return self._student().sample((n,))
+            return super().base_sample(n, generator)
+        return student_t_sample(self.log_df.exp().detach(), n, generator)
 
     def inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
         log_det = x.new_zeros(len(x))

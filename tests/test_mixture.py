@@ -44,6 +44,14 @@ def test_samples_come_from_every_component_and_have_the_right_shape():
     assert torch.isfinite(mixture.log_prob(samples)).all()
 
 
+def test_sampling_from_a_generator_repeats_and_leaves_the_global_rng_alone():
+    mixture = make_mixture(2)
+    state = torch.get_rng_state()
+    first = mixture.sample(500, torch.Generator().manual_seed(3))
+    second = mixture.sample(500, torch.Generator().manual_seed(3))
+    assert torch.equal(first, second) and torch.equal(torch.get_rng_state(), state)
+
+
 def test_build_flow_members_and_state_dict_roundtrip():
     torch.manual_seed(0)
     mixture = build_flow("realnvp", 4, members=3, n_layers=2, hidden=8)
