@@ -1,4 +1,5 @@
-"""The ``/score`` request schema, written from the served model's training schema.
+"""The ``/score`` request schema, written from the served model's training schema, and the
+docs of the service's plain Starlette routes (``/score_file``, ``/model``).
 
 ``/docs.json`` then documents every column with its JSON type (so clients, and fuzzers such as
 schemathesis, know what a record looks like) instead of ``list[dict]``. The schema is that of
@@ -9,6 +10,7 @@ stays in :meth:`pipelines.schema.Schema.check`: the request is not parsed throug
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from pydantic import ConfigDict, Field, create_model
@@ -63,3 +65,83 @@ def served_schema(model: str) -> Schema | None:
         return Schema.from_dict(bentoml.models.get(tag).info.metadata["schema"])
     except Exception:  # any failure here only costs the docs their column types
         return None
+
+
+ERROR_BODY = {"application/json": {"schema": {"type": "object", "properties": {
+    "error": {"type": "string"}, "reason": {"type": "string"}}}}}
+
+# The plain Starlette routes of the service (BentoML documents its own APIs and mounted
+# FastAPI apps only).
+ROUTE_DOCS: dict[str, Any] = {
+    "/score_file": {"post": {
+        "tags": ["Service APIs"],
+        "summary": "Score an uploaded CSV or Parquet file",
+        "description": "All or nothing: one bad row rejects the file with the row named. The "
+                       "response is /score's, streamed.",
+        "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+            "type": "object", "required": ["file"],
+            "properties": {"file": {"type": "string", "format": "binary",
+                                    "description": "the table, a .csv or .parquet file"}},
+        }}}},
+        "responses": {
+            "200": {"description": "one verdict per row, in order",
+                    "content": {"application/json": {"schema": {"type": "object"}}}},
+            "400": {"description": "a malformed upload or a bad row", "content": ERROR_BODY},
+            "413": {"description": "over FLOWAD_MAX_FILE_BYTES or FLOWAD_MAX_FILE_ROWS",
+                    "content": ERROR_BODY},
+            "503": {"description": "no model loaded", "content": ERROR_BODY},
+        },
+    }},
+    "/model": {"get": {
+        "tags": ["Service APIs"],
+        "summary": "The served model: tag, threshold, calibration, schema, training metrics",
+        "responses": {
+            "200": {"description": "what GET /model says about the model",
+                    "content": {"application/json": {"schema": {"type": "object"}}}},
+            "503": {"description": "no model loaded", "content": ERROR_BODY},
+        },
+    }},
+}
+
+
+class DocumentRoutes:
+    """ASGI middleware that adds :data:`ROUTE_DOCS` to BentoML's ``GET /docs.json``.
+
+    Arguments:
+        app: the wrapped ASGI application.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if not (scope["type"] == "http" and scope.get("method") == "GET"
+                and scope.get("path") == "/docs.json"):
+            await self.app(scope, receive, send)
+            return
+        start: dict[str, Any] = {}
+        chunks: list[bytes] = []
+
+        async def patched(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+                return
+            if message["type"] != "http.response.body":
+                await send(message)
+                return
+            chunks.append(message.get("body", b""))
+            if message.get("more_body"):
+                return
+            body = b"".join(chunks)
+            if start.get("status") == 200:
+                spec = json.loads(body)
+                spec.setdefault("paths", {}).update(
+                    {path: doc for path, doc in ROUTE_DOCS.items() if path not in spec["paths"]})
+                body = json.dumps(spec).encode()
+            headers = [(key, value) for key, value in start.get("headers", [])
+                       if key.lower() != b"content-length"]
+            length = (b"content-length", str(len(body)).encode())
+            await send({**start, "headers": [*headers, length]})
+            await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, patched)

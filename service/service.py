@@ -61,7 +61,7 @@ from service.guard import (
     records_of,
     shape_error,
 )
-from service.openapi import record_model, served_schema
+from service.openapi import DocumentRoutes, record_model, served_schema
 from service.settings import Settings
 from service.uploads import UploadError, read_upload
 
@@ -646,6 +646,7 @@ def _known_path(path: str) -> bool:
 service_metrics.bound_endpoint_label(_known_path)  # in every process of both services
 Scorer.add_asgi_middleware(service_metrics.RestorePath)
 FlowadService.add_asgi_middleware(service_metrics.RestorePath)  # first: the others read paths
+FlowadService.add_asgi_middleware(DocumentRoutes)
 FlowadService.add_asgi_middleware(
     AdminAuth, paths=("/admin/reload",), token=SETTINGS.admin_token
 )

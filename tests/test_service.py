@@ -541,6 +541,17 @@ def test_docs_type_every_column_of_the_served_model(client):
     assert {"type": "null"} in properties["age"]["anyOf"]  # missing in training: nullable
 
 
+def test_docs_describe_the_file_upload_and_the_model_routes(client):
+    response = client.get("/docs.json")
+    assert response.status_code == 200
+    assert int(response.headers["content-length"]) == len(response.content)
+    paths = response.json()["paths"]
+    upload = paths["/score_file"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    assert upload["schema"]["required"] == ["file"]  # the part service/uploads.py reads
+    assert {"200", "400", "413"} <= set(paths["/score_file"]["post"]["responses"])
+    assert "get" in paths["/model"] and "post" in paths["/score"]
+
+
 def test_score_file_past_its_time_stops_and_counts_nothing(served, monkeypatch):
     module, test_client = served
     monkeypatch.setattr(module, "SETTINGS", dataclasses.replace(module.SETTINGS, file_seconds=0))
