@@ -7,9 +7,10 @@ once (a module-level cache; Spark reuses its Python workers between tasks) and s
 partition's Arrow batches with ``mapInPandas``. Executors need flowad installed (the same
 version as the driver), as any PySpark UDF needs its code.
 
-A record the model rejects fails the job; the message names the column, the partition and the
-row's position in it. :func:`write_scored` writes to a temporary path beside the target and
-renames it into place only when the job succeeded, so a failed job commits no output.
+A record the model rejects fails the job; the message names the column, the partition, the
+row's position in it and the file the row was read from. :func:`write_scored` writes to a
+temporary path beside the target and renames it into place only when the job succeeded, so a
+failed job commits no output.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql.types import StructType
 
+SOURCE_COLUMN = "__flowad_source_file"  # each row's input_file_name(), for error messages
 _loaded: dict[str, Detector] = {}  # archive name -> detector, per Python worker
 _exported: dict[str, Path] = {}  # tag -> archive, on the driver
 
@@ -95,13 +97,18 @@ def output_schema(df: DataFrame, explain_top: int = 0) -> StructType:
     return StructType(df.schema.fields + verdicts)
 
 
-def _in_partition(error: SchemaError, partition: int, start: int) -> SchemaError:
+def _in_partition(error: SchemaError, partition: int, start: int,
+                  sources: pd.Series) -> SchemaError:
     """``error``, raised on a batch that begins at row ``start`` of Spark partition
-    ``partition``, re-worded to name the row's position in the partition."""
+    ``partition``, re-worded to name the row's position in the partition and the file it was
+    read from (``sources``: the batch's ``input_file_name()``, empty when not from a file)."""
     located = error.in_file(start)
     if located.row is None:
         return SchemaError(f"partition {partition}: {located}", column=located.column)
     where = f"row {located.row} of partition {partition}"
+    source = sources.iloc[error.row] if error.row is not None else ""
+    if source:  # a partition can start inside a file: the row is counted in the partition
+        where += f" (read from {source})"
     if located.column is not None:
         where = f"column {shown(located.column)}, {where}"
     return SchemaError(f"{where}: {located.problem}", column=located.column, row=located.row,
@@ -140,13 +147,15 @@ def _scorer(archive_name: str, explain_top: int
         detector = _detector(archive_name)
         start = 0
         for batch in _without_small_batches(batches):
+            sources = batch.pop(SOURCE_COLUMN)
             try:
                 verdicts = detector.verdicts(batch)
                 if explain_top:
                     top = top_columns(detector.explain(batch), explain_top)
                     verdicts = pd.concat([verdicts, top], axis=1)
             except SchemaError as error:
-                raise _in_partition(error, TaskContext.get().partitionId(), start) from error
+                raise _in_partition(error, TaskContext.get().partitionId(), start,
+                                    sources) from error
             start += len(batch)
             yield pd.concat([batch, verdicts], axis=1)
 
@@ -167,12 +176,17 @@ def score(df: DataFrame, tag: str, *, explain_top: int = 0) -> DataFrame:
         tag: a model tag (``name`` for its production model, or ``name:version``).
         explain_top: contributions per row (0: none; ~1-3 ms a row).
     """
+    from pyspark.sql.functions import input_file_name
+
     from pipelines.store import load_verified
 
     load_verified(tag)
     archive = export_detector(tag)
     df.sparkSession.sparkContext.addFile(str(archive))
-    return df.mapInPandas(_scorer(archive.name, explain_top), output_schema(df, explain_top))
+    # each row's file, for the error that names a bad row; the scorer takes the column out
+    with_sources = df.withColumn(SOURCE_COLUMN, input_file_name())
+    return with_sources.mapInPandas(_scorer(archive.name, explain_top),
+                                    output_schema(df, explain_top))
 
 
 def session(master: str = "local[*]", app_name: str = "flowad") -> SparkSession:

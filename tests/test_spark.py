@@ -96,7 +96,8 @@ def test_a_bad_row_fails_the_job_naming_column_and_position_and_writes_nothing(
     output = tmp_path / "out" / "scored.parquet"
     output.parent.mkdir()
 
-    with pytest.raises(SchemaError, match=r"column 'b', row 700 of partition 0: .*missing"):
+    with pytest.raises(SchemaError, match=r"column 'b', row 700 of partition 0 \(read from "
+                       r"file:\S*bad\.parquet\): .*missing"):
         spark.write_scored(spark.score(spark.read(session, str(source)), tag), str(output))
     assert list(output.parent.iterdir()) == []  # neither the output nor a temporary directory
 
