@@ -56,6 +56,7 @@ class ByModel:
 class Metrics:
     records: Any
     anomalies: Any
+    zero_density: Any
     rejected: Any
     scores: Any
     p_values: Any
@@ -83,6 +84,10 @@ def metrics(score_buckets: tuple[float, ...]) -> Metrics:
         records=ByModel(Counter("flowad_records_scored", "Records scored.", MODEL_LABELS)),
         anomalies=ByModel(Counter("flowad_anomalies_flagged", "Records flagged as anomalies.",
                                   MODEL_LABELS)),
+        zero_density=ByModel(Counter(
+            "flowad_zero_density_records", "Records of zero density (a value between the grid "
+            "points of a column training saw only on a grid): score +inf, flagged.",
+            MODEL_LABELS)),
         rejected=ByModel(Counter(
             "flowad_requests_rejected", "Requests rejected with a 4xx.", [*MODEL_LABELS, "reason"]
         )),

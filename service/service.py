@@ -174,7 +174,12 @@ class Verdicts:
     def head(self, unknown: dict[str, int]) -> dict[str, Any]:
         """Everything in the response but the per-record results."""
         return {"model": self.tag, "threshold": self.threshold, "target_fpr": self.target_fpr,
-                "n": len(self), "unknown_categories": unknown}
+                "n": len(self), "unknown_categories": unknown,
+                "zero_density": self.zero_density()}
+
+    def zero_density(self) -> int:
+        """Records of zero density (score +inf: a value off its column's grid)."""
+        return int(np.isposinf(self.score).sum())
 
     def response(self, unknown: dict[str, int]) -> dict[str, Any]:
         """The ``/score`` body. orjson writes non-finite floats as null: JSON has no infinity,
@@ -194,7 +199,8 @@ def stream_body(parts: list[Verdicts], unknown: dict[str, int],
         unknown: unseen categories per column.
         rows: results per piece.
     """
-    head = {**parts[0].head(unknown), "n": sum(len(part) for part in parts)}
+    head = {**parts[0].head(unknown), "n": sum(len(part) for part in parts),
+            "zero_density": sum(part.zero_density() for part in parts)}
     yield orjson.dumps(head)[:-1] + b',"results":['
     comma = b""
     for part in parts:
@@ -600,6 +606,9 @@ class FlowadService:
         m.records.labels(tag).inc(len(scores))
         if flagged:
             m.anomalies.labels(tag).inc(flagged)
+        impossible = int(np.isposinf(scores).sum())
+        if impossible:  # a column's values left the grid training saw: data-quality news
+            m.zero_density.labels(tag).inc(impossible)
         service_metrics.observe_many(m.scores.labels(tag), scores)
         service_metrics.observe_many(m.p_values.labels(tag),
                                      verdicts.p_value.astype(np.float64))

@@ -168,9 +168,12 @@ def test_a_value_between_grid_points_is_flagged_with_zero_density(client):
     probability zero; its score (+inf) is written as null, and it is flagged, explained too."""
     body = records(3)
     body[1]["count"] = 2.5
+    before = _zero_density(client)
     response = client.post("/score?explain=true&top=2", json=body)
     assert response.status_code == 200, response.text
+    assert _zero_density(client) == before + 1  # flowad_zero_density_records_total
     results = response.json()["results"]
+    assert response.json()["zero_density"] == 1
     assert results[1]["score"] is None and results[1]["is_anomaly"] is True
     n_calibration = len(client.detector.calibration_scores_)
     assert results[1]["p_value"] == pytest.approx(1 / (n_calibration + 1))
@@ -180,6 +183,11 @@ def test_a_value_between_grid_points_is_flagged_with_zero_density(client):
     frame = mixed_frame(3, seed=1).drop(columns=["id"])
     expected = client.detector.decision_function(frame)
     assert [results[i]["score"] for i in (0, 2)] == pytest.approx(expected[[0, 2]], abs=1e-9)
+
+def _zero_density(client) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in client.get("/metrics").text.splitlines()
+               if line.startswith("flowad_zero_density_records_total{"))
+
 
 def test_model_endpoint(client):
     response = client.get("/model")

@@ -41,6 +41,7 @@ FLOWAD_METRICS: frozenset[str] = frozenset(
     {
         "flowad_records_scored_total",
         "flowad_anomalies_flagged_total",
+        "flowad_zero_density_records_total",
         "flowad_requests_rejected_total",
         "flowad_score",
         "flowad_reference_score_quantile",
