@@ -697,11 +697,12 @@ class TabularEncoder(BaseEstimator):
         Arguments:
             values: checked values (:meth:`Schema.check`).
         """
-        codes = self._discrete_codes(values)[:, self.on_grid_]
+        specs = self.schema_.of_kind("discrete", "binary")
+        out = np.zeros((_n_rows(values), len(specs)), dtype=bool)
         with np.errstate(invalid="ignore"):  # NaN (missing) compares False: not off the grid
-            off = np.abs(codes - np.round(codes)) > GRID_TOL
-        out = np.zeros((_n_rows(values), len(self.on_grid_)), dtype=bool)
-        out[:, self.on_grid_] = off
+            for j in np.flatnonzero(self.on_grid_):  # column by column: ~2 us each per record
+                code = (values[specs[j].name] - specs[j].min) / specs[j].step
+                out[:, j] = np.abs(code - np.rint(code)) > GRID_TOL
         return out
 
     def _discrete_codes(self, values: dict[str, NDArray[Any]]) -> NDArray[np.float64]:
