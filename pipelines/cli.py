@@ -538,11 +538,11 @@ def retrain(
                                progress=sys.stderr.isatty(), parallel=parallel)
         if decision is None:
             return  # a rank other than 0: its part was the training
-    from pipelines.report import strict_json
+    from pipelines.detector import json_safe
 
     report.parent.mkdir(parents=True, exist_ok=True)
     # strict JSON: a mean NLL is +inf when a held-out row has zero density under a model
-    report.write_text(json.dumps(strict_json(decision.to_dict()), indent=2, allow_nan=False))
+    report.write_text(json.dumps(json_safe(decision.to_dict()), indent=2, allow_nan=False))
     typer.echo(decision.summary())
     raise typer.Exit(0 if decision.promoted else 3)
 

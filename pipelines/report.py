@@ -33,7 +33,6 @@ __all__ = [
     "plot_score_histograms",
     "plot_top_contributions",
     "plot_training_curve",
-    "strict_json",
     "write_report",
 ]
 
@@ -57,24 +56,6 @@ def _inputs(y_true: ArrayLike, scores: ArrayLike) -> tuple[NDArray[np.int_], NDA
     if np.isnan(s).any():
         raise ValueError(f"{int(np.isnan(s).sum())} scores are NaN")
     return y.astype(int), s
-
-
-def strict_json(value: Any) -> Any:
-    """``value`` with every float made strict-JSON safe (:func:`_json_float`: NaN -> None,
-    +-inf -> "inf" / "-inf") and numpy scalars made plain, through dicts, lists and tuples.
-
-    Arguments:
-        value: nested plain and numpy values.
-    """
-    if isinstance(value, Mapping):
-        return {str(k): strict_json(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [strict_json(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float):
-        return _json_float(value)
-    return value
 
 
 def _json_float(v: float) -> float | str | None:
