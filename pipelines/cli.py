@@ -523,6 +523,7 @@ def retrain(
 ) -> None:
     """Train a candidate on fresh DATA with production's configuration; promote it if it passes
     the gate. Exit status: 0 promoted, 3 rejected, other = failure."""
+    from pipelines.detector import json_safe
     from pipelines.distributed import process_group
     from pipelines.lifecycle import GateRules
     from pipelines.lifecycle import retrain as run_retrain
@@ -538,8 +539,6 @@ def retrain(
                                progress=sys.stderr.isatty(), parallel=parallel)
         if decision is None:
             return  # a rank other than 0: its part was the training
-    from pipelines.detector import json_safe
-
     report.parent.mkdir(parents=True, exist_ok=True)
     # strict JSON: a mean NLL is +inf when a held-out row has zero density under a model
     report.write_text(json.dumps(json_safe(decision.to_dict()), indent=2, allow_nan=False))
