@@ -606,7 +606,7 @@ class FlowadService:
         m.records.labels(tag).inc(len(scores))
         if flagged:
             m.anomalies.labels(tag).inc(flagged)
-        impossible = int(np.isposinf(scores).sum())
+        impossible = verdicts.zero_density()
         if impossible:  # a column's values left the grid training saw: data-quality news
             m.zero_density.labels(tag).inc(impossible)
         service_metrics.observe_many(m.scores.labels(tag), scores)
