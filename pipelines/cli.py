@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -86,6 +88,14 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM (a scheduler's timeout, a pod's eviction, ``kill``) unwinds the command like an
+    error: a half-written output or model is removed on the way out. Python's default action
+    ends the process on the spot, leaving them behind."""
+    typer.echo(f"error: terminated by {signal.Signals(signum).name}", err=True)
+    raise SystemExit(128 + signum)
+
+
 @app.callback()
 def main(
     threads: Annotated[int, typer.Option(
@@ -97,6 +107,8 @@ def main(
     = False,
 ) -> None:
     """Anomaly detection with exact normalizing-flow likelihoods."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
     if threads > 0:
         import torch
 

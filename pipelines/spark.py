@@ -246,9 +246,9 @@ def write_scored(scored: DataFrame, output: str) -> None:
             writer.option("header", True).csv(temp.toString())
         else:
             writer.parquet(temp.toString())
-    except Exception as error:
+    except BaseException as error:  # SIGTERM too (the CLI turns it into SystemExit)
         filesystem.delete(temp, True)
-        rejected = _schema_error(error)
+        rejected = _schema_error(error) if isinstance(error, Exception) else None
         if rejected is not None:
             raise rejected from None  # Spark's Java and Python stack traces add nothing
         raise

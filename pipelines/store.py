@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import platform
 import shutil
-import socket
 import tempfile
 import warnings
 from pathlib import Path
@@ -34,6 +33,7 @@ from bentoml._internal.tag import Tag
 
 from pipelines import registry
 from pipelines.detector import Detector, json_safe, small_calibration_message
+from pipelines.processes import owner_is_gone, owner_tag
 
 MODULE = "flowad"
 DEFAULT_NAME = "flowad-detector"
@@ -83,28 +83,14 @@ def staging_root() -> Path:
     return Path(BentoMLContainer.bentoml_home.get()) / "flowad" / "tmp"
 
 
-def _staging_prefix(pid: int) -> str:
-    return f"save-{socket.gethostname()}-{pid}-"
+STAGING_PREFIX = "save-"
 
 
 def _remove_stale_staging() -> None:
     """Removes staging folders of this host's saves whose process is gone (killed mid-save)."""
-    root = staging_root()
-    host_prefix = _staging_prefix(0)[: -len("0-")]
-    for folder in root.glob(f"{host_prefix}*"):
-        pid = folder.name[len(host_prefix):].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+    for folder in staging_root().glob(f"{STAGING_PREFIX}*"):
+        if owner_is_gone(folder.name, STAGING_PREFIX):
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -145,7 +131,7 @@ def save_detector(detector: Detector, name: str = DEFAULT_NAME) -> str:
     metadata = {**detector.describe(), "versions": library_versions()}
     staging_root().mkdir(parents=True, exist_ok=True)
     _remove_stale_staging()
-    scratch = Path(tempfile.mkdtemp(prefix=_staging_prefix(os.getpid()), dir=staging_root()))
+    scratch = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{owner_tag()}-", dir=staging_root()))
     try:
         with bentoml.models.create(
             name, module=MODULE, labels={"kind": detector.model},

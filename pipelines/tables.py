@@ -8,6 +8,7 @@ reach). Files whose names start with ``.`` or ``_`` (``_SUCCESS``, ``.crc``) are
 
 from __future__ import annotations
 
+import glob
 import os
 import uuid
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from pipelines.processes import owner_is_gone, owner_tag
 from pipelines.schema import SchemaError
 
 CHUNK_ROWS = 50_000
@@ -175,8 +177,8 @@ class TableWriter:
 
     All or nothing: chunks go to a hidden temporary file beside the target, which replaces the
     target only when the ``with`` block ends without an error; on an error the temporary file
-    is removed and the target is left as it was. (A process killed with SIGKILL can leave the
-    hidden file, never a truncated target.)
+    is removed and the target is left as it was. A process killed with SIGKILL leaves its hidden
+    file, never a truncated target; the next writer of the same target on this host removes it.
 
     Arguments:
         path: the target ``.csv`` or ``.parquet`` file.
@@ -185,7 +187,11 @@ class TableWriter:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.format = table_format(path)
-        self.temp_path = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        prefix = f".{self.path.name}."
+        for stale in self.path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+            if owner_is_gone(stale.name, prefix):
+                stale.unlink(missing_ok=True)
+        self.temp_path = self.path.with_name(f"{prefix}{owner_tag()}-{uuid.uuid4().hex[:8]}.tmp")
         self._parquet: pq.ParquetWriter | None = None
         self._started = False
 

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from pipelines.processes import alive
+
 REJECTION_REASONS = ("malformed_json", "validation", "schema", "too_large", "empty",
                      "unscorable")
 # BentoML labels its request metrics with the raw path, so every random path a scanner tries
@@ -206,17 +208,7 @@ def forget_dead_processes(directory: str | None = None) -> list[int]:
     pids = {int(path.stem.rsplit("_", 1)[1])
             for path in Path(directory).glob("gauge_live*_*.db")
             if path.stem.rsplit("_", 1)[1].isdigit()}
-    dead = sorted(pid for pid in pids if not _alive(pid))
+    dead = sorted(pid for pid in pids if not alive(pid))
     for pid in dead:
         multiprocess.mark_process_dead(pid, directory)
     return dead
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: only checks that the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True

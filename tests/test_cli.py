@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -185,21 +186,59 @@ def test_score_shows_progress_when_asked(tag, labelled_csv, tmp_path):
     assert "1560/1560" in result.stderr
 
 
-def test_a_killed_score_never_leaves_a_truncated_output(tag, tmp_path):
-    big = pd.concat([mixed_frame(2000, seed=s).drop(columns=["id"]) for s in range(40)])
-    source, out = tmp_path / "big.csv", tmp_path / "out.csv"
-    big.to_csv(source, index=False)
+def _score_killed_while_writing(tag: str, tmp_path: Path, how: signal.Signals) -> int:
+    """Starts ``flowad score`` on a large file, sends ``how`` once its hidden output exists,
+    returns the exit status."""
+    source = tmp_path / "big.csv"
+    if not source.exists():
+        pd.concat([mixed_frame(2000, seed=s).drop(columns=["id"]) for s in range(40)]).to_csv(
+            source, index=False)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", "score", tag, str(source), "--output", str(out),
-         "--chunk-rows", "500", "--no-progress"], env=env, cwd=REPO)
+        [sys.executable, "-m", "pipelines.cli", "score", tag, str(source), "--output",
+         str(tmp_path / "out.csv"), "--chunk-rows", "500", "--no-progress"], env=env, cwd=REPO,
+        stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob(".out.csv.*.tmp")) and time.monotonic() < deadline:
         time.sleep(0.05)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
     assert list(tmp_path.glob(".out.csv.*.tmp")), "the score never started writing"
+    os.kill(process.pid, how)
+    _, stderr = process.communicate(timeout=60)
+    if how is signal.SIGTERM:
+        assert stderr.strip().endswith("error: terminated by SIGTERM"), stderr
+    return process.returncode
+
+
+def test_a_killed_score_never_leaves_a_truncated_output(tag, tmp_path):
+    out = tmp_path / "out.csv"
+    assert _score_killed_while_writing(tag, tmp_path, signal.SIGKILL) == -signal.SIGKILL
+    (leftover,) = tmp_path.glob(".out.csv.*.tmp")  # SIGKILL runs no cleanup
     assert not out.exists()
+    # The next score of the same target removes what the killed one left.
+    result = runner.invoke(app, ["score", tag, str(tmp_path / "big.csv"), "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    assert not leftover.exists() and not list(tmp_path.glob(".out.csv.*"))
+    assert len(pd.read_csv(out)) == 80_000
+
+
+def test_a_terminated_score_removes_its_partial_output(tag, tmp_path):
+    (tmp_path / "out.csv").write_text("the previous output\n")
+    assert _score_killed_while_writing(tag, tmp_path, signal.SIGTERM) == 128 + signal.SIGTERM
+    assert not list(tmp_path.glob(".out.csv.*"))
+    assert (tmp_path / "out.csv").read_text() == "the previous output\n"
+
+
+def test_a_hidden_output_of_a_live_process_is_left_alone(tmp_path):
+    from pipelines.processes import owner_tag
+    from pipelines.tables import TableWriter
+
+    live = tmp_path / f".out.csv.{owner_tag(os.getppid())}-0123abcd.tmp"
+    other_host = tmp_path / ".out.csv.some-other-host-1-0123abcd.tmp"
+    for path in (live, other_host):
+        path.write_text("being written")
+    with TableWriter(tmp_path / "out.csv") as writer:
+        writer.write(pd.DataFrame({"a": [1]}))
+    assert live.exists() and other_host.exists()
 
 
 def test_models_json_and_a_broken_entry(tag):
