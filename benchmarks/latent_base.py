@@ -40,6 +40,7 @@ from sklearn.preprocessing import StandardScaler
 
 from pipelines import protocol
 from pipelines.detector import Detector, as_frame, split_rows
+from pipelines.ranking import rankable_scores
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data/adbench"
 KDE_GRID = [(m, h, w) for m in (64, 256, 1024) for h in (0.3, 0.5, 0.7, 1.0, 1.5, 2.0)
@@ -83,8 +84,15 @@ def with_normal(log_q: torch.Tensor, z: torch.Tensor, w: float) -> torch.Tensor:
     return torch.logaddexp(normal(z) + math.log(w), log_q + math.log(1 - w))
 
 
-def run_one(X: np.ndarray, y: np.ndarray, seed: int) -> dict[str, Any]:
-    """Every variant's validation NLL, test ROC-AUC and FPR at 0.05 for one protocol run."""
+Encoded = dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+def fit_and_encode(X: np.ndarray, y: np.ndarray, seed: int
+                   ) -> tuple[Detector, Encoded, np.ndarray]:
+    """Fits the default detector on one protocol run's training split; returns it, the encoded
+    rows and log-Jacobians of its own training and validation rows (dequantised as in training)
+    and of the protocol's test and calibration splits (cell midpoints, as scoring does), and the
+    test labels."""
     train, cal, test, y_test = protocol.split(y, seed)
     scaler = StandardScaler().fit(X[train])
     detector = Detector("realnvp", random_state=seed, calibration_fraction=0.0)
@@ -106,6 +114,24 @@ def run_one(X: np.ndarray, y: np.ndarray, seed: int) -> dict[str, Any]:
         "test": encoder.transform(as_frame(scaler.transform(X[test]), columns)),
         "cal": encoder.transform(as_frame(scaler.transform(X[cal]), columns)),
     }
+    return detector, encoded, y_test
+
+
+def scores_of(log_p: dict[str, np.ndarray], y_test: np.ndarray) -> dict[str, float]:
+    """Validation NLLs (mean, 5%-trimmed, median), test ROC-AUC and the realised FPR at 0.05
+    of a density given by its log-densities on the validation, test and calibration rows."""
+    threshold = np.quantile(-log_p["cal"], 0.95)
+    val_nll = np.sort(-log_p["val"])
+    kept = val_nll[: len(val_nll) - math.floor(VALIDATION_TRIM * len(val_nll))]
+    return {"val": float(val_nll.mean()), "val_trimmed": float(kept.mean()),
+            "val_median": float(np.median(val_nll)),
+            "auc": float(roc_auc_score(y_test, rankable_scores(-log_p["test"]))),
+            "fpr": float(np.mean(-log_p["test"][y_test == 0] > threshold))}
+
+
+def run_one(X: np.ndarray, y: np.ndarray, seed: int) -> dict[str, Any]:
+    """Every variant's validation NLL, test ROC-AUC and FPR at 0.05 for one protocol run."""
+    detector, encoded, y_test = fit_and_encode(X, y, seed)
     members = detector.flow_.components
     latents = {}
     with torch.inference_mode():
@@ -120,13 +146,7 @@ def run_one(X: np.ndarray, y: np.ndarray, seed: int) -> dict[str, Any]:
                                       in zip(bases, latents[split], strict=True)])
             mixture = torch.logsumexp(per_member, 0) - math.log(len(bases))
             log_p[split] = mixture.numpy() + encoded[split][1]
-        threshold = np.quantile(-log_p["cal"], 0.95)
-        val_nll = np.sort(-log_p["val"])
-        kept = val_nll[: len(val_nll) - math.floor(VALIDATION_TRIM * len(val_nll))]
-        return {"val": float(val_nll.mean()), "val_trimmed": float(kept.mean()),
-                "val_median": float(np.median(val_nll)),
-                "auc": float(roc_auc_score(y_test, -log_p["test"])),
-                "fpr": float(np.mean(-log_p["test"][y_test == 0] > threshold))}
+        return scores_of(log_p, y_test)
 
     record: dict[str, Any] = {"seed": seed, "base": evaluate([normal] * len(members)),
                               "variants": []}
@@ -150,7 +170,10 @@ def run_one(X: np.ndarray, y: np.ndarray, seed: int) -> dict[str, Any]:
     return record
 
 
-def run(output: Path, datasets: list[str] | None) -> None:
+def run(output: Path, datasets: list[str] | None,
+        run_one: Callable[[np.ndarray, np.ndarray, int], dict[str, Any]] = run_one) -> None:
+    """Runs ``run_one`` on every dataset and seed of the one-class protocol, appending each
+    record to ``output`` (a rerun resumes where it stopped)."""
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", module="sklearn")  # EM's convergence warnings
     records = json.loads(output.read_text()) if output.exists() else []
@@ -168,7 +191,8 @@ def run(output: Path, datasets: list[str] | None) -> None:
             print(path.stem, seed, records[-1]["base"], best, flush=True)
 
 
-def summarize(paths: list[Path]) -> str:
+def summarize(paths: list[Path],
+              families: dict[str, Callable[[dict[str, Any]], bool]] = FAMILIES) -> str:
     """Per validation criterion and family: mean test ROC-AUC and rank of 11 (bundled one-class
     baselines) of the variant each run's validation chose (seeds averaged per dataset)."""
     records = [r for p in paths for r in json.loads(p.read_text())]
@@ -181,7 +205,7 @@ def summarize(paths: list[Path]) -> str:
                   "| candidates | validation NLL vs trained flow | test ROC-AUC | rank of 11 | "
                   "mean abs(FPR - 0.05) |", "|---|---|---|---|---|"]
         per_dataset = {}
-        for family, keep in FAMILIES.items():
+        for family, keep in families.items():
             rows = []
             for r in records:
                 chosen = min([r["base"], *(v for v in r["variants"] if keep(v))],
