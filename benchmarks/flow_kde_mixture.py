@@ -11,7 +11,7 @@ Run (one-class protocol, one thread, ~5 min per half of the datasets)::
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/flow_kde_mixture.py run OUT.json [--datasets a,b]
     PYTHONPATH=$PWD .venv/bin/python benchmarks/flow_kde_mixture.py summarize OUT.json [OUT2.json]
-    PYTHONPATH=$PWD .venv/bin/python benchmarks/flow_kde_mixture.py kde-alone OUT.json
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/flow_kde_mixture.py fixed-weights OUT.json
 
 Results: ``results/levers/flow_kde/``.
 """
@@ -77,24 +77,33 @@ def run_one(X: np.ndarray, y: np.ndarray, seed: int) -> dict[str, Any]:
     return record
 
 
-def kde_alone(paths: list[Path]) -> str:
-    """The KDE alone (``w = 0``, ``M`` and ``h`` chosen by mean validation NLL) beside the
-    trained flow, per dataset (seeds averaged): the likelihood and the ranking disagree."""
+def fixed_weights(paths: list[Path]) -> str:
+    """Each weight ``w`` on its own (``M`` and ``h`` chosen by mean validation NLL, the trained
+    flow not a candidate), and the KDE alone (``w = 0``) beside the flow per dataset: the
+    likelihood and the ranking disagree."""
     records = [r for p in paths for r in json.loads(p.read_text())]
-    rows = []
-    for r in records:
-        chosen = min((v for v in r["variants"] if v["w"] == 0), key=lambda v: v["val"])
-        rows.append({"dataset": r["dataset"], "flow val NLL": r["base"]["val"],
-                     "KDE val NLL": chosen["val"], "flow ROC-AUC": r["base"]["auc"],
-                     "KDE ROC-AUC": chosen["auc"], "KDE h": chosen["h"], "KDE M": chosen["M"]})
-    table = pd.DataFrame(rows).groupby("dataset").mean()
     baselines = pd.DataFrame(protocol.load_bundled_baselines("one-class"))
-    ranked = baselines.groupby(["dataset", "detector"]).roc_auc.mean().unstack()[
-        list(protocol.BASELINE_DETECTORS)].loc[table.index]
-    ranked["encoded KDE"] = table["KDE ROC-AUC"]  # beside the baselines, their KDE included
-    rank = ranked.rank(axis=1, ascending=False).mean()["encoded KDE"]
-    return (f"{table.round(3).to_string()}\n\nmean:\n{table.mean().round(4).to_string()}\n"
-            f"KDE alone, rank of 11: {rank:.2f}\n")
+    baseline_auc = baselines.groupby(["dataset", "detector"]).roc_auc.mean().unstack()[
+        list(protocol.BASELINE_DETECTORS)]
+    lines = ["| w | validation NLL vs trained flow | test ROC-AUC | rank of 11 |",
+             "|---|---|---|---|"]
+    for w in GRID_W:
+        rows = []
+        for r in records:
+            chosen = min((v for v in r["variants"] if v["w"] == w), key=lambda v: v["val"])
+            rows.append({"dataset": r["dataset"], "flow val NLL": r["base"]["val"],
+                         "val NLL": chosen["val"], "flow ROC-AUC": r["base"]["auc"],
+                         "ROC-AUC": chosen["auc"], "h": chosen["h"], "M": chosen["M"]})
+        table = pd.DataFrame(rows).groupby("dataset").mean()
+        ranked = baseline_auc.loc[table.index].copy()
+        ranked["mixture"] = table["ROC-AUC"]  # beside the baselines, their KDE included
+        rank = ranked.rank(axis=1, ascending=False).mean()["mixture"]
+        gap = (table["val NLL"] - table["flow val NLL"]).mean()
+        lines.append(f"| {w} | {gap:+.2f} | {table['ROC-AUC'].mean():.4f} | {rank:.2f} |")
+        if w == 0:
+            kde_alone = table
+    return "\n".join([*lines, "", "the KDE alone (w = 0) per dataset:",
+                      kde_alone.round(3).to_string()]) + "\n"
 
 
 if __name__ == "__main__":
@@ -102,7 +111,7 @@ if __name__ == "__main__":
     if command == "run":
         chosen = rest[rest.index("--datasets") + 1].split(",") if "--datasets" in rest else None
         run(Path(rest[0]), chosen, run_one)
-    elif command == "kde-alone":
-        print(kde_alone([Path(p) for p in rest]))
+    elif command == "fixed-weights":
+        print(fixed_weights([Path(p) for p in rest]))
     else:
         print(summarize([Path(p) for p in rest], FAMILIES))
