@@ -14,7 +14,8 @@ A model that fails to load or verify is never swapped in. It is logged and repor
 ``on_failure`` once per tag (not on every poll), and retried with exponential backoff (30 s,
 doubling, at most 5 min between tries) in case the failure was transient; a saved version never
 changes, so a model that failed its check keeps failing until the pointer names another tag,
-which is tried at the next poll.
+which is tried at the next poll. An operator's reload (``refresh(now=True)``) tries at once, and
+:meth:`ModelFollower.problem` says why the target is not being served.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class _Failure:
 
     attempts: int
     retry_at: float
+    error: str = ""
 
 
 class ModelFollower:
@@ -91,6 +93,8 @@ class ModelFollower:
         self._lock = threading.Lock()
         self._failures: dict[str, _Failure] = {}
         self._unresolved = False  # the production tag could not be read at the last poll
+        self._unresolved_error = ""
+        self._target = ""  # the tag the last refresh resolved
         try:  # nothing to fall back on at start: fail loudly
             self.current: LoadedModel = load_and_warm(self.target(), device)
         except Exception as error:
@@ -104,8 +108,13 @@ class ModelFollower:
         """The tag this process should serve now (a bare name: its production tag only)."""
         return registry.resolve(self.model, production_only=True)
 
-    def refresh(self) -> bool:
-        """Loads and swaps in the target model if it changed; True if it swapped."""
+    def refresh(self, *, now: bool = False) -> bool:
+        """Loads and swaps in the target model if it changed; True if it swapped.
+
+        Arguments:
+            now: try a target that is backing off after a failure at once (an operator's
+                reload), not when its backoff ends.
+        """
         with self._lock:  # one load at a time, whether from the poller or /admin/reload
             try:
                 tag = self.target()
@@ -113,7 +122,8 @@ class ModelFollower:
                 self._unresolvable(error)
                 return False
             self._unresolved = False  # the pointer reads again: a later failure is news
-            if tag == self.current.tag or not self._due(tag):
+            self._target = tag
+            if tag == self.current.tag or not (now or self._due(tag)):
                 return False
             try:
                 new = load_and_warm(tag, self.device)
@@ -127,6 +137,19 @@ class ModelFollower:
             self.on_swap(new, old)
             return True
 
+    def problem(self) -> str | None:
+        """Why this process is not serving its target model after the last refresh (None: it
+        is): the production tag cannot be read, or the target failed to load or verify."""
+        if self._unresolved:
+            return (f"cannot read the production tag of {self.model!r}: "
+                    f"{self._unresolved_error}; still serving {self.current.tag}")
+        failure = self._failures.get(self._target)
+        if self._target == self.current.tag or failure is None:
+            return None
+        return (f"{self._target} failed to load or verify ({failure.attempts} "
+                f"{'try' if failure.attempts == 1 else 'tries'}): {failure.error}; "
+                f"still serving {self.current.tag}")
+
     def _due(self, tag: str) -> bool:
         """False while ``tag`` is backing off after a failure."""
         failure = self._failures.get(tag)
@@ -135,6 +158,7 @@ class ModelFollower:
     def _unresolvable(self, error: Exception) -> None:
         """The production tag cannot be read (pointer removed, unreadable): logged and reported
         once until it reads again."""
+        self._unresolved_error = str(error)
         if not self._unresolved:
             log.error("cannot read the production tag of %r; keeping %s: %s", self.model,
                       self.current.tag, error)
@@ -154,6 +178,7 @@ class ModelFollower:
         else:
             log.debug("%s still fails (attempt %d): %s", tag, failure.attempts + 1, error)
         failure.attempts += 1
+        failure.error = str(error)
         delay = min(FIRST_BACKOFF_S * 2 ** (failure.attempts - 1), MAX_BACKOFF_S)
         failure.retry_at = self.clock() + delay
 

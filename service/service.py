@@ -287,10 +287,11 @@ class Scorer:
         )]
 
     @bentoml.api
-    def reload(self) -> str:
-        """Loads the production model now if it changed; returns the tag being served."""
-        self.follower.refresh()
-        return self.follower.current.tag
+    def reload(self) -> dict[str, Any]:
+        """Loads the production model now if it changed: ``{"model": the tag being served,
+        "problem": why the production model is not being served, or None}``."""
+        self.follower.refresh(now=True)
+        return {"model": self.follower.current.tag, "problem": self.follower.problem()}
 
 
 _front: FlowadService | None = None  # the worker's service instance, for the GET routes
@@ -504,17 +505,25 @@ class FlowadService:
         return self._score_checked(model, records)
 
     @bentoml.api(route="/admin/reload")
-    def admin_reload(self) -> dict[str, Any]:
+    def admin_reload(self, ctx: bentoml.Context) -> dict[str, Any]:
         """Loads the production model now (token-protected by ``AdminAuth``).
 
-        This worker and the scorer switch at once; other front-end workers follow at their
-        next poll.
+        This worker and the scorer switch at once, even to a model that failed before and is
+        backing off; other front-end workers follow at their next poll. If the production model
+        cannot be served (it fails to load or verify, or its pointer cannot be read), the answer
+        is a 409 saying why, and the model that was serving stays.
         """
         previous = self.tag
-        self.follower.refresh()
-        scorer_tag = self.scorer.reload() if SETTINGS.remote_scoring else self.tag
-        return {"model": self.tag, "previous": previous, "scorer_model": scorer_tag,
+        self.follower.refresh(now=True)
+        scorer = ({"model": self.tag, "problem": None} if not SETTINGS.remote_scoring
+                  else self.scorer.reload())
+        body = {"model": self.tag, "previous": previous, "scorer_model": scorer["model"],
                 "changed": self.tag != previous}
+        problems = [p for p in (self.follower.problem(), scorer["problem"]) if p]
+        if problems:
+            ctx.response.status_code = HTTPStatus.CONFLICT
+            body |= {"error": " / ".join(dict.fromkeys(problems)), "reason": "model_check"}
+        return body
 
     @staticmethod
     def _is_production(tag: str) -> bool:

@@ -41,6 +41,19 @@ def mixed_frame(n: int, seed: int = 0) -> pd.DataFrame:
     return frame
 
 
+def corrupt_weights(tag: str) -> bytes:
+    """Overwrites a saved model's weights with NaN (as a bad disk or a bad training run would);
+    returns the original bytes."""
+    import bentoml
+
+    path = Path(bentoml.models.get(tag).path_of("flow.pt"))
+    original = path.read_bytes()
+    state = torch.load(path, weights_only=True)
+    torch.save({k: v.fill_(float("nan")) if torch.is_tensor(v) and v.is_floating_point() else v
+                for k, v in state.items()}, path)
+    return original
+
+
 @pytest.fixture
 def adbench_dir() -> Path:
     if not ADBENCH.is_dir():

@@ -3,14 +3,14 @@ once, back off, never fall back to an unpromoted version, and log swaps where Be
 
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import bentoml
 import pytest
-import torch
-from conftest import REPO, mixed_frame
+from conftest import REPO, corrupt_weights, mixed_frame
 
 from pipelines import Detector, registry
 from pipelines.store import save_detector
@@ -35,17 +35,6 @@ class Clock:
         return self.now
 
 
-def _corrupt(tag: str) -> bytes:
-    """Overwrites a saved model's weights with NaN (as a bad disk or a bad training run would);
-    returns the original bytes."""
-    path = Path(bentoml.models.get(tag).path_of("flow.pt"))
-    original = path.read_bytes()
-    state = torch.load(path, weights_only=True)
-    torch.save({k: v.fill_(float("nan")) if torch.is_tensor(v) and v.is_floating_point() else v
-                for k, v in state.items()}, path)
-    return original
-
-
 def test_a_broken_model_is_not_swapped_in_and_reported_once(detectors, caplog):
     good = save_detector(detectors[0], "follow-broken")
     registry.promote(good)
@@ -54,7 +43,7 @@ def test_a_broken_model_is_not_swapped_in_and_reported_once(detectors, caplog):
     follower = ModelFollower("follow-broken", "cpu", on_failure=failures.append, clock=clock)
     bad = save_detector(detectors[1], "follow-broken")
     registry.promote(bad)  # passes its check, then its weights are corrupted on disk
-    original = _corrupt(bad)
+    original = corrupt_weights(bad)
     caplog.set_level(logging.INFO, logger="flowad")
     for _ in range(5):
         clock.now += FIRST_BACKOFF_S * 20  # past any backoff: every poll retries
@@ -65,13 +54,37 @@ def test_a_broken_model_is_not_swapped_in_and_reported_once(detectors, caplog):
     assert len(errors) == 1 and bad in errors[0].getMessage()
     assert "non-finite" in errors[0].getMessage()
 
+    assert re.fullmatch(rf"{bad} failed to load or verify \(5 tries\): .*non-finite values "
+                        rf"in flow tensors .*; still serving {good}", follower.problem())
+
     # Repaired (a transient fault): retried after the backoff, then swapped in and logged.
     Path(bentoml.models.get(bad).path_of("flow.pt")).write_bytes(original)
     assert follower.refresh() is False  # still backing off
+    assert follower.problem().startswith(f"{bad} failed to load or verify (5 tries)")
     clock.now += 600
     assert follower.refresh() is True and follower.current.tag == bad
+    assert follower.problem() is None
     assert any(f"now serving {bad}" in r.getMessage() and r.levelno == logging.INFO
                for r in caplog.records)
+
+
+def test_an_operators_reload_tries_a_failed_model_at_once(detectors):
+    good = save_detector(detectors[0], "follow-now")
+    registry.promote(good)
+    clock = Clock()
+    follower = ModelFollower("follow-now", "cpu", clock=clock)
+    assert follower.problem() is None
+    bad = save_detector(detectors[1], "follow-now")
+    registry.promote(bad)
+    original = corrupt_weights(bad)
+    assert follower.refresh() is False
+    assert follower.problem().startswith(f"{bad} failed to load or verify (1 try): ")
+    assert follower.refresh(now=True) is False  # tried again although backing off
+    assert follower.problem().startswith(f"{bad} failed to load or verify (2 tries): ")
+    Path(bentoml.models.get(bad).path_of("flow.pt")).write_bytes(original)
+    assert follower.refresh() is False  # the poller waits out the backoff
+    assert follower.refresh(now=True) is True and follower.current.tag == bad
+    assert follower.problem() is None
 
 
 def test_no_production_model_refuses_to_start_instead_of_serving_the_newest(detectors):
@@ -89,7 +102,7 @@ def test_no_production_model_refuses_to_start_instead_of_serving_the_newest(dete
 
 def test_a_failing_model_does_not_start_the_service(detectors):
     tag = save_detector(detectors[0], "follow-nan-start")
-    _corrupt(tag)
+    corrupt_weights(tag)
     with pytest.raises(ValueError, match="non-finite"):
         ModelFollower(tag, "cpu")
 

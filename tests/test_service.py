@@ -5,11 +5,12 @@ import importlib
 import io
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import mixed_frame
+from conftest import corrupt_weights, mixed_frame
 from starlette.testclient import TestClient
 
 from pipelines import Detector, registry
@@ -333,6 +334,36 @@ def test_reload_with_the_token_swaps_the_model(client):
     finally:
         registry.promote(client.tag)
         client.post("/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert client.post("/score", json=records(2)).json()["model"] == client.tag
+
+
+def test_reloading_a_broken_production_model_is_a_409_and_keeps_serving(client):
+    import bentoml
+
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    broken = save_detector(train(3), "service-test")
+    registry.promote(broken)
+    weights = Path(bentoml.models.get(broken).path_of("flow.pt"))
+    original = corrupt_weights(broken)
+    try:
+        response = client.post("/admin/reload", headers=auth)
+        assert response.status_code == 409, response.text
+        body = response.json()
+        assert body["reason"] == "model_check" and body["changed"] is False
+        assert body["model"] == body["scorer_model"] == client.tag
+        assert f"{broken} failed to load or verify (1 try): " in body["error"]
+        assert "non-finite values in flow tensors" in body["error"]
+        assert client.post("/score", json=records(2)).json()["model"] == client.tag
+        # Repaired: the operator's reload tries it at once, not after the poller's backoff.
+        weights.write_bytes(original)
+        response = client.post("/admin/reload", headers=auth)
+        assert response.status_code == 200, response.text
+        assert response.json()["model"] == broken and "error" not in response.json()
+        assert client.post("/score", json=records(2)).json()["model"] == broken
+    finally:
+        weights.write_bytes(original)
+        registry.promote(client.tag)
+        client.post("/admin/reload", headers=auth)
     assert client.post("/score", json=records(2)).json()["model"] == client.tag
 
 
