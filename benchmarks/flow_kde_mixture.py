@@ -9,7 +9,8 @@ is read afterwards (helpers shared with ``latent_base.py``).
 
 Run (one-class protocol, one thread, ~5 min per half of the datasets)::
 
-    PYTHONPATH=$PWD .venv/bin/python benchmarks/flow_kde_mixture.py run OUT.json [--datasets a,b]
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/flow_kde_mixture.py run OUT.json \
+        [--datasets a,b] [--data DIR]
     PYTHONPATH=$PWD .venv/bin/python benchmarks/flow_kde_mixture.py summarize OUT.json [OUT2.json]
     PYTHONPATH=$PWD .venv/bin/python benchmarks/flow_kde_mixture.py fixed-weights OUT.json
 
@@ -28,7 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from latent_base import fit_and_encode, kde, run, scores_of, summarize
+from latent_base import DATA, fit_and_encode, kde, run, scores_of, summarize
 
 from pipelines import protocol
 
@@ -110,7 +111,8 @@ if __name__ == "__main__":
     command, *rest = sys.argv[1:]
     if command == "run":
         chosen = rest[rest.index("--datasets") + 1].split(",") if "--datasets" in rest else None
-        run(Path(rest[0]), chosen, run_one)
+        data = Path(rest[rest.index("--data") + 1]) if "--data" in rest else DATA
+        run(Path(rest[0]), chosen, run_one, data)
     elif command == "fixed-weights":
         print(fixed_weights([Path(p) for p in rest]))
     else:

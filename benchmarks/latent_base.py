@@ -171,14 +171,15 @@ def run_one(X: np.ndarray, y: np.ndarray, seed: int) -> dict[str, Any]:
 
 
 def run(output: Path, datasets: list[str] | None,
-        run_one: Callable[[np.ndarray, np.ndarray, int], dict[str, Any]] = run_one) -> None:
-    """Runs ``run_one`` on every dataset and seed of the one-class protocol, appending each
-    record to ``output`` (a rerun resumes where it stopped)."""
+        run_one: Callable[[np.ndarray, np.ndarray, int], dict[str, Any]] = run_one,
+        data: Path = DATA) -> None:
+    """Runs ``run_one`` on every dataset (``*.npz`` in ``data``) and seed of the one-class
+    protocol, appending each record to ``output`` (a rerun resumes where it stopped)."""
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", module="sklearn")  # EM's convergence warnings
     records = json.loads(output.read_text()) if output.exists() else []
     done = {(r["dataset"], r["seed"]) for r in records}
-    for path in sorted(DATA.glob("*.npz"), key=lambda p: protocol.dataset_sort_key(p.stem)):
+    for path in sorted(data.glob("*.npz"), key=lambda p: protocol.dataset_sort_key(p.stem)):
         if datasets and path.stem not in datasets:
             continue
         X, y = protocol.load_npz(path)
