@@ -129,6 +129,26 @@ def user_errors() -> Iterator[None]:
 
 
 @contextmanager
+def rows_of(data: str, frame: pd.DataFrame) -> Iterator[None]:
+    """A :class:`SchemaError` about a row of ``frame`` (a sample of ``data`` whose index holds
+    the table's row numbers) re-worded to name the row of ``data``, and its CSV line."""
+    from pipelines.schema import SchemaError
+    from pipelines.tables import at_file_row, is_dataset
+
+    try:
+        yield
+    except SchemaError as error:
+        if error.row is None or error.problem is None:
+            raise
+        table_row = int(frame.index[error.row])
+        unlocated = SchemaError(error.problem, column=error.column, row=0, problem=error.problem)
+        if is_dataset(data):
+            raise SchemaError(f"{data}: {unlocated.in_file(table_row)}", column=error.column,
+                              row=table_row, problem=error.problem) from None
+        raise at_file_row(unlocated, table_row, data) from None
+
+
+@contextmanager
 def shown_warnings() -> Iterator[None]:
     """A warning about the model being made (e.g. a threshold that can never flag) as one
     ``warning: ...`` line on stderr, not Python's file-and-line format."""
@@ -229,7 +249,9 @@ def train(
             random_state=seed, atom_share=atom_share or None, train_options=train_options,
             flow_options={"members": members} if members else None,
             progress=sys.stderr.isatty(), n_threads=None,  # --threads has set torch's count
-        ).fit(frame, parallel=parallel)
+        )
+        with rows_of(data, frame):
+            detector.fit(frame, parallel=parallel)
         if parallel is not None and parallel.rank > 0:
             return  # the model is rank 0's to save: one run, one version
     tag = save_detector(detector, name)

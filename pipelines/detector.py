@@ -318,7 +318,8 @@ class Detector(OutlierMixin, BaseEstimator):
              parallel: Parallel | None) -> Detector:
         """:meth:`fit` under its thread count."""
         start = time.perf_counter()
-        data = as_frame(X).reset_index(drop=True)
+        given = as_frame(X)
+        data = given.reset_index(drop=True)
         if len(data) == 0:
             raise SchemaError("empty input: the training frame has 0 rows")
         cal_fraction = 0.0 if calibration_data is not None else self.calibration_fraction
@@ -338,7 +339,11 @@ class Detector(OutlierMixin, BaseEstimator):
         self.device_ = resolve_device(self.device)
         self.encoder_ = TabularEncoder(
             scaling=self.scaling, exclude=tuple(self.exclude), atom_share=self.atom_share
-        ).fit(train)
+        ).fit(train, schema_rows=given)
+        # Every row is checked before any training, named as the caller knows it (position and
+        # index label): the validation and calibration rows are scored later, and an error
+        # there would name a row of a random split of the caller's data.
+        self.encoder_.validate(given)
         self.n_encoded_features_ = self.encoder_.n_features_out_
         self.flow_options_ = {
             **default_flow_options(self.model, len(train)),
@@ -352,10 +357,6 @@ class Detector(OutlierMixin, BaseEstimator):
 
         train_lower, train_log_jacobian = self.encoder_.transform(train, offset=0.0)
         val_x, val_log_jacobian = self.encoder_.transform(val)
-        # A validation row off a column's grid (never a training row: the grid is theirs) has
-        # zero probability whatever the flow: it says nothing about the fit, so it is left out.
-        on_grid = np.isfinite(val_log_jacobian)
-        val_x, val_log_jacobian = val_x[on_grid], val_log_jacobian[on_grid]
         config = default_train_config(
             len(train), seed=self.random_state, progress=self.progress,
             **{**default_train_options(self.model), **(self.train_options or {})},

@@ -196,12 +196,17 @@ class TabularEncoder(BaseEstimator):
         self.atom_share = atom_share
 
     # ---------------------------------------------------------------------------------- fit
-    def fit(self, df: pd.DataFrame, y: Any = None) -> TabularEncoder:
+    def fit(self, df: pd.DataFrame, y: Any = None, *,
+            schema_rows: pd.DataFrame | None = None) -> TabularEncoder:
         """Infers the schema and fits the scalers on training records; returns ``self``.
 
         Arguments:
             df: training records (excluded columns may be present).
             y: ignored.
+            schema_rows: the records the schema is inferred from (column kinds, which columns
+                may be missing, categories, grids), when more than ``df``: the rows a detector
+                holds out of training for validation and calibration are training data too,
+                and a missing value there must not make its own training data invalid.
 
         Raises:
             SchemaError: empty frame, an all-missing column, inf, an unsupported dtype.
@@ -215,7 +220,8 @@ class TabularEncoder(BaseEstimator):
         if self.atom_share is not None and not 0 < self.atom_share <= 1:
             raise ValueError(f"atom_share must be in (0, 1] or None, got {self.atom_share}")
         schema = infer_schema(
-            df, exclude=self.exclude, max_discrete_levels=self.max_discrete_levels
+            df if schema_rows is None else schema_rows, exclude=self.exclude,
+            max_discrete_levels=self.max_discrete_levels,
         )
         values = schema.check(df)
         self.schema_ = schema

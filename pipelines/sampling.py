@@ -40,6 +40,9 @@ class Reservoir:
         self.rows_seen = 0
         self._rng = np.random.default_rng(seed)
         self._columns: dict[str, np.ndarray] = {}
+        # each sampled row's index label in its chunk (a table's row number: iter_table), so
+        # that an error about a sampled row can name the row of the table
+        self._labels = np.empty(max_rows, dtype=np.int64)
 
     def add(self, chunk: pd.DataFrame) -> None:
         """Offers the rows of ``chunk`` (in table order) to the sample.
@@ -55,6 +58,10 @@ class Reservoir:
                              f"{list(chunk.columns)} at row {self.rows_seen}")
         rows, slots = self._draw(len(chunk))
         self.rows_seen += len(chunk)
+        if pd.api.types.is_integer_dtype(chunk.index.dtype):
+            self._labels[slots] = chunk.index.to_numpy()[rows]
+        else:  # a chunk without row numbers: rows counted as they come
+            self._labels[slots] = self.rows_seen - len(chunk) + rows
         for name, target in self._columns.items():
             values = chunk[name].to_numpy()
             if values.dtype != target.dtype:  # e.g. ints, then a chunk with a missing value
@@ -80,7 +87,7 @@ class Reservoir:
         """The sampled rows (views of the reservoir: no copy)."""
         size = min(self.rows_seen, self.max_rows)
         return pd.DataFrame({name: column[:size] for name, column in self._columns.items()},
-                            copy=False)
+                            index=pd.Index(self._labels[:size]), copy=False)
 
 
 def sample_rows(chunks: Iterable[pd.DataFrame], max_rows: int = DEFAULT_MAX_ROWS,

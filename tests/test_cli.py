@@ -37,6 +37,21 @@ def tag(labelled_csv):
     return result.stdout.strip().splitlines()[-1]
 
 
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_a_bad_training_value_is_named_by_its_row_in_the_file(tmp_path, fmt):
+    frame = mixed_frame(1000, seed=0).assign(label=0)
+    frame.loc[5, "label"] = 1  # dropped before sampling: the sample's rows are not the file's
+    frame.loc[999, "amount"] = np.inf
+    path = tmp_path / f"train.{fmt}"
+    frame.to_csv(path, index=False) if fmt == "csv" else frame.to_parquet(path)
+    result = runner.invoke(app, ["train", str(path), "--exclude", "id", "--label", "label",
+                                 "--max-epochs", "1"])
+    assert result.exit_code == 2, result.output
+    line = " (line 1001 of the CSV)" if fmt == "csv" else ""
+    assert result.stderr.strip() == (f"error: {path}: column 'amount', row 999: infinite value "
+                                     f"inf is not allowed{line}")
+
+
 def test_train_prints_the_tag_and_models_lists_it(tag):
     assert tag.startswith("cli-test:")
     result = runner.invoke(app, ["models"], env={"COLUMNS": "250"})

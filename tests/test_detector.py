@@ -145,22 +145,44 @@ def test_default_flow_options_grow_realnvp_from_200k_rows_and_mix_two_flows():
 
 
 
-def test_records_off_the_grid_in_validation_and_calibration_rows(tmp_path):
-    """A held-out row whose ``count`` is between two training counts has zero density: fit
-    leaves it out of the validation NLL (it says nothing about the flow), calibrates with its
-    +inf score like any other, and the model saves, loads and verifies."""
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_every_row_given_to_fit_is_training_data_for_the_schema(seed):
+    """Missing values, or values between the others' grid points, that all fall in the rows
+    fit holds out for validation and calibration are part of the training data: they must not
+    make fit reject its own input, whatever the split."""
     from pipelines.detector import split_rows
-    from pipelines.store import verify_detector
 
     frame = mixed_frame(600, seed=3).drop(columns=["id"]).astype({"count": float})
-    _, validation, calibration = split_rows(len(frame), (0.15, 0.2), 0)
-    frame.loc[calibration[:2], "count"] += 0.5
-    frame.loc[validation[:40], "count"] += 0.5  # 45% of the validation rows: none trimmed away
-    detector = Detector(train_options={"max_epochs": 3}).fit(frame)
+    _, validation, calibration = split_rows(len(frame), (0.15, 0.2), seed)
+    held_out = [*validation[:1], *calibration[:2]]
+    frame.loc[held_out, "amount"] = np.nan
+    frame.loc[held_out, "count"] += 0.5
+    detector = Detector(random_state=seed, train_options={"max_epochs": 2}).fit(frame)
+    schema = {spec.name: spec for spec in detector.encoder_.schema_.columns}
+    assert schema["amount"].n_missing_train == 3 and schema["count"].step == 0.5
+    assert np.isfinite(detector.decision_function(frame.loc[held_out])).all()
     assert np.isfinite(detector.metrics_["val_nll"])
-    assert all(np.isfinite(h["val_nll"]) for h in detector.history_)
+
+
+def test_a_bad_training_value_is_named_by_the_callers_row():
+    frame = mixed_frame(600, seed=3).drop(columns=["id"]).set_axis(range(1000, 1600))
+    frame.iloc[300, frame.columns.get_loc("amount")] = np.inf
+    with pytest.raises(SchemaError, match=r"column 'amount', row 300 \(index label 1300\): inf"):
+        Detector(train_options={"max_epochs": 2}).fit(frame)
+
+
+def test_calibration_data_off_the_grid_calibrates_with_infinite_scores(tmp_path):
+    """Separate calibration records whose ``count`` is between two training counts have zero
+    density: they calibrate with their +inf scores like any others, and the model saves, loads
+    and verifies."""
+    from pipelines.store import verify_detector
+
+    frame = mixed_frame(900, seed=3).drop(columns=["id"])
+    calibration = mixed_frame(120, seed=4).drop(columns=["id"]).astype({"count": float})
+    calibration.loc[:1, "count"] += 0.5
+    detector = Detector(train_options={"max_epochs": 3}).fit(frame,
+                                                              calibration_data=calibration)
     assert np.isposinf(detector.calibration_scores_).sum() == 2
-    assert np.isposinf(detector.decision_scores_[calibration[:2]]).all()
     detector.save(tmp_path)
     loaded = Detector.load(tmp_path)
     verify_detector(loaded)
@@ -169,13 +191,14 @@ def test_records_off_the_grid_in_validation_and_calibration_rows(tmp_path):
 
 
 def test_too_many_calibration_rows_off_the_grid_say_so():
-    from pipelines.detector import SmallCalibrationWarning, split_rows
+    from pipelines.detector import SmallCalibrationWarning
 
-    frame = mixed_frame(600, seed=3).drop(columns=["id"]).astype({"count": float})
-    _, _, calibration = split_rows(len(frame), (0.15, 0.2), 0)
-    frame.loc[calibration[:10], "count"] += 0.5  # 10 of 120 rows: above target FPR 0.05
+    frame = mixed_frame(600, seed=3).drop(columns=["id"])
+    calibration = mixed_frame(120, seed=4).drop(columns=["id"]).astype({"count": float})
+    calibration.loc[:9, "count"] += 0.5  # 10 of 120 rows: above target FPR 0.05
     with pytest.warns(SmallCalibrationWarning, match="10 of 120 calibration rows have zero"):
-        detector = Detector(target_fpr=0.05, train_options={"max_epochs": 2}).fit(frame)
+        detector = Detector(target_fpr=0.05, train_options={"max_epochs": 2}).fit(
+            frame, calibration_data=calibration)
     assert detector.threshold_ == np.inf and not detector.describe()["calibration"]["can_flag"]
 
 
