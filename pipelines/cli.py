@@ -215,7 +215,7 @@ def train(
     atom_share: Annotated[float, typer.Option(
         help="A continuous value held by this share of rows is dequantised as a point mass; "
         "0 turns it off.")] = 0.01,
-    max_epochs: Annotated[int | None, typer.Option(help="Cap on training epochs.")] = None,
+    max_epochs: Annotated[int | None, typer.Option(help="Cap on training epochs.", min=1)] = None,
     objective: Objective = TrainObjective.likelihood,
     members: Annotated[int | None, typer.Option(
         help="Flows in an equal-weight mixture, each trained with its own seed "
@@ -240,7 +240,7 @@ def train(
         frame = _training_sample(data, max_rows, seed, label=label)
         excluded = [*(exclude or []), *([label] if label is not None else [])]
         train_options: dict[str, object] = {"objective": objective.value}
-        if max_epochs:
+        if max_epochs is not None:
             train_options["max_epochs"] = max_epochs
         if trim_share > 0:
             train_options["trim_share"] = trim_share

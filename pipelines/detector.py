@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 from numpy.typing import ArrayLike, NDArray
 from sklearn.base import BaseEstimator, OutlierMixin
+from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from flowmodels import Flow, FlowMixture, build_flow
@@ -171,13 +172,14 @@ def default_train_options(model: str) -> dict[str, Any]:
 
 @contextmanager
 def torch_threads(n: int | None) -> Iterator[None]:
-    """Runs the block with ``n`` torch CPU threads, then restores the count (None: unchanged).
+    """Runs the block with ``n`` torch CPU threads, then restores the count (None or 0:
+    unchanged, torch's own setting).
 
     Arguments:
         n: the thread count, or None.
     """
     previous = torch.get_num_threads()
-    if n is None or n == previous:
+    if not n or n == previous:
         yield
         return
     torch.set_num_threads(n)
@@ -226,11 +228,12 @@ class Detector(OutlierMixin, BaseEstimator):
             calibration (for benchmarks, which calibrate on a split of their own).
         random_state: seeds the split, initialisation, batching and dequantisation noise
             (through generators of its own: the global torch RNG is neither seeded nor drawn
-            from).
-        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+            from); None or a ``numpy.random.RandomState``: a seed drawn from it at each fit,
+            as scikit-learn does (``metrics_["seed"]`` records it).
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"`` (an error if CUDA is not available).
         progress: show a progress bar while training.
-        n_threads: torch CPU threads while fitting, restored afterwards; None: torch's own
-            setting. One by default: the default flows are small, a step took 2.5 ms on one
+        n_threads: torch CPU threads while fitting, restored afterwards; None or 0: torch's
+            own setting. One by default: the default flows are small, a step took 2.5 ms on one
             thread against 3.4 ms on two, and two threads beside a busy process spun, at
             650 ms a step (``benchmarks/README.md``). Scoring uses the caller's setting.
 
@@ -264,7 +267,7 @@ class Detector(OutlierMixin, BaseEstimator):
         train_options: dict[str, Any] | None = None,
         validation_fraction: float = 0.15,
         calibration_fraction: float = 0.2,
-        random_state: int = 0,
+        random_state: int | np.random.RandomState | None = 0,
         device: str = "auto",
         progress: bool = False,
         n_threads: int | None = 1,
@@ -311,20 +314,61 @@ class Detector(OutlierMixin, BaseEstimator):
             SmallCalibrationWarning: too few calibration rows for ``target_fpr`` (or too many
                 of zero density): the threshold is +inf and the detector never flags a record.
         """
+        seed = self._check_params()
         with torch_threads(self.n_threads):
-            return self._fit(X, calibration_data, parallel)
+            return self._fit(X, calibration_data, parallel, seed)
+
+    def _check_params(self) -> int:
+        """Rejects parameters that could only fail later (after training, or inside torch), with
+        a message naming the parameter; returns the seed ``random_state`` stands for (None or a
+        ``numpy.random.RandomState``: drawn from it, as scikit-learn does)."""
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise ValueError(message)
+
+        need(self.model in ("realnvp", "ffjord"),
+             f"model must be 'realnvp' or 'ffjord', got {self.model!r}")
+        need(isinstance(self.target_fpr, int | float) and 0 < self.target_fpr < 1,
+             f"target_fpr must be in (0, 1), got {self.target_fpr!r}")
+        need(0 < self.validation_fraction < 1,
+             f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}")
+        need(0 <= self.calibration_fraction < 1
+             and self.validation_fraction + self.calibration_fraction < 1,
+             "calibration_fraction must be in [0, 1) and leave rows to train on: got "
+             f"{self.calibration_fraction!r} with validation_fraction "
+             f"{self.validation_fraction!r}")
+        if isinstance(self.exclude, str):
+            raise TypeError(f"exclude takes a list of column names, got the string "
+                            f"{self.exclude!r} (write exclude=[{self.exclude!r}])")
+        need(self.n_threads is None or (isinstance(self.n_threads, int) and self.n_threads >= 0),
+             f"n_threads must be None or an integer >= 0 (0: torch's setting), got "
+             f"{self.n_threads!r}")
+        members = (self.flow_options or {}).get("members", 1)
+        need(isinstance(members, int) and members >= 1,
+             f"flow_options['members'] must be an integer >= 1, got {members!r}")
+        device = resolve_device(self.device)
+        need(device.type != "cuda" or torch.cuda.is_available(),
+             f"device={self.device!r}, but CUDA is not available here: use 'auto' (CUDA when "
+             "present) or 'cpu'")
+        if isinstance(self.random_state, int | np.integer):
+            return int(self.random_state)
+        return int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
 
     def _fit(self, X: pd.DataFrame | ArrayLike, calibration_data: pd.DataFrame | ArrayLike | None,
-             parallel: Parallel | None) -> Detector:
-        """:meth:`fit` under its thread count."""
+             parallel: Parallel | None, seed: int) -> Detector:
+        """:meth:`fit` under its thread count, with the seed ``random_state`` stands for."""
         start = time.perf_counter()
         given = as_frame(X)
         data = given.reset_index(drop=True)
         if len(data) == 0:
             raise SchemaError("empty input: the training frame has 0 rows")
+        absent = [name for name in self.exclude if name not in data.columns]
+        if absent:  # a typo would leave the column it meant in the model
+            warnings.warn(f"exclude names column(s) {absent} that the data does not have "
+                          f"(its columns: {list(map(str, data.columns))})", stacklevel=3)
         cal_fraction = 0.0 if calibration_data is not None else self.calibration_fraction
         train_rows, val_rows, cal_rows = split_rows(
-            len(data), (self.validation_fraction, cal_fraction), self.random_state
+            len(data), (self.validation_fraction, cal_fraction), seed
         )
         if min(len(train_rows), len(val_rows)) < 2:
             raise ValueError(f"too few rows to train and validate: n_samples = {len(data)}")
@@ -350,7 +394,7 @@ class Detector(OutlierMixin, BaseEstimator):
             **(self.flow_options or {}),
         }
         # A generator of its own: fitting must not reseed, or draw from, the caller's RNG.
-        generator = torch.Generator().manual_seed(self.random_state)
+        generator = torch.Generator().manual_seed(seed)
         self.flow_ = build_flow(self.model, self.n_encoded_features_, generator=generator,
                                 **self.flow_options_)
         self.flow_.to(self.device_)
@@ -358,7 +402,7 @@ class Detector(OutlierMixin, BaseEstimator):
         train_lower, train_log_jacobian = self.encoder_.transform(train, offset=0.0)
         val_x, val_log_jacobian = self.encoder_.transform(val)
         config = default_train_config(
-            len(train), seed=self.random_state, progress=self.progress,
+            len(train), seed=seed, progress=self.progress,
             **{**default_train_options(self.model), **(self.train_options or {})},
         )
         self.train_config_ = asdict(config)
@@ -400,6 +444,7 @@ class Detector(OutlierMixin, BaseEstimator):
             "val_nll": estimate_nll(self.flow_, val_t, val_jacobian_t,
                                    trim=config.effective_validation_trim),
             "recovered_nonfinite": sum(r.recovered_nonfinite for r in results),
+            "seed": seed,
             "fit_seconds": time.perf_counter() - start,
         }
         self._warn_if_it_cannot_flag(stacklevel=4)  # user -> fit -> _fit -> here

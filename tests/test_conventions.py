@@ -136,6 +136,62 @@ def test_fit_leaves_the_global_torch_rng_alone_and_is_reproducible():
     np.testing.assert_array_equal(first.decision_function(frame), second.decision_function(frame))
 
 
+@pytest.mark.parametrize(("params", "error", "message"), [
+    ({"target_fpr": 0}, ValueError, r"target_fpr must be in \(0, 1\), got 0"),
+    ({"target_fpr": 1.5}, ValueError, "target_fpr must be in"),
+    ({"model": "maf"}, ValueError, "model must be 'realnvp' or 'ffjord', got 'maf'"),
+    ({"validation_fraction": 0}, ValueError, "validation_fraction must be in"),
+    ({"calibration_fraction": 1.0}, ValueError, "calibration_fraction must be in"),
+    ({"validation_fraction": 0.5, "calibration_fraction": 0.5}, ValueError, "leave rows"),
+    ({"exclude": "id"}, TypeError, r"write exclude=\['id'\]"),
+    ({"n_threads": -1}, ValueError, "n_threads must be None or an integer >= 0"),
+    ({"flow_options": {"members": 0}}, ValueError, r"flow_options\['members'\] must be"),
+])
+def test_bad_parameters_fail_before_training_and_name_themselves(monkeypatch, params, error,
+                                                                 message):
+    import pipelines.detector
+
+    trained = []
+    monkeypatch.setattr(pipelines.detector, "train_flow", lambda *a, **k: trained.append(a))
+    with pytest.raises(error, match=message):
+        Detector(**params, train_options={"max_epochs": 1}).fit(mixed_frame(300, seed=3))
+    assert not trained
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_asking_for_cuda_without_it_says_so():
+    with pytest.raises(ValueError, match="device='cuda', but CUDA is not available here"):
+        tiny(device="cuda").fit(mixed_frame(300, seed=3))
+
+
+def test_random_state_none_or_a_generator_draws_a_seed_as_scikit_learn_does():
+    frame = mixed_frame(400, seed=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SmallCalibrationWarning)
+        drawn = [tiny(exclude=["id"], random_state=np.random.RandomState(5)).fit(frame)
+                 for _ in range(2)]
+        seeded = tiny(exclude=["id"], random_state=drawn[0].metrics_["seed"]).fit(frame)
+        unseeded = tiny(exclude=["id"], random_state=None).fit(frame)
+    assert drawn[0].metrics_["seed"] == np.random.RandomState(5).randint(2**31 - 1)
+    np.testing.assert_array_equal(seeded.decision_function(frame),
+                                  drawn[0].decision_function(frame))
+    assert isinstance(unseeded.metrics_["seed"], int)
+
+
+def test_n_threads_zero_keeps_torchs_setting(monkeypatch):
+    seen = []
+    monkeypatch.setattr(torch, "set_num_threads", seen.append)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SmallCalibrationWarning)
+        tiny(exclude=["id"], n_threads=0).fit(mixed_frame(300, seed=3))
+    assert seen == []
+
+
+def test_excluding_a_column_the_data_lacks_warns():
+    with pytest.warns(UserWarning, match=r"exclude names column\(s\) \['ID'\] that the data"):
+        tiny(exclude=["id", "ID"]).fit(mixed_frame(400, seed=3))
+
+
 def test_a_small_calibration_split_warns_with_the_minimum_rows():
     frame = mixed_frame(130, seed=4)  # 26 calibration rows, as in the wine example
     with pytest.warns(SmallCalibrationWarning, match=r"only 26 calibration rows.*at least 99"
