@@ -48,6 +48,7 @@ NUMERIC_KINDS = ("continuous", "discrete", "binary")
 GRID_TOL = 1e-6  # in units of the grid step
 SCHEMA_VERSION = 1
 BOOL_DTYPES = ("bool", "boolean")  # ColumnSpec.dtype of columns trained as bool
+BOOLEAN_WORDS = {"true": 1.0, "false": 0.0}
 FLOAT64_MAX = float(np.finfo(np.float64).max)
 SHOWN_CHARS = 60  # longest echo of a value in an error message
 SHOWN_NAMES = 5  # most column names listed in one error message
@@ -526,9 +527,35 @@ def _numeric_values(
     """
     if not (spec.kind == "binary" and (spec.min, spec.max) == (0.0, 1.0)):
         _reject_booleans(frame, spec.name, series)
+    if spec.dtype in BOOL_DTYPES and _is_text(series.dtype):
+        return _booleans_from_text(frame, spec.name, series)
     x = _as_float(frame, spec.name, series)
     if spec.dtype in BOOL_DTYPES:  # not is_bool_dtype(str): it parses the name, 10 us a call
         _check_true_or_false(frame, spec, series, x)
+    return x
+
+
+def _booleans_from_text(frame: pd.DataFrame, name: str, series: pd.Series
+                        ) -> NDArray[np.float64]:
+    """A column trained as bool, given as text or mixed values (a CSV reader keeps a column of
+    ``True``/``False`` as text once one value is neither): true/false in any case, 1/0, and
+    booleans, as 1.0/0.0 (NaN where missing).
+
+    Arguments:
+        frame: the frame checked (for messages).
+        name: the column name.
+        series: the column, object or string dtype.
+    """
+    text = series.astype("string").str.strip()  # numbers keep their value: str is exact
+    x = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    words = text.str.lower().map(BOOLEAN_WORDS).to_numpy(dtype=np.float64, na_value=np.nan)
+    x = np.where(np.isnan(x), words, x)
+    bad = np.flatnonzero((np.isnan(x) & series.notna().to_numpy())
+                        | ((x != 0.0) & (x != 1.0) & ~np.isnan(x)))
+    if len(bad):
+        row = int(bad[0])
+        problem = f"expected true or false (or 1 or 0), got {shown(series.iloc[row])}"
+        raise SchemaError.at(frame, name, row, problem)
     return x
 
 
@@ -645,15 +672,16 @@ def as_text(series: pd.Series) -> NDArray[np.object_]:
     text[missing] = None
     present = text[~missing]
     if not all(type(value) is str for value in present):  # skip the copy when all are str
-        _reject_containers(series, present, np.flatnonzero(~missing))
+        _reject_non_scalars(series, present, np.flatnonzero(~missing))
         text[~missing] = [str(value) for value in present]
     return text
 
 
-def _reject_containers(
+def _reject_non_scalars(
     series: pd.Series, present: NDArray[np.object_], rows: NDArray[np.intp]
 ) -> None:
-    """Raises for the first container among a categorical column's non-missing values.
+    """Raises for the first container or infinite number among a categorical column's
+    non-missing values (inf is rejected in every column, not made the category "inf").
 
     Arguments:
         series: the column (for its name and index).
@@ -664,6 +692,9 @@ def _reject_containers(
         if isinstance(value, CONTAINERS):
             problem = f"expected text or a number, got a {type(value).__name__} {shown(value)}"
             raise SchemaError.at(series, str(series.name), int(row), problem)
+        if isinstance(value, float | np.floating) and np.isinf(value):
+            raise SchemaError.at(series, str(series.name), int(row),
+                                 f"infinite value {value} is not allowed")
 
 
 def _is_text(dtype: Any) -> bool:

@@ -210,6 +210,30 @@ def test_bool_columns_take_true_false_1_0_and_others_score_third_values(
     np.testing.assert_array_equal(values["bin37"], [3.0, 7.0, 5.0, 3.0])
 
 
+def test_bool_columns_read_as_text_take_true_false_1_0_in_any_case(
+    typed: tuple[Schema, list[str], dict[str, object]],
+) -> None:
+    """A CSV reader keeps a bool column as text once one value is neither True nor False: the
+    error then names that value and its row, and mixed spellings of true and false pass."""
+    schema, names, good = typed
+    text = ["True", "false", " TRUE ", "0", "1", "1.0", True]
+    values = schema.check(json_frame([{**good, "flag": v} for v in text], names))
+    np.testing.assert_array_equal(values["flag"], [1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 1.0])
+    records = [{**good, "flag": v} for v in ["False", "True", "maybe", "False"]]
+    message = check_error(schema, json_frame(records, names), "flag", 2)
+    assert message.endswith("expected true or false (or 1 or 0), got 'maybe'")
+
+
+@pytest.mark.parametrize("value", [float("inf"), -float("inf")])
+@pytest.mark.parametrize("column", ["color", "size"])
+def test_infinity_in_a_categorical_column_is_rejected_not_a_category(
+    typed: tuple[Schema, list[str], dict[str, object]], column: str, value: float
+) -> None:
+    schema, names, good = typed
+    message = check_error(schema, json_frame([good, {**good, column: value}], names), column, 1)
+    assert message.endswith(f"infinite value {value} is not allowed")
+
+
 @pytest.mark.parametrize("value", [{"a": 1}, [1, 2], [], {}])
 @pytest.mark.parametrize("column", ["color", "size"])
 def test_containers_in_categorical_columns_are_rejected(
