@@ -8,8 +8,11 @@ reach). Files whose names start with ``.`` or ``_`` (``_SUCCESS``, ``.crc``) are
 
 from __future__ import annotations
 
+import csv
 import glob
+import io
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +29,11 @@ from pipelines.processes import owner_is_gone, owner_tag
 from pipelines.schema import SchemaError
 
 CHUNK_ROWS = 50_000
+
+
+class UnreadableTableError(ValueError):
+    """A file that is not a table of the format it claims (what is wrong, and where)."""
+
 SUFFIXES = {".csv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
 
@@ -114,21 +122,76 @@ def iter_chunks(
     offset = 0
     for file, frames in files:
         start = 0
-        for frame in frames:
-            frame.index = pd.RangeIndex(offset, offset + len(frame))
-            yield TableChunk(frame, file, start)
-            offset += len(frame)
-            start += len(frame)
+        try:
+            for frame in frames:
+                frame.index = pd.RangeIndex(offset, offset + len(frame))
+                yield TableChunk(frame, file, start)
+                offset += len(frame)
+                start += len(frame)
+        except UnreadableTableError as error:
+            if isinstance(source, str | Path):  # an upload is named by whoever reads it
+                raise UnreadableTableError(f"{file}: {error}") from None
+            raise
 
 
 def _file_frames(source: str | Path | BinaryIO, chunk_rows: int, fmt: str
                  ) -> Iterator[pd.DataFrame]:
     """The chunks of one CSV or Parquet file."""
     if fmt == "csv":
-        yield from pd.read_csv(source, chunksize=chunk_rows)
+        yield from _csv_frames(source, chunk_rows)
         return
     for batch in pq.ParquetFile(source).iter_batches(batch_size=chunk_rows):
         yield batch.to_pandas()
+
+
+def _csv_frames(source: str | Path | BinaryIO, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """The chunks of a CSV file; what pandas reports as a tokenizer or codec error, or takes
+    silently, is a ``ValueError`` saying what is wrong and on which line.
+
+    Rows with more fields than the header are the silent case: when every row has one more,
+    pandas makes the first column the index and shifts every value one column left.
+    """
+    try:
+        rows = 0
+        for frame in pd.read_csv(source, chunksize=chunk_rows):
+            # pandas numbers a chunk's rows on from the last one's unless it took an index
+            if not frame.index.equals(pd.RangeIndex(rows, rows + len(frame))):
+                raise UnreadableTableError(
+                    f"{_longer_than_header(source)}: check the delimiter and quoting")
+            rows += len(frame)
+            yield frame
+    except pd.errors.EmptyDataError:
+        raise UnreadableTableError("empty file: no header row") from None
+    except pd.errors.ParserError as error:
+        found = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(error))
+        if found is None:
+            raise UnreadableTableError(f"not a readable CSV file: {error}") from None
+        header, line, fields = found.groups()
+        raise UnreadableTableError(f"line {line} has {fields} fields, the header {header}: "
+                                   "check the delimiter and quoting") from None
+    except UnicodeDecodeError as error:
+        byte = error.object[error.start : error.start + 1]
+        raise UnreadableTableError(f"not UTF-8 text (byte {byte!r} cannot be decoded): save "
+                                   "the file as UTF-8") from None
+
+
+def _longer_than_header(source: str | Path | BinaryIO) -> str:
+    """Where a CSV file first has a row with more fields than its header (an error path: the
+    file is scanned again with the standard library's reader)."""
+    if not isinstance(source, str | Path):
+        if not source.seekable():
+            return "rows have more fields than the header"
+        source.seek(0)
+        lines = io.TextIOWrapper(source, encoding="utf-8", newline="")
+    else:
+        lines = open(source, encoding="utf-8", newline="")  # noqa: SIM115 (closed below)
+    with lines:
+        rows = csv.reader(lines)
+        header = len(next(rows))
+        for row in rows:
+            if len(row) > header:
+                return (f"line {rows.line_num} has {len(row)} fields, the header {header}")
+    return "rows have more fields than the header"
 
 
 def iter_table(
