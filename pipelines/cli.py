@@ -307,12 +307,35 @@ def score(
     from pipelines.tables import TableWriter
 
     with user_errors():
+        _check_output_names(data, fdr, explain_top if explain else 0)
         detector = load_detector(tag)
         with TableWriter(output) as writer:
             n_rows, n_anomalies = _score_file(detector, data, chunk_rows, writer, progress, fdr,
                                               explain_top if explain else 0)
     rule = "" if fdr is None else f" by Benjamini-Hochberg at FDR {fdr:g}"
     typer.echo(f"scored {n_rows} rows, {n_anomalies} flagged{rule} -> {output}")
+
+
+def _check_output_names(data: str, fdr: float | None, explain: int) -> None:
+    """Refuses input whose column names are among the ones ``score`` adds: the output would
+    hold two columns of one name (a CSV reader renames the second, a Parquet writer refuses).
+
+    Arguments:
+        data: the file or dataset to score (only its first row is read).
+        fdr: ``--fdr``, which adds ``q_value``.
+        explain: contributions per row, which add ``top{i}_column`` / ``top{i}_contribution``.
+    """
+    from pipelines.tables import iter_table
+
+    added = ["score", "log_likelihood", "p_value", "is_anomaly",
+             *(["q_value"] if fdr is not None else []),
+             *(f"top{i}_{part}" for i in range(1, explain + 1)
+               for part in ("column", "contribution"))]
+    first = next(iter_table(data, chunk_rows=1), None)
+    clash = [name for name in added if first is not None and name in first.columns]
+    if clash:
+        raise ValueError(f"{data}: column(s) {clash} have the names of columns score adds to "
+                         "its output; rename them in the input")
 
 
 def _score_on_spark(tag: str, data: str, output: str, master: str, explain: int) -> None:

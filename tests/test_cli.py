@@ -52,6 +52,19 @@ def test_a_bad_training_value_is_named_by_its_row_in_the_file(tmp_path, fmt):
                                      f"inf is not allowed{line}")
 
 
+@pytest.mark.parametrize(("extra", "options", "clash"), [
+    ("score", [], "['score']"), ("q_value", ["--fdr", "0.1"], "['q_value']"),
+    ("top2_column", ["--explain", "--explain-top", "2"], "['top2_column']")])
+def test_score_refuses_input_columns_named_like_its_output(tag, tmp_path, extra, options, clash):
+    source, out = tmp_path / "in.csv", tmp_path / "out.parquet"
+    mixed_frame(50, seed=3).assign(**{extra: 1.0}).to_csv(source, index=False)
+    result = runner.invoke(app, ["score", tag, str(source), "--output", str(out), *options])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == (f"error: {source}: column(s) {clash} have the names of "
+                                     "columns score adds to its output; rename them in the input")
+    assert not out.exists()
+
+
 def test_train_prints_the_tag_and_models_lists_it(tag):
     assert tag.startswith("cli-test:")
     result = runner.invoke(app, ["models"], env={"COLUMNS": "250"})
