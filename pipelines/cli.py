@@ -387,7 +387,7 @@ def _verdict_chunks(detector: Detector, data: str, chunk_rows: int, bar: Any,
     from pipelines.schema import SchemaError
     from pipelines.tables import at_file_row, iter_chunks
 
-    for located in iter_chunks(data, chunk_rows):
+    for located in iter_chunks(data, chunk_rows, text_columns=detector.text_columns):
         chunk = located.frame
         try:  # an index from 0 in the chunk, so the error's row is a position in it
             verdicts = detector.verdicts(chunk.reset_index(drop=True))

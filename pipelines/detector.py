@@ -702,6 +702,12 @@ class Detector(OutlierMixin, BaseEstimator):
         a record may carry them or not)."""
         return self.schema.names
 
+    @property
+    def text_columns(self) -> list[str]:
+        """The categorical input columns: a CSV reader should read them as text (a code
+        ``02134`` read as a number is the unseen category ``2134``)."""
+        return [spec.name for spec in self.schema.of_kind("categorical")]
+
     def validate(self, X: pd.DataFrame) -> None:
         """Checks records against the training schema without scoring them.
 

@@ -14,7 +14,7 @@ import io
 import os
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -98,7 +98,8 @@ class TableChunk:
 
 
 def iter_chunks(
-    source: str | Path | BinaryIO, chunk_rows: int = CHUNK_ROWS, *, fmt: str | None = None
+    source: str | Path | BinaryIO, chunk_rows: int = CHUNK_ROWS, *, fmt: str | None = None,
+    text_columns: Sequence[str] = (),
 ) -> Iterator[TableChunk]:
     """Yields consecutive chunks of at most ``chunk_rows`` rows, each with its file and its
     first row's position there; a dataset is read file by file.
@@ -108,17 +109,19 @@ def iter_chunks(
             for Parquet) with ``fmt``.
         chunk_rows: rows per chunk.
         fmt: ``"csv"`` or ``"parquet"``; by default from the path's extension.
+        text_columns: columns a CSV file's values are read as text from (a model's categorical
+            columns): read as numbers, a code ``02134`` would become the category ``2134``.
     """
     if not isinstance(source, str | Path):
         files: Iterator[tuple[str, Iterator[pd.DataFrame]]] = iter(
-            [("upload", _file_frames(source, chunk_rows, fmt or "parquet"))])
+            [("upload", _file_frames(source, chunk_rows, fmt or "parquet", text_columns))])
     elif is_dataset(source):
         dataset = open_dataset(source)
         files = ((fragment.path, (batch.to_pandas() for batch in fragment.to_batches(
             schema=dataset.schema, batch_size=chunk_rows))) for fragment in dataset.get_fragments())
     else:
         files = iter([(str(source), _file_frames(source, chunk_rows,
-                                                 fmt or table_format(source)))])
+                                                 fmt or table_format(source), text_columns))])
     offset = 0
     for file, frames in files:
         start = 0
@@ -134,17 +137,18 @@ def iter_chunks(
             raise
 
 
-def _file_frames(source: str | Path | BinaryIO, chunk_rows: int, fmt: str
-                 ) -> Iterator[pd.DataFrame]:
+def _file_frames(source: str | Path | BinaryIO, chunk_rows: int, fmt: str,
+                 text_columns: Sequence[str] = ()) -> Iterator[pd.DataFrame]:
     """The chunks of one CSV or Parquet file."""
     if fmt == "csv":
-        yield from _csv_frames(source, chunk_rows)
+        yield from _csv_frames(source, chunk_rows, text_columns)
         return
     for batch in pq.ParquetFile(source).iter_batches(batch_size=chunk_rows):
         yield batch.to_pandas()
 
 
-def _csv_frames(source: str | Path | BinaryIO, chunk_rows: int) -> Iterator[pd.DataFrame]:
+def _csv_frames(source: str | Path | BinaryIO, chunk_rows: int,
+                text_columns: Sequence[str] = ()) -> Iterator[pd.DataFrame]:
     """The chunks of a CSV file; what pandas reports as a tokenizer or codec error, or takes
     silently, is a ``ValueError`` saying what is wrong and on which line.
 
@@ -153,7 +157,8 @@ def _csv_frames(source: str | Path | BinaryIO, chunk_rows: int) -> Iterator[pd.D
     """
     try:
         rows = 0
-        for frame in pd.read_csv(source, chunksize=chunk_rows):
+        text = dict.fromkeys(text_columns, "string")  # names the file lacks are ignored
+        for frame in pd.read_csv(source, chunksize=chunk_rows, dtype=text):
             # pandas numbers a chunk's rows on from the last one's unless it took an index
             if not frame.index.equals(pd.RangeIndex(rows, rows + len(frame))):
                 raise UnreadableTableError(
@@ -195,17 +200,16 @@ def _longer_than_header(source: str | Path | BinaryIO) -> str:
 
 
 def iter_table(
-    source: str | Path | BinaryIO, chunk_rows: int = CHUNK_ROWS, *, fmt: str | None = None
+    source: str | Path | BinaryIO, chunk_rows: int = CHUNK_ROWS, *, fmt: str | None = None,
+    text_columns: Sequence[str] = (),
 ) -> Iterator[pd.DataFrame]:
     """Yields consecutive chunks of at most ``chunk_rows`` rows; the index counts from 0 across
     chunks, so error messages name the row of the file (:func:`iter_chunks` for datasets).
 
     Arguments:
-        source: as :func:`iter_chunks` takes it.
-        chunk_rows: rows per chunk.
-        fmt: ``"csv"`` or ``"parquet"``; by default from the path's extension.
+        source, chunk_rows, fmt, text_columns: as :func:`iter_chunks` takes them.
     """
-    for chunk in iter_chunks(source, chunk_rows, fmt=fmt):
+    for chunk in iter_chunks(source, chunk_rows, fmt=fmt, text_columns=text_columns):
         yield chunk.frame
 
 

@@ -65,6 +65,27 @@ def test_score_refuses_input_columns_named_like_its_output(tag, tmp_path, extra,
     assert not out.exists()
 
 
+def test_codes_that_look_like_numbers_score_the_same_from_csv_and_parquet(tmp_path):
+    frame = mixed_frame(600, seed=2).drop(columns=["id"])
+    frame["zip"] = np.random.default_rng(0).choice(["02134", "10001", "94105"], len(frame))
+    frame.to_parquet(tmp_path / "train.parquet")
+    result = runner.invoke(app, ["train", str(tmp_path / "train.parquet"), "--name", "cli-zip",
+                                 "--max-epochs", "2"])
+    assert result.exit_code == 0, result.output
+    tag = result.stdout.strip().splitlines()[-1]
+    frame.head(40).to_parquet(tmp_path / "in.parquet")
+    frame.head(40).to_csv(tmp_path / "in.csv", index=False)  # 02134 is written as 02134
+    scored = {}
+    for fmt in ("parquet", "csv"):
+        out = tmp_path / f"out-{fmt}.csv"
+        result = runner.invoke(app, ["score", tag, str(tmp_path / f"in.{fmt}"), "--output",
+                                     str(out)])
+        assert result.exit_code == 0, result.output
+        scored[fmt] = pd.read_csv(out, dtype={"zip": str})
+    pd.testing.assert_frame_equal(scored["csv"], scored["parquet"])
+    assert set(scored["csv"]["zip"]) == {"02134", "10001", "94105"}
+
+
 def test_train_prints_the_tag_and_models_lists_it(tag):
     assert tag.startswith("cli-test:")
     result = runner.invoke(app, ["models"], env={"COLUMNS": "250"})
