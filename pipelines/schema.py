@@ -49,6 +49,9 @@ GRID_TOL = 1e-6  # in units of the grid step
 SCHEMA_VERSION = 1
 BOOL_DTYPES = ("bool", "boolean")  # ColumnSpec.dtype of columns trained as bool
 BOOLEAN_WORDS = {"true": 1.0, "false": 0.0}
+# A text column whose values are numbers but for fewer than this share's complement is a
+# numeric column with bad values (infer_schema).
+STRAY_TEXT_SHARE = 0.9
 FLOAT64_MAX = float(np.finfo(np.float64).max)
 SHOWN_CHARS = 60  # longest echo of a value in an error message
 SHOWN_NAMES = 5  # most column names listed in one error message
@@ -360,6 +363,7 @@ def infer_schema(
         if n_missing == len(series):
             raise SchemaError(f"column {shown(name)} has only missing values", column=name)
         if _is_text(series.dtype):
+            _reject_stray_text(frame, name, series)
             specs.append(_categorical_spec(name, series, n_missing))
         elif pd.api.types.is_bool_dtype(series.dtype):
             # bools code as 0/1 whichever values occur
@@ -387,6 +391,30 @@ def infer_schema(
     if not specs:
         raise SchemaError("no columns to encode (all excluded)")
     return Schema(tuple(specs), excluded, len(frame))
+
+
+def _reject_stray_text(frame: pd.DataFrame, name: str, series: pd.Series) -> None:
+    """A text column whose values are numbers but for a few is taken for a numeric column with
+    bad values (a CSV reader makes a numeric column text for one ``abc``): modelled as text,
+    every new number would be an unseen category. Pandas' category dtype says text is meant.
+
+    Arguments:
+        frame: the training frame (for messages).
+        name: the column's name.
+        series: the column, of a text dtype.
+    """
+    if isinstance(series.dtype, pd.CategoricalDtype):
+        return
+    present = series.notna().to_numpy()
+    text = series.astype("string").str.strip()
+    numbers = pd.to_numeric(text, errors="coerce").notna().to_numpy()
+    strays = np.flatnonzero(present & ~numbers)
+    if len(strays) and numbers.sum() >= STRAY_TEXT_SHARE * present.sum():
+        problem = (f"expected a number: {int(numbers.sum())} of {int(present.sum())} values of "
+                   f"this column are numbers, this one is {shown(series.iloc[strays[0]])} "
+                   "(fix it; a column of categories that look like numbers needs the pandas "
+                   "'category' dtype)")
+        raise SchemaError.at(frame, name, int(strays[0]), problem)
 
 
 def _numeric_spec(name: str, dtype: str, x: NDArray[np.float64], max_levels: int) -> ColumnSpec:

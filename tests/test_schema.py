@@ -224,6 +224,21 @@ def test_bool_columns_read_as_text_take_true_false_1_0_in_any_case(
     assert message.endswith("expected true or false (or 1 or 0), got 'maybe'")
 
 
+def test_a_numeric_column_with_a_stray_string_is_a_bad_value_not_a_text_column() -> None:
+    amounts = [f"{x:.2f}" for x in np.random.default_rng(0).gamma(2.0, 10.0, 99)]
+    frame = pd.DataFrame({"amount": [*amounts[:40], "abc", *amounts[40:]]}, dtype=object)
+    with pytest.raises(SchemaError, match=r"column 'amount', row 40: expected a number: 99 of "
+                                          r"100 values of this column are numbers, this one is "
+                                          r"'abc' \(fix it; a column of categories"):
+        infer_schema(frame)
+    # Meant as text: codes that are all numbers, a category dtype, or mostly words.
+    assert infer_schema(pd.DataFrame({"zip": ["02134", "10001"] * 50}))["zip"].kind == (
+        "categorical")
+    assert infer_schema(frame.astype("category"))["amount"].kind == "categorical"
+    words = pd.DataFrame({"size": ["S", "M", "L", "XL", "1"] * 20})
+    assert infer_schema(words)["size"].kind == "categorical"
+
+
 @pytest.mark.parametrize("value", [float("inf"), -float("inf")])
 @pytest.mark.parametrize("column", ["color", "size"])
 def test_infinity_in_a_categorical_column_is_rejected_not_a_category(
