@@ -490,8 +490,12 @@ def evaluate(
 
     with user_errors():
         detector = load_detector(tag)
-        frame = read_table(data)
+        frame = read_table(data, detector.text_columns)
         y = parse_labels(frame, label)
+        if len(np.unique(y)) < 2:  # the report would hold nulls with no word of why
+            kind = "an anomaly" if y.all() else "normal"
+            typer.echo(f"warning: every row of {data} is labelled {kind}: ROC-AUC and average "
+                       "precision need both kinds (null in metrics.json)", err=True)
         records = frame.drop(columns=[label])
         scores = detector.decision_function(records)
         # the most anomalous flagged records, a bounded number: explaining costs ~1-3 ms each

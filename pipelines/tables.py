@@ -13,6 +13,7 @@ import glob
 import io
 import os
 import re
+import sys
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -73,12 +74,16 @@ def open_dataset(source: str | Path) -> ds.Dataset:
                       partitioning="hive")
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
-    """Reads a whole CSV or Parquet file, or a dataset."""
+def read_table(path: str | Path, text_columns: Sequence[str] = ()) -> pd.DataFrame:
+    """Reads a whole CSV or Parquet file, or a dataset (``text_columns``: as
+    :func:`iter_chunks` takes them)."""
     if is_dataset(path):
         return open_dataset(path).to_table().to_pandas()
-    if table_format(path) == "csv":
-        return pd.read_csv(path)
+    if table_format(path) == "csv":  # the chunked reader's checks, in one chunk
+        try:
+            return next(_csv_frames(path, sys.maxsize, text_columns), pd.DataFrame())
+        except UnreadableTableError as error:
+            raise UnreadableTableError(f"{path}: {error}") from None
     return pd.read_parquet(path)
 
 
@@ -254,6 +259,8 @@ class TableWriter:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.format = table_format(path)
+        if not self.path.parent.is_dir():  # else the error would name the hidden file
+            raise FileNotFoundError(f"{self.path}: no such directory {str(self.path.parent)!r}")
         prefix = f".{self.path.name}."
         for stale in self.path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
             if owner_is_gone(stale.name, prefix):

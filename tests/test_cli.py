@@ -165,6 +165,18 @@ def test_evaluate_writes_metrics_and_plots(tag, labelled_csv, tmp_path):
         "score_histograms.png", "roc_pr.png", "training_curve.png", "top_contributions.png"}
 
 
+def test_evaluate_on_labels_of_one_kind_says_why_its_metrics_are_null(tag, tmp_path):
+    data = tmp_path / "normal.csv"
+    mixed_frame(200, seed=9).assign(label=0).to_csv(data, index=False)
+    result = runner.invoke(app, ["evaluate", tag, str(data), "--label", "label",
+                                 "--report-dir", str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "report" / "metrics.json").read_text())["roc_auc"] is None
+    assert result.stderr.strip() == (f"warning: every row of {data} is labelled normal: ROC-AUC "
+                                     "and average precision need both kinds (null in "
+                                     "metrics.json)")
+
+
 def test_a_bad_file_gives_a_clear_error(tag, tmp_path):
     bad = tmp_path / "bad.csv"
     mixed_frame(20).drop(columns=["amount"]).to_csv(bad, index=False)

@@ -38,3 +38,10 @@ def test_short_rows_are_missing_values_and_a_bom_is_no_column_name(tmp_path):
     (frame,) = iter_table(path)
     pd.testing.assert_frame_equal(frame, pd.DataFrame({"a": [1, 4], "b": [2, 5],
                                                        "c": [float("nan"), 6.0]}))
+
+
+def test_writing_into_a_missing_directory_names_it(tmp_path):
+    from pipelines.tables import TableWriter
+
+    with pytest.raises(FileNotFoundError, match=r"out.parquet: no such directory '.*/nothere'"):
+        TableWriter(tmp_path / "nothere" / "out.parquet")
