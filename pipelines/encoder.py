@@ -124,6 +124,9 @@ N_QUANTILES = 1000
 # Largest |encoded value| of a continuous or discrete/binary entry the flows are given (module
 # docstring: the float32 flows stayed finite up to 3e13).
 MAX_ENCODED = 1e6
+# Smallest span of a non-constant continuous column after scaling: the flows compute in
+# float32 (7 digits on values of order 1), to which a narrower column is a constant.
+MIN_SCALED_SPREAD = 1e-6
 # Most records TabularEncoder.transform_records checks without a frame. Scoring on the example
 # model (benchmarks/record_path.py, medians): 4.0x faster than through a frame for one record,
 # 1.7x for 64, 1.3x for 1024, 0.93x for 4096 (its per-value Python work grows with the rows;
@@ -232,6 +235,7 @@ class TabularEncoder(BaseEstimator):
             self.cont_imputer_ = SimpleImputer(strategy="median").fit(cont)
             n_observed = int((~np.isnan(cont)).sum(axis=0).min())
             self.cont_scaler_ = self._new_scaler(n_observed).fit(cont)
+            self._check_scalable(cont)
         self.atoms_, self.atom_width_ = self._find_atoms(cont)
 
         discrete = self._discrete_codes(values)
@@ -686,6 +690,24 @@ class TabularEncoder(BaseEstimator):
         return hasattr(self, "schema_")
 
     # ------------------------------------------------------------------------- the blocks
+    def _check_scalable(self, cont: NDArray[np.float64]) -> None:
+        """Every continuous column must keep its spread through the scaler: float64 cannot
+        square values near 1e155 (a variance overflows), and a spread below 2e-15 (near 1e-200
+        for a variance, which underflows) is taken for none and scaled by 1, leaving a column
+        the flow, computing in float32, sees as a constant."""
+        scaled = self.cont_scaler_.transform(cont)
+        variance = getattr(self.cont_scaler_, "var_", None)  # StandardScaler squares
+        for j, spec in enumerate(self.schema_.of_kind("continuous")):
+            observed = ~np.isnan(cont[:, j])
+            column = scaled[observed, j]
+            overflow = variance is not None and not np.isfinite(variance[j])
+            if overflow or not np.isfinite(column).all() or np.ptp(column) < MIN_SCALED_SPREAD:
+                largest = float(np.nanmax(np.abs(cont[:, j])))
+                raise SchemaError(
+                    f"column {shown(spec.name)}: values of magnitude up to {largest:.3g} cannot "
+                    "be scaled in 64-bit floats (their spread over- or underflows); rescale the "
+                    "column, e.g. to its units of 1e-6 or 1e6", column=spec.name)
+
     def _continuous(self, values: dict[str, NDArray[Any]]) -> NDArray[np.float64]:
         specs = self.schema_.of_kind("continuous")
         if not specs:

@@ -700,3 +700,22 @@ def test_encoders_saved_before_the_grid_rule_keep_scoring_as_saved(tmp_path: Pat
     off = df.iloc[[0]].astype({"count": float}).assign(count=2.5)
     assert not old.on_grid_.any() and np.isfinite(old.transform(off)[1]).all()
     assert np.array_equal(old.transform(df)[1], enc.transform(df)[1])
+
+
+@pytest.mark.parametrize(("scaling", "magnitude"), [
+    ("standard", 1e-200), ("standard", 1e155), ("standard", 1e200),
+    ("robust", 1e-16)])
+def test_a_column_whose_spread_float64_cannot_scale_is_refused(scaling, magnitude):
+    """Standard scaling squares the values: near 1e155 the variance overflows, near 1e-200 it
+    underflows to 0; a spread below 2e-15 is taken for none (scaled by 1): the column would be
+    a constant to the flow. Both scalers manage 1e-12 and 1e150."""
+    def frame(scale: float) -> pd.DataFrame:
+        return pd.DataFrame({"a": np.random.default_rng(0).normal(size=300) * scale,
+                             "b": np.random.default_rng(1).normal(size=300)})
+
+    with pytest.raises(SchemaError, match=r"column 'a': values of magnitude up to .* cannot be "
+                                          r"scaled in 64-bit floats"):
+        TabularEncoder(scaling=scaling).fit(frame(magnitude))
+    for fine in (1e-12, 1e150):
+        encoded, _ = TabularEncoder(scaling=scaling).fit(frame(fine)).transform(frame(fine))
+        assert np.isfinite(encoded).all() and np.ptp(encoded[:, 0]) > 1
