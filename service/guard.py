@@ -10,6 +10,13 @@ of a 1000-record request), so either shape is accepted. The body is replayed unc
 Uploads are not buffered (a 512 MiB file would sit in memory several times over): their bytes
 pass through as they arrive, counted, and the first message past the limit raises
 :class:`BodyTooLargeError`, which becomes a 413 unless the route answered already.
+
+A body must also arrive in time: a JSON body within ``body_timeout`` seconds, an upload without
+a pause longer than that (it may take longer as a whole). A client that stops sending would
+otherwise hold its connection until BentoML's traffic timeout and get a 504, which counts as a
+server error; it gets a 408 instead (an upload's pause raises :class:`BodyTimeoutError`). Only
+the identity content encoding is accepted (415 otherwise): a compressed body would reach the
+parsers as bytes they cannot read.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import anyio
 import orjson
 
 from pipelines.schema import shown
@@ -38,6 +46,14 @@ class BodyTooLargeError(Exception):
     def __init__(self, limit: int) -> None:
         super().__init__(f"request body exceeds {limit} bytes")
         self.limit = limit
+
+
+class BodyTimeoutError(Exception):
+    """A request body stopped arriving: nothing came for ``seconds``."""
+
+    def __init__(self, seconds: float, what: str = "the rest of the upload") -> None:
+        super().__init__(f"{what} did not arrive within {seconds:g} s (FLOWAD_BODY_TIMEOUT_S)")
+        self.seconds = seconds
 
 
 def parse_json(body: bytes) -> Any:
@@ -88,7 +104,9 @@ class RequestGuard:
     app: the wrapped ASGI application.
     json_routes: paths whose bodies must be JSON record lists, with their byte limits.
     upload_routes: paths of file uploads, with their byte limits (size check only).
-    on_reject: called with a reason ("too_large", "malformed_json", "validation") per rejection.
+    body_timeout: seconds allowed to receive a JSON body, and the longest pause in an upload.
+    on_reject: called with a reason ("too_large", "malformed_json", "validation", "timeout",
+        "encoding") per rejection.
     """
 
     def __init__(
@@ -96,11 +114,13 @@ class RequestGuard:
         app: ASGIApp,
         json_routes: dict[str, int],
         upload_routes: dict[str, int],
+        body_timeout: float,
         on_reject: Callable[[str], None] = lambda reason: None,
     ) -> None:
         self.app = app
         self.json_routes = json_routes
         self.upload_routes = upload_routes
+        self.body_timeout = body_timeout
         self.on_reject = on_reject
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -111,6 +131,12 @@ class RequestGuard:
             return
         limit = limits[path]
         headers = dict(scope.get("headers", []))
+        encoding = headers.get(b"content-encoding", b"").decode("latin-1")
+        if encoding.strip().lower() not in ("", "identity"):
+            await self._reject(send, 415, "encoding",
+                               f"content encoding {shown(encoding)} is not supported: send the "
+                               "body uncompressed (identity)")
+            return
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await self._reject(send, 413, "too_large", f"request body exceeds {limit} bytes")
@@ -118,17 +144,18 @@ class RequestGuard:
         if path in self.upload_routes:
             await self._stream_upload(scope, receive, send, limit)
             return
-        body = bytearray()
-        more = True
-        while more:
-            message = await receive()
-            body += message.get("body", b"")
-            if len(body) > limit:
-                await self._reject(send, 413, "too_large", f"request body exceeds {limit} bytes")
-                return
-            more = message.get("more_body", False)
         try:
-            parsed = parse_json(bytes(body))
+            with anyio.fail_after(self.body_timeout):
+                body = await _read_body(receive, limit)
+        except TimeoutError:
+            error = BodyTimeoutError(self.body_timeout, "the request body")
+            await self._reject(send, 408, "timeout", str(error), close=True)
+            return
+        if body is None:
+            await self._reject(send, 413, "too_large", f"request body exceeds {limit} bytes")
+            return
+        try:
+            parsed = parse_json(body)
         except (ValueError, UnicodeDecodeError) as error:
             await self._reject(send, 400, "malformed_json", f"malformed JSON: {error}")
             return
@@ -144,19 +171,28 @@ class RequestGuard:
             if replayed:  # then the real channel, so that a client's disconnect is seen
                 return await receive()
             replayed = True
-            return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return {"type": "http.request", "body": body, "more_body": False}
 
         await self.app(scope, replay, send)
 
     async def _stream_upload(self, scope: Scope, receive: Receive, send: Send,
                              limit: int) -> None:
-        """Passes an upload through as it arrives, counting its bytes; 413 past ``limit``."""
+        """Passes an upload through as it arrives, counting its bytes; 413 past ``limit``,
+        408 after a pause longer than ``body_timeout``."""
         received = 0
+        complete = False
         started = False
 
         async def counted_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, complete
+            if complete:  # the app now waits for a disconnect, as long as it likes
+                return await receive()
+            try:
+                with anyio.fail_after(self.body_timeout):
+                    message = await receive()
+            except TimeoutError:
+                raise BodyTimeoutError(self.body_timeout) from None
+            complete = not message.get("more_body", False)
             received += len(message.get("body", b""))
             if received > limit:
                 raise BodyTooLargeError(limit)
@@ -169,14 +205,34 @@ class RequestGuard:
 
         try:
             await self.app(scope, counted_receive, watched_send)
-        except BodyTooLargeError as error:
+        except (BodyTooLargeError, BodyTimeoutError) as error:
             if started:  # the route answered already; nothing left to say
                 raise
-            await self._reject(send, 413, "too_large", str(error))
+            if isinstance(error, BodyTooLargeError):
+                await self._reject(send, 413, "too_large", str(error))
+            else:
+                await self._reject(send, 408, "timeout", str(error), close=True)
 
-    async def _reject(self, send: Send, status: int, reason: str, message: str) -> None:
+    async def _reject(self, send: Send, status: int, reason: str, message: str,
+                      close: bool = False) -> None:
+        """Answers ``{"error": message, "reason": reason}``; ``close``: and closes the
+        connection, rather than keep it open for the rest of a body that may never come."""
         self.on_reject(reason)
-        await _respond(send, status, {"error": message, "reason": reason})
+        headers = [(b"connection", b"close")] if close else []
+        await _respond(send, status, {"error": message, "reason": reason}, headers)
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole body, or None as soon as it exceeds ``limit`` bytes."""
+    body = bytearray()
+    more = True
+    while more:
+        message = await receive()
+        body += message.get("body", b"")
+        if len(body) > limit:
+            return None
+        more = message.get("more_body", False)
+    return bytes(body)
 
 
 class AdminAuth:

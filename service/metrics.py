@@ -20,8 +20,9 @@ import numpy as np
 
 from pipelines.processes import alive
 
+# 4xx, and the 503s of a scoring that cannot happen now (retry: overloaded, model_changing)
 REJECTION_REASONS = ("malformed_json", "validation", "schema", "too_large", "empty",
-                     "unscorable")
+                     "unscorable", "timeout", "encoding", "overloaded", "model_changing")
 # BentoML labels its request metrics with the raw path, so every random path a scanner tries
 # would become a new series; paths outside the service's routes share this one label value.
 UNMATCHED_ENDPOINT = "/unmatched"
@@ -73,6 +74,11 @@ class Metrics:
     load_seconds: Any
     load_failures: Any
 
+    def drift_gauges(self) -> tuple[Any, ...]:
+        """The gauges of a worker's drift window, one series per model."""
+        return (self.psi, self.ks_statistic, self.ks_pvalue, self.window_anomaly_rate,
+                self.window_records)
+
 
 @cache
 def metrics(score_buckets: tuple[float, ...]) -> Metrics:
@@ -91,7 +97,9 @@ def metrics(score_buckets: tuple[float, ...]) -> Metrics:
             "points of a column training saw only on a grid): score +inf, flagged.",
             MODEL_LABELS)),
         rejected=ByModel(Counter(
-            "flowad_requests_rejected", "Requests rejected with a 4xx.", [*MODEL_LABELS, "reason"]
+            "flowad_requests_rejected", "Requests rejected with a 4xx, or a 503 when they cannot "
+            "be scored now (the scorer overloaded, the model being changed).",
+            [*MODEL_LABELS, "reason"],
         )),
         scores=ByModel(Histogram(
             "flowad_score", "Anomaly scores (-log p); buckets at calibration quantiles.",

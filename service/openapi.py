@@ -86,10 +86,16 @@ ROUTE_DOCS: dict[str, Any] = {
         "responses": {
             "200": {"description": "one verdict per row, in order",
                     "content": {"application/json": {"schema": {"type": "object"}}}},
-            "400": {"description": "a malformed upload or a bad row", "content": ERROR_BODY},
+            "400": {"description": "a malformed or truncated upload, an empty file or a bad row",
+                    "content": ERROR_BODY},
+            "408": {"description": "the upload paused for longer than FLOWAD_BODY_TIMEOUT_S",
+                    "content": ERROR_BODY},
             "413": {"description": "over FLOWAD_MAX_FILE_BYTES or FLOWAD_MAX_FILE_ROWS",
                     "content": ERROR_BODY},
-            "503": {"description": "no model loaded", "content": ERROR_BODY},
+            "415": {"description": "a Content-Encoding other than identity",
+                    "content": ERROR_BODY},
+            "503": {"description": "no model loaded, or (with Retry-After) the scorer overloaded "
+                                   "or the served model being changed", "content": ERROR_BODY},
         },
     }},
     "/model": {"get": {

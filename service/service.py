@@ -19,26 +19,37 @@ the scorer would compete for the same cores, and the hop to it (serialising ever
 ways) cost more than scoring them. ``scorer`` is only a dependency in the first case.
 In tests (``FlowadService.to_asgi()``) the scorer runs in-process; under ``bentoml serve`` it
 is its own process and the front's workers reach it over BentoML's internal transport.
+
+The front sends the scorer calls of at most ``SCORER_CALL_ROWS`` rows, however large the request,
+which its dispatcher can batch with other clients' calls. A call the scorer sheds as overloaded,
+or whose connection drops, is tried again; if it still fails, or the scorer cannot be reached,
+the answer is a 503 with ``Retry-After`` (reason ``overloaded``), never a bare 500
+(:meth:`FlowadService._call_scorer`). Every row names the model it was checked against: the
+front and the scorer each follow the production pointer on their own, so during a swap they can
+disagree, and the new model can have other columns (:meth:`Scorer.verdicts`,
+:meth:`FlowadService._agreed`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Annotated, Any
 
+import aiohttp
 import bentoml
 import numpy as np
 import orjson
 import pandas as pd
 import torch
 from anyio import to_thread
-from bentoml.exceptions import BadInput, BentoMLException
+from bentoml.exceptions import BadInput, BentoMLException, ServiceUnavailable
 from pydantic import Field
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -68,6 +79,14 @@ from service.uploads import UploadError, read_upload
 SETTINGS = Settings.from_env()
 log = logging.getLogger("flowad.service")
 DEFAULT_TOP, MAX_TOP = 5, 20  # contributions per explained record: default, most
+# ``top`` as it may be written (less leading zeros): str.isdigit() also accepts "²" and "٣",
+# which int() refuses or reads as 3, and int() of a 5,000-digit string raises.
+TOP_VALUES = {str(k): k for k in range(1, MAX_TOP + 1)}
+# Rows per call to the scorer: a few milliseconds of work, which its dispatcher can batch with
+# other requests' calls (max_batch_size) instead of shedding one huge call.
+SCORER_CALL_ROWS = 2_000
+RETRY_AFTER_S = 1  # a shed call or a model swap is over within about a second
+SCORER_RETRY_PAUSES_S = (0.1, 0.3)  # before trying again a call the scorer shed or dropped
 UNKNOWN_CATEGORY_POLICY = (
     "unseen categories are scored, not rejected: they map to the column's 'unknown' slot, "
     "which training never saw, so they raise the score"
@@ -79,14 +98,28 @@ class RequestRejected(BentoMLException):
 
     error_code = HTTPStatus.BAD_REQUEST
 
-    def __init__(self, message: str, reason: str, status: HTTPStatus = HTTPStatus.BAD_REQUEST):
+    def __init__(self, message: str, reason: str, status: HTTPStatus = HTTPStatus.BAD_REQUEST,
+                 retry_after: int | None = None):
         super().__init__(message, error_code=status)
-        self.message, self.reason = message, reason
+        self.message, self.reason, self.retry_after = message, reason, retry_after
 
     def response(self) -> Response:
         """``{"error": ..., "reason": ...}``, the body ``RequestGuard``'s rejections have too
         (raised through BentoML, the body would be ``[{"error": ...}]``)."""
-        return json_response({"error": self.message, "reason": self.reason}, self.error_code)
+        response = json_response({"error": self.message, "reason": self.reason}, self.error_code)
+        if self.retry_after is not None:
+            response.headers["retry-after"] = str(self.retry_after)
+        if self.error_code == HTTPStatus.REQUEST_TIMEOUT:  # as RequestGuard's 408 (guard.py)
+            response.headers["connection"] = "close"
+        return response
+
+
+class ModelMismatchError(Exception):
+    """The scorer answered rows with another model than the one the front worker checked
+    them against (each follows the production pointer on its own)."""
+
+    def __init__(self, front: str, scorer: set[str]) -> None:
+        super().__init__(f"this worker serves {front}, the scorer {', '.join(sorted(scorer))}")
 
 
 VERDICT_COLUMNS = ("score", "log_likelihood", "p_value", "is_anomaly")
@@ -138,13 +171,18 @@ class Verdicts:
         return cls.concat(parts)
 
     @classmethod
-    def from_rows(cls, rows: list[list[Any]]) -> Verdicts:
-        """Unpacks what :meth:`Scorer.verdicts` returns (one model scores one request).
+    def from_rows(cls, rows: list[list[Any]], tag: str) -> Verdicts:
+        """Unpacks what :meth:`Scorer.verdicts` returns for rows sent for model ``tag``.
 
         Raises:
+            ModelMismatchError: a row the scorer answered with another model (it does not serve
+                ``tag``).
             UnscorableRecordError: a row the scorer could not score (NaN).
         """
         columns = list(zip(*rows, strict=True))
+        scored_by = set(columns[4])
+        if scored_by != {tag}:
+            raise ModelMismatchError(tag, scored_by - {tag})
         verdicts = cls(*(np.asarray(c) for c in columns[:4]), *rows[0][4:])
         nan = np.flatnonzero(np.isnan(verdicts.log_likelihood.astype(np.float64)))
         if len(nan):
@@ -272,9 +310,28 @@ class Scorer:
     # (5 s let those grow to 100-300 ms at low concurrency), hence 500 ms.
     @bentoml.api(batchable=True, max_batch_size=20_000, max_latency_ms=500)
     def verdicts(self, rows: list[list[Any]]) -> list[list[Any]]:
-        """Rows of values in schema order -> ``[score, log_likelihood, p_value, is_anomaly,
-        model tag, threshold, target FPR]`` per row (plain lists: cheaper than dicts both ways)."""
+        """Rows ``[model tag, *values in that model's schema order]`` -> ``[score,
+        log_likelihood, p_value, is_anomaly, model tag, threshold, target FPR]`` per row (plain
+        lists: cheaper than dicts both ways).
+
+        A row is only scored by the model it names, whose columns it holds: a batch merges the
+        calls of every front worker, and each one swaps models on its own. The tag costs little
+        per row: the front puts one string object in all its rows, which pickle sends once. A row
+        for a model this process does not serve makes it load the production model now (it may
+        have just been promoted); a row whose model it still does not serve comes back unscored,
+        with this process's tag, for the front to retry with that model.
+        """
         model = self.follower.current  # one model for the whole batch
+        if any(row[0] != model.tag for row in rows):
+            self.follower.refresh()
+            model = self.follower.current
+        served = [row[1:] for row in rows if row[0] == model.tag]
+        scored = iter(self._verdict_rows(model, served) if served else [])
+        unserved = [math.nan, math.nan, math.nan, False, model.tag, math.nan, math.nan]
+        return [next(scored) if row[0] == model.tag else unserved for row in rows]
+
+    @staticmethod
+    def _verdict_rows(model: LoadedModel, rows: list[list[Any]]) -> list[list[Any]]:
         frame = pd.DataFrame(rows, columns=model.detector.input_columns)
         try:
             verdicts = Verdicts.of(model, frame)
@@ -335,7 +392,12 @@ class FlowadService:
         service_metrics.forget_dead_processes()  # e.g. the worker this one replaces
         self.metrics: service_metrics.Metrics | None = None
         self.window: DriftWindow | None = None
+        self._window_tag = ""  # the model whose scores self.window holds
         self._drift_updated = 0.0
+        self._drift_published = False  # whether this window's statistics reached the gauges
+        # A swap (the follower's thread) and a request's drift update must not interleave:
+        # a late update for the old model would bring its retired series back.
+        self._drift_lock = threading.Lock()
         # The front only validates and describes: its copy of the detector stays on the CPU.
         self.follower = ModelFollower(SETTINGS.model, device="cpu", on_swap=self._on_swap,
                                       on_failure=self._on_load_failure)
@@ -357,7 +419,19 @@ class FlowadService:
                 np.quantile(reference, service_metrics.SCORE_BUCKET_QUANTILES)
             ))
         m = self.metrics
-        self.window = DriftWindow(reference, detector.threshold_, SETTINGS.drift_window)
+        with self._drift_lock:
+            self.window = DriftWindow(reference, detector.threshold_, SETTINGS.drift_window)
+            self._window_tag = new.tag
+            if old is not None and self._drift_published:
+                # Retire the old model's drift series, or an alert such as
+                # flowad_drift_psi > 0.2 keeps firing for a model no longer served. In
+                # multiprocess mode a series cannot be removed (remove() forgets this process's
+                # child, not the value in the file the collector reads), so it is set to NaN,
+                # which no comparison matches; a worker still serving that model writes a
+                # newer value, which wins (livemostrecent).
+                for gauge in m.drift_gauges():
+                    gauge.labels(old.tag).set(math.nan)
+            self._drift_published = False
         if old is not None:
             m.model_info.labels(old.tag).set(0)
         m.model_info.labels(new.tag).set(1)
@@ -385,7 +459,7 @@ class FlowadService:
         try:
             top = self._explain_top(ctx.request.query_params)
             if top is None:
-                return json_response(self._score_records(records))
+                return json_response(self._score_records(records)[1])
             return json_response(self._explain_records(records, top))
         except RequestRejected as rejected:
             # an API that takes ctx answers with ctx.response's status, whatever it returns
@@ -399,23 +473,21 @@ class FlowadService:
         if explain not in ("true", "false"):
             self._reject(f"explain must be true or false, got {shown(explain)}", "validation")
         top = query.get("top", str(DEFAULT_TOP))
-        if not (top.isdigit() and 1 <= int(top) <= MAX_TOP):
+        if top.lstrip("0") not in TOP_VALUES:
             self._reject(f"top must be an integer from 1 to {MAX_TOP}, got {shown(top)}",
                          "validation")
-        return int(top) if explain == "true" else None
+        return TOP_VALUES[top.lstrip("0")] if explain == "true" else None
 
     def _explain_records(self, records: list[dict[str, Any]], top: int) -> dict[str, Any]:
         """The ``/score`` body plus each record's ``top`` contributions. The records are
-        scored first (validated and counted as any request); this worker's model explains
-        them, named in ``explanation.model``: during a model swap it can differ from the
-        model that scored them."""
+        scored first (validated and counted as any request); the model that scored them
+        explains them, on this worker's CPU copy (named in ``explanation.model``)."""
         if len(records) > SETTINGS.max_explain_records:
             self._reject(f"{len(records)} records exceed the limit of "
                          f"{SETTINGS.max_explain_records} per explained request "
                          "(FLOWAD_MAX_EXPLAIN_RECORDS)", "too_large",
                          HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
-        body = self._score_records(records)
-        model = self.follower.current
+        model, body = self._score_records(records)
         detector = model.detector
         frame = pd.DataFrame.from_records(records, columns=detector.input_columns)
         for result, contributions in zip(
@@ -451,14 +523,31 @@ class FlowadService:
 
     async def _score_table(self, request: Request, upload: Any,
                            started: float) -> tuple[list[Verdicts] | None, dict[str, int]]:
+        """Scores an upload with one model for the whole file: if the scorer serves another
+        one, the file is scored again from its start (nothing was counted yet) with the model
+        both then serve (:meth:`_agreed`)."""
+        try:
+            return await self._score_table_with(self.follower.current, request, upload, started)
+        except ModelMismatchError:
+            await to_thread.run_sync(self._catch_up)
+        upload.file.seek(0)
+        try:
+            return await self._score_table_with(self.follower.current, request, upload, started)
+        except ModelMismatchError as mismatch:
+            self._reject_model_changing(mismatch)
+
+    async def _score_table_with(self, model: LoadedModel, request: Request, upload: Any,
+                                started: float) -> tuple[list[Verdicts] | None, dict[str, int]]:
         """Validates and scores an upload chunk by chunk, each in a worker thread; between
         chunks it stops if the client disconnected or the time limit passed."""
-        model = self.follower.current  # one model for the whole file
-        chunks = iter_table(upload.file, SETTINGS.file_chunk_rows, fmt=upload.format)
+        chunks = iter_table(upload.file, SETTINGS.file_chunk_rows, fmt=upload.format,
+                            text_columns=model.detector.text_columns)
         parts: list[Verdicts] = []
         unknown: Counter[str] = Counter()
         n_rows = 0
         while (chunk := await to_thread.run_sync(_next_chunk, chunks, upload.format)) is not None:
+            if chunk.empty:  # a CSV of a header only: an empty file, as a 0-row Parquet
+                continue
             if n_rows + len(chunk) > SETTINGS.max_file_rows:
                 self._reject(f"the file has more than {SETTINGS.max_file_rows} rows, the limit "
                              "of /score_file (FLOWAD_MAX_FILE_ROWS): score it with `flowad "
@@ -492,7 +581,8 @@ class FlowadService:
             self._reject(str(error.in_file(first_row)), "schema")
         return verdicts, model.detector.unknown_counts(chunk)
 
-    def _score_records(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+    def _score_records(self, records: list[dict[str, Any]]) -> tuple[LoadedModel, dict[str, Any]]:
+        """The ``/score`` body of ``records``, and the model that scored them."""
         if not records:
             self._reject("empty request: no records to score", "empty")
         if len(records) > SETTINGS.max_records:
@@ -500,9 +590,36 @@ class FlowadService:
                 f"{len(records)} records exceed the limit of {SETTINGS.max_records} per request",
                 "too_large", HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
             )
-        model = self.follower.current  # this request's model, even if a swap happens now
+        return self._agreed(lambda model: self._check_and_score(model, records))
+
+    def _check_and_score(self, model: LoadedModel,
+                         records: list[dict[str, Any]]) -> tuple[LoadedModel, dict[str, Any]]:
         self._check_columns(model, records)
-        return self._score_checked(model, records)
+        return model, self._score_checked(model, records)
+
+    def _agreed(self, score: Callable[[LoadedModel], Any]) -> Any:
+        """``score(model)`` with this worker's model (read once: a request keeps its model even
+        if a swap happens meanwhile), or, if the scorer serves another, once more with the
+        model this worker then serves (:meth:`_catch_up`); a 503 if they still differ."""
+        try:
+            return score(self.follower.current)
+        except ModelMismatchError:
+            self._catch_up()
+        try:
+            return score(self.follower.current)
+        except ModelMismatchError as mismatch:
+            self._reject_model_changing(mismatch)
+
+    def _catch_up(self) -> None:
+        """Loads the production model now, without waiting for the next poll: the scorer, which
+        does so when it sees a model it does not serve, serves another model than this
+        worker's, most likely a newer one. A model that failed to load here stays backing off
+        (not ``now=True``): every request must not try to load it again."""
+        self.follower.refresh()
+
+    def _reject_model_changing(self, mismatch: ModelMismatchError) -> None:
+        self._reject(f"the served model is being changed ({mismatch}); retry shortly",
+                     "model_changing", HTTPStatus.SERVICE_UNAVAILABLE, RETRY_AFTER_S)
 
     @bentoml.api(route="/admin/reload")
     def admin_reload(self, ctx: bentoml.Context) -> dict[str, Any]:
@@ -535,19 +652,31 @@ class FlowadService:
 
     def describe(self) -> dict[str, Any]:
         """What ``GET /model`` returns: the detector's own description, the threshold ``null``
-        when it is +inf (JSON has no infinity; ``warnings`` then says why and what to do)."""
+        when it is +inf (JSON has no infinity; ``warnings`` then says why and what to do).
+
+        It describes the model this process holds in memory, which keeps serving if its folder
+        is deleted from the store or the pointer file is damaged: ``production`` and
+        ``created`` are then ``null``, with a warning saying why."""
         current = self.follower.current
         about = current.detector.describe()
         threshold = about["threshold"]
+        warnings = list(about["warnings"])
+        production = _read_or_warn(
+            lambda: self._is_production(current.tag), warnings,
+            f"production is unknown: the production pointer of {current.tag.split(':')[0]!r} "
+            "cannot be read")
+        created = _read_or_warn(
+            lambda: bentoml.models.get(current.tag).info.creation_time.isoformat(), warnings,
+            f"created is unknown: {current.tag} cannot be read from the model store (deleted?)")
         return {
             "tag": current.tag,
-            "production": self._is_production(current.tag),
-            "created": bentoml.models.get(current.tag).info.creation_time.isoformat(),
+            "production": production,
+            "created": created,
             "model_kind": about["model_kind"],
             "target_fpr": about["target_fpr"],
             "threshold": threshold if math.isfinite(threshold) else None,
             "calibration": about["calibration"],
-            "warnings": about["warnings"],
+            "warnings": warnings,
             "schema": about["schema"],
             "training_metrics": about["metrics"],
             "unknown_category_policy": UNKNOWN_CATEGORY_POLICY,
@@ -556,10 +685,10 @@ class FlowadService:
         }
 
     # ------------------------------------------------------------------ helpers
-    def _reject(self, message: str, reason: str,
-                status: HTTPStatus = HTTPStatus.BAD_REQUEST) -> None:
+    def _reject(self, message: str, reason: str, status: HTTPStatus = HTTPStatus.BAD_REQUEST,
+                retry_after: int | None = None) -> None:
         self._count_rejection(reason)
-        raise RequestRejected(message, reason, status)
+        raise RequestRejected(message, reason, status, retry_after)
 
     def _reject_unscorable(self, model: LoadedModel, error: SchemaError) -> None:
         """A record that passed every input check but has no log-likelihood: a 422, and a
@@ -601,13 +730,53 @@ class FlowadService:
         return verdicts.response({k: v for k, v in unknown.items() if v})
 
     def _verdicts(self, model: LoadedModel, frame: pd.DataFrame) -> Verdicts:
-        """Validates and scores a frame, here or on the ``Scorer``; counts nothing."""
+        """Validates and scores a frame, here or on the ``Scorer`` (in calls of at most
+        ``SCORER_CALL_ROWS`` rows, each row led by the model's tag); counts nothing but a 503.
+
+        Raises:
+            ModelMismatchError: the scorer serves another model.
+        """
         if not SETTINGS.remote_scoring:
             return Verdicts.of(model, frame)  # the encoder validates it
         detector = model.detector
         detector.validate(frame)
-        rows = list(frame[detector.input_columns].itertuples(index=False, name=None))
-        return Verdicts.from_rows(self.scorer.verdicts(rows))
+        tag = model.tag
+        rows = [(tag, *values)
+                for values in frame[detector.input_columns].itertuples(index=False, name=None)]
+        answers: list[list[Any]] = []
+        for start in range(0, len(rows), SCORER_CALL_ROWS):
+            answers += self._call_scorer(rows[start : start + SCORER_CALL_ROWS])
+        return Verdicts.from_rows(answers, tag)
+
+    def _call_scorer(self, rows: list[tuple[Any, ...]]) -> list[list[Any]]:
+        """The scorer's answer; a 503 if it cannot be reached or keeps shedding the call.
+
+        BentoML's client (aiohttp) raises ServiceUnavailable for the dispatcher's "process is
+        overloaded" (a call it sheds unscored when its queue would take longer than
+        max_latency_ms), an aiohttp.ClientError when the connection fails or is dropped, and
+        TimeoutError past the traffic timeout. A dropped connection is not always the scorer's
+        doing: BentoML 1.4's client replaces its session every 100 calls by closing the old
+        one, with the calls of the worker's other threads still in flight on it. So a call
+        that was shed or dropped (scoring has no side effects) is tried again after a pause;
+        one that timed out has used the request's time already.
+        """
+        pauses = iter(SCORER_RETRY_PAUSES_S)
+        while True:
+            try:
+                return self.scorer.verdicts(rows)
+            except (ServiceUnavailable, aiohttp.ClientError, TimeoutError) as error:
+                pause = None if isinstance(error, TimeoutError) else next(pauses, None)
+                if pause is None:
+                    self._scorer_unavailable(len(rows), error)
+                time.sleep(pause)
+
+    def _scorer_unavailable(self, rows: int, error: Exception) -> None:
+        log.warning("the scorer did not score %d rows: %s: %s", rows, type(error).__name__,
+                    error)
+        problem = ("is overloaded" if isinstance(error, ServiceUnavailable)
+                   else f"could not be reached ({type(error).__name__})")
+        self._reject(f"the scorer {problem}; retry shortly", "overloaded",
+                     HTTPStatus.SERVICE_UNAVAILABLE, RETRY_AFTER_S)
 
     def _observe(self, verdicts: Verdicts) -> None:
         m, tag, scores = self.metrics, verdicts.tag, verdicts.score.astype(np.float64)
@@ -621,17 +790,22 @@ class FlowadService:
         service_metrics.observe_many(m.scores.labels(tag), scores)
         service_metrics.observe_many(m.p_values.labels(tag),
                                      verdicts.p_value.astype(np.float64))
-        self.window.add(scores)
-        now = time.monotonic()
-        if now - self._drift_updated >= 1.0:  # KS on a full window costs ~1 ms; once a second
+        with self._drift_lock:
+            if tag != self._window_tag:  # scored by a model swapped out meanwhile: not its window
+                return
+            self.window.add(scores)
+            now = time.monotonic()
+            if now - self._drift_updated < 1.0:  # KS on a full window costs ~1 ms; once a second
+                return
             stats = self.window.statistics()
-            if stats is not None:
-                self._drift_updated = now
-                m.psi.labels(tag).set(stats.psi)
-                m.ks_statistic.labels(tag).set(stats.ks_statistic)
-                m.ks_pvalue.labels(tag).set(stats.ks_pvalue)
-                m.window_anomaly_rate.labels(tag).set(stats.anomaly_rate)
-                m.window_records.labels(tag).set(stats.n)
+            if stats is None:
+                return
+            self._drift_updated, self._drift_published = now, True
+            m.psi.labels(tag).set(stats.psi)
+            m.ks_statistic.labels(tag).set(stats.ks_statistic)
+            m.ks_pvalue.labels(tag).set(stats.ks_pvalue)
+            m.window_anomaly_rate.labels(tag).set(stats.anomaly_rate)
+            m.window_records.labels(tag).set(stats.n)
 
 
 def _next_chunk(chunks: Iterator[pd.DataFrame], fmt: str) -> pd.DataFrame | None:
@@ -641,6 +815,16 @@ def _next_chunk(chunks: Iterator[pd.DataFrame], fmt: str) -> pd.DataFrame | None
     except (ValueError, OSError, UnicodeDecodeError) as error:  # pandas' and pyarrow's
         raise RequestRejected(f"could not read the uploaded {fmt} file: {str(error)[:300]}",
                               "validation") from None
+
+
+def _read_or_warn(read: Callable[[], Any], warnings: list[str], what: str) -> Any:
+    """``read()``, or None with a warning ``what`` and the error: any failure (a missing
+    folder, a pointer file that is empty, garbage or a directory) costs one field only."""
+    try:
+        return read()
+    except Exception as error:
+        warnings.append(f"{what}: {type(error).__name__}: {str(error)[:200]}")
+        return None
 
 
 def _count_guard_rejection(reason: str) -> None:
@@ -672,5 +856,6 @@ FlowadService.add_asgi_middleware(
     RequestGuard,
     json_routes={"/score": SETTINGS.max_body_bytes},
     upload_routes={"/score_file": SETTINGS.max_file_bytes},
+    body_timeout=SETTINGS.body_timeout,
     on_reject=_count_guard_rejection,
 )

@@ -32,6 +32,10 @@ class Settings:
         traffic timeout (120 s), so that the client hears why instead of a bare 504.
     file_chunk_rows: rows read, validated and scored at a time from an upload
         [FLOWAD_FILE_CHUNK_ROWS].
+    body_timeout: seconds allowed to receive a /score body, and the longest pause between two
+        pieces of a /score_file upload; past it the request is answered 408
+        [FLOWAD_BODY_TIMEOUT_S]. A client that stops sending would otherwise hold its
+        connection until the traffic timeout (120 s) and get a 504, counted as a server error.
     torch_threads: CPU threads per worker; one is fastest for small batches on few cores
         [FLOWAD_TORCH_THREADS].
     drift_window: recent scores the drift statistics are computed over [FLOWAD_DRIFT_WINDOW].
@@ -56,6 +60,7 @@ class Settings:
     max_file_rows: int
     file_seconds: float
     file_chunk_rows: int
+    body_timeout: float
     torch_threads: int
     drift_window: int
     scoring: str
@@ -80,6 +85,7 @@ class Settings:
             max_file_rows=int(env("FLOWAD_MAX_FILE_ROWS", "1000000")),
             file_seconds=float(env("FLOWAD_FILE_SECONDS", "100")),
             file_chunk_rows=int(env("FLOWAD_FILE_CHUNK_ROWS", "50000")),
+            body_timeout=float(env("FLOWAD_BODY_TIMEOUT_S", "30")),
             torch_threads=int(env("FLOWAD_TORCH_THREADS", "1")),
             drift_window=int(env("FLOWAD_DRIFT_WINDOW", "2000")),
             scoring=scoring,

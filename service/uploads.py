@@ -3,12 +3,14 @@
 Starlette's multipart parser keeps the first MiB of a file in memory and the rest in a
 temporary file, so memory does not grow with the upload. Only the file part named ``file`` is
 accepted: a text value in its place (which BentoML's file input would download as a URL) is a
-400, and the client's file name is only read for its suffix, never used as a path.
+400, and the client's file name is only read for its suffix, never used as a path. The parser
+accepts a body cut short without complaint (it then holds no complete part), so the closing
+boundary is looked for as the body passes: a body without one is malformed or truncated.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -22,6 +24,7 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
 from pipelines.schema import shown
+from service.guard import BodyTimeoutError, BodyTooLargeError, Message
 
 FIELD = "file"
 FORMATS = {".csv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -53,18 +56,29 @@ async def read_upload(request: Request) -> AsyncIterator[Upload]:
     """Parses the multipart body of ``request``; the temporary file is closed on exit.
 
     Raises:
-        UploadError: not multipart, no boundary, a malformed body, no file part ``file``, a
-            text value instead of a file, or an unsupported file type.
+        UploadError: not multipart, no boundary, a malformed or truncated body, a body over
+            its byte limit or too slow to arrive (``RequestGuard``'s errors, raised as the
+            parser reads), no file part ``file``, a text value instead of a file, or an
+            unsupported file type.
     """
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
-    if content_type != b"multipart/form-data" or not options.get(b"boundary"):
+    boundary = options.get(b"boundary")
+    if content_type != b"multipart/form-data" or not boundary:
         raise UploadError(f"expected multipart/form-data with a boundary: {USAGE}")
+    closing = ClosingBoundary(request.receive, boundary)
     try:
-        form = await request.form(max_files=1, max_fields=16)
+        form = await Request(request.scope, closing.receive).form(max_files=1, max_fields=16)
     except (MultiPartException, HTTPException) as error:
         detail = getattr(error, "message", None) or getattr(error, "detail", "")
         raise UploadError(f"malformed multipart body ({detail}): {USAGE}") from None
+    except BodyTooLargeError as error:
+        raise UploadError(str(error), "too_large", HTTPStatus.REQUEST_ENTITY_TOO_LARGE) from None
+    except BodyTimeoutError as error:
+        raise UploadError(str(error), "timeout", HTTPStatus.REQUEST_TIMEOUT) from None
     try:
+        if not closing.seen:
+            raise UploadError("malformed or truncated multipart body: it ends before its closing "
+                              f"boundary: {USAGE}")
         part = form.get(FIELD)
         if part is None:
             raise UploadError(f"no part named {FIELD!r}: {USAGE}")
@@ -78,3 +92,26 @@ async def read_upload(request: Request) -> AsyncIterator[Upload]:
         yield Upload(part.file, FORMATS[suffix])
     finally:
         await form.close()
+
+
+class ClosingBoundary:
+    """Watches a body as it is received for the multipart closing delimiter ``--boundary--``.
+
+    Arguments:
+        receive: the request's ASGI receive channel.
+        boundary: the boundary of its Content-Type.
+    """
+
+    def __init__(self, receive: Callable[[], Awaitable[Message]], boundary: bytes) -> None:
+        self._receive = receive
+        self.delimiter = b"--" + boundary + b"--"
+        self.seen = False
+        self._tail = b""  # the end of the previous message: a delimiter may straddle two
+
+    async def receive(self) -> Message:
+        message = await self._receive()
+        if not self.seen:
+            window = self._tail + message.get("body", b"")
+            self.seen = self.delimiter in window
+            self._tail = window[-len(self.delimiter):]
+        return message

@@ -1,12 +1,15 @@
 """A real ``bentoml serve`` under hostile input and faults: a fuzzer driven by ``/docs.json``,
 deep JSON, scans of random paths, ``kill -9`` of a worker. Nothing may answer 5xx or hang."""
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
@@ -19,6 +22,7 @@ from pipelines.store import save_detector
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
+BODY_TIMEOUT_S = 2
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +33,8 @@ def server(tmp_path_factory):
     registry.promote(save_detector(detector, "hostile-test"))
     port = free_port()
     env = {**os.environ, "FLOWAD_MODEL": "hostile-test", "FLOWAD_WORKERS": "2",
-           "FLOWAD_SCORING": "local", "FLOWAD_MAX_RECORDS": "200", "BENTOML_DO_NOT_TRACK": "true"}
+           "FLOWAD_SCORING": "local", "FLOWAD_MAX_RECORDS": "200", "BENTOML_DO_NOT_TRACK": "true",
+           "FLOWAD_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S)}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # bentoml serve sets its own
     log = open(tmp / "service.log", "w")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
@@ -113,6 +118,48 @@ def test_scanning_random_paths_does_not_grow_the_metrics(server):
                  for line in text.splitlines() if 'endpoint="' in line}
     assert "/unmatched" in endpoints and len(endpoints) < 15, sorted(endpoints)
     assert len(text) < size * 1.2
+    assert http("POST", f"{base}/score", records(3, seed=1))[0] == 200
+
+
+def stalled_request(base: str, path: str, headers: str, first: bytes) -> tuple[int, dict, float]:
+    """Over a real socket: the request's headers and the first bytes of its body, then nothing.
+    Returns the status, the JSON body and the seconds the answer took."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        start = time.monotonic()
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\n{headers}\r\n".encode() + first)
+        answer = b""
+        while chunk := sock.recv(65536):  # the server closes it: the rest may never come
+            answer += chunk
+        took = time.monotonic() - start
+    head, body = answer.split(b"\r\n\r\n", 1)
+    return int(head.split()[1]), json.loads(body), took
+
+
+def rejected(base: str, reason: str) -> float:
+    lines = http("GET", f"{base}/metrics")[1].decode().splitlines()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines
+               if line.startswith("flowad_requests_rejected_total{")
+               and f'reason="{reason}"' in line)
+
+
+def test_clients_that_stop_sending_their_body_get_a_408_not_a_504(server):
+    """Slow-body clients were held for the 120 s traffic timeout and answered 504, a server
+    error for the alerts; FLOWAD_BODY_TIMEOUT_S (2 s here) bounds the wait."""
+    base, _ = server
+    before = rejected(base, "timeout")
+    score = ("/score", "Content-Type: application/json\r\nContent-Length: 100\r\n", b"[")
+    upload = ("/score_file", "Content-Type: multipart/form-data; boundary=b\r\n"
+              "Content-Length: 10000\r\n", b'--b\r\nContent-Disposition: form-data; name="file"; '
+              b'filename="a.csv"\r\n\r\namount,ratio\r\n1.0,')
+    cases = [score] * 40 + [upload] * 4
+    with ThreadPoolExecutor(len(cases)) as pool:
+        answers = list(pool.map(lambda case: stalled_request(base, *case), cases))
+    for (path, *_), (status, body, took) in zip(cases, answers, strict=True):
+        assert status == 408, (path, body)
+        assert body["reason"] == "timeout" and f"within {BODY_TIMEOUT_S} s" in body["error"]
+        assert took < BODY_TIMEOUT_S + 3, (path, took)  # and the connection is closed
+    wait_for(lambda: rejected(base, "timeout") == before + len(cases), 10, "the rejections")
     assert http("POST", f"{base}/score", records(3, seed=1))[0] == 200
 
 

@@ -99,10 +99,17 @@ def test_explain_adds_the_top_contributions_of_each_record(client):
     assert "contributions" not in plain["results"][0] and "explanation" not in plain
 
 
-@pytest.mark.parametrize(("query", "status"), [("explain=maybe", 400), ("explain=true&top=0", 400),
-                                               ("explain=true&top=21", 400)])
-def test_explain_parameters_are_checked(client, query, status):
-    assert client.post(f"/score?{query}", json=records(2)).status_code == status
+@pytest.mark.parametrize("query", ["explain=maybe", "explain=true&top=0", "explain=true&top=21",
+                                   "explain=true&top=%C2%B2", "explain=true&top=%D9%A3",
+                                   "explain=true&top=" + "1" * 5000],
+                         ids=["explain", "0", "21", "superscript-2", "arabic-indic-3",
+                              "5000-digits"])
+def test_explain_parameters_are_checked(client, query):
+    response = client.post(f"/score?{query}", json=records(2))
+    assert response.status_code == 400, response.text
+    assert response.json()["reason"] == "validation"
+    if "top" in query:  # "²".isdigit() and "٣".isdigit() are True: only ASCII digits count
+        assert response.json()["error"].startswith("top must be an integer from 1 to 20, got")
 
 
 def test_explained_requests_are_bounded(client):
@@ -290,6 +297,15 @@ def test_score_file_csv_and_parquet(client):
     assert response.json()["reason"] == "schema" and "amount" in response.json()["error"]
 
 
+def test_an_empty_csv_or_parquet_is_one_rejection(client):
+    frame = mixed_frame(0)
+    for name, data in [("header-only.csv", frame.to_csv(index=False).encode()),
+                       ("empty.parquet", frame.to_parquet())]:
+        response = client.post("/score_file", files={"file": (name, io.BytesIO(data))})
+        assert response.status_code == 400, response.text
+        assert response.json() == {"error": "empty file: no records to score", "reason": "empty"}
+
+
 def test_metrics_are_exposed(client):
     client.post("/score", json=records(45))
     client.post("/score", json=records(45, seed=2))  # the drift window needs 50 records
@@ -365,6 +381,248 @@ def test_reloading_a_broken_production_model_is_a_409_and_keeps_serving(client):
         registry.promote(client.tag)
         client.post("/admin/reload", headers=auth)
     assert client.post("/score", json=records(2)).json()["model"] == client.tag
+
+
+@pytest.fixture(scope="module")
+def narrow():
+    """A model promoted in the tests' swaps, without the column ``flag`` (excluded): 6 input
+    columns where the served model has 7. Records that hold ``flag`` suit both models."""
+    detector = Detector(exclude=["id", "flag"], target_fpr=0.05, train_options={"max_epochs": 5},
+                        random_state=4).fit(mixed_frame(1500, seed=4))
+    return detector, save_detector(detector, "service-test")
+
+
+def _reload(client) -> None:
+    response = client.post("/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert response.status_code == 200, response.text
+
+
+DRIFT_GAUGES = ("flowad_drift_psi", "flowad_drift_ks_statistic", "flowad_drift_ks_pvalue",
+                "flowad_window_anomaly_rate", "flowad_drift_window_records")
+
+
+def _drift(client, tag: str) -> dict[str, float]:
+    """The drift gauges of model ``tag`` in /metrics."""
+    found = {}
+    for line in client.get("/metrics").text.splitlines():
+        name = line.split("{", 1)[0]
+        if name in DRIFT_GAUGES and f'model="{tag}"' in line:
+            found[name] = float(line.rsplit(" ", 1)[1])
+    return found
+
+
+def _publish_drift(client, tag: str) -> None:
+    """Scores records until the drift gauges of ``tag`` show (50 records, once a second)."""
+    import time
+
+    deadline = time.monotonic() + 15
+    while not all(np.isfinite(_drift(client, tag).get(name, np.nan)) for name in DRIFT_GAUGES):
+        assert time.monotonic() < deadline, _drift(client, tag)
+        assert client.post("/score", json=records(50, seed=11)).status_code == 200
+        time.sleep(0.3)
+
+
+def test_a_swap_retires_the_old_models_drift_gauges(client, narrow):
+    """Else ``max by (job, model)(flowad_drift_psi) > 0.2`` keeps firing for a model no longer
+    served. In multiprocess mode (these tests' too: conftest sets PROMETHEUS_MULTIPROC_DIR)
+    the series cannot be removed, so they read NaN, which no alert threshold matches."""
+    assert os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    _, new = narrow
+    _publish_drift(client, client.tag)
+    registry.promote(new)
+    try:
+        _reload(client)
+        retired = _drift(client, client.tag)
+        assert set(retired) == set(DRIFT_GAUGES) and all(np.isnan(v) for v in retired.values())
+        _publish_drift(client, new)
+        assert all(np.isnan(v) for v in _drift(client, client.tag).values())
+    finally:
+        registry.promote(client.tag)
+        _reload(client)
+
+
+@pytest.mark.parametrize("damage", ["empty", "garbage", "directory"])
+def test_model_endpoint_survives_a_damaged_production_pointer(client, damage):
+    pointer = registry.pointer_path("service-test")
+    original = pointer.read_text()
+    try:
+        if damage == "directory":
+            pointer.unlink()
+            pointer.mkdir()
+        else:
+            pointer.write_text("" if damage == "empty" else '{"tag": ')
+        response = client.get("/model")
+        assert response.status_code == 200, response.text
+        info = response.json()
+        assert info["tag"] == client.tag and info["production"] is None
+        assert info["created"] is not None and info["threshold"] is not None
+        assert any(w.startswith("production is unknown: the production pointer of "
+                                "'service-test' cannot be read: ") for w in info["warnings"])
+    finally:
+        if pointer.is_dir():
+            pointer.rmdir()
+        pointer.write_text(original)
+    assert client.get("/model").json()["production"] is True
+
+
+def test_model_endpoint_survives_the_models_deletion_from_the_store(client, narrow):
+    import bentoml
+
+    doomed = save_detector(narrow[0], "service-test")
+    registry.promote(doomed)
+    try:
+        _reload(client)
+        bentoml.models.delete(doomed)  # what `bentoml models delete` does
+        response = client.get("/model")
+        assert response.status_code == 200, response.text
+        info = response.json()
+        assert info["tag"] == doomed and info["production"] is True and info["created"] is None
+        assert any(w.startswith(f"created is unknown: {doomed} cannot be read from the model "
+                                "store (deleted?): ") for w in info["warnings"])
+        assert client.post("/score", json=records(3)).json()["model"] == doomed  # from memory
+    finally:
+        registry.promote(client.tag)
+        _reload(client)
+
+
+# ------------------------------------------------------------ the front and the scorer
+@pytest.fixture
+def scorer_mode(served, monkeypatch):
+    module, test_client = served
+    monkeypatch.setattr(module, "SETTINGS", dataclasses.replace(module.SETTINGS, scoring="scorer"))
+    return module, test_client
+
+
+def _sides(module) -> dict:
+    """The model followers of the front worker and of the (in-process) scorer."""
+    return {"front": module._front.follower, "scorer": module._front.scorer.follower}
+
+
+def _promote_on_one_side(module, old: str, new: str, side: str) -> None:
+    """Both sides serve ``old``; then ``new`` is promoted and ``side`` alone loads it (each
+    polls the pointer on its own)."""
+    registry.promote(old)
+    for follower in _sides(module).values():
+        follower.refresh(now=True)
+    registry.promote(new)
+    assert _sides(module)[side].refresh(now=True)
+
+
+def _restore(module, tag: str) -> None:
+    registry.promote(tag)
+    for follower in _sides(module).values():
+        follower.refresh(now=True)
+    assert {f.current.tag for f in _sides(module).values()} == {tag}
+
+
+def _post_table(client, route: str, frame):
+    if route == "/score":
+        body = json.loads(frame.drop(columns=["id"]).to_json(orient="records", double_precision=15))
+        return client.post("/score", json=body)
+    data = frame.to_csv(index=False).encode()
+    return client.post("/score_file", files={"file": ("t.csv", io.BytesIO(data))})
+
+
+@pytest.mark.parametrize("route", ["/score", "/score_file"])
+@pytest.mark.parametrize("first", ["front", "scorer"])
+def test_front_and_scorer_agree_on_the_model_through_a_schema_change(scorer_mode, narrow, first,
+                                                                     route):
+    """The front checks records with its model, the scorer scores them with its own, and
+    after a promotion either may swap first: the new model has 6 columns, the old one 7.
+    Whichever swapped first, the records are scored by the new model, with its columns (the
+    front catches up with the scorer and retries, or the scorer loads the model the front
+    names)."""
+    module, client = scorer_mode
+    detector, new = narrow
+    frame = mixed_frame(250 if route == "/score_file" else 50, seed=9)  # a file: 3 chunks
+    try:
+        _promote_on_one_side(module, client.tag, new, first)
+        response = _post_table(client, route, frame)
+        assert response.status_code == 200, response.text
+        payload = response.json()
+        assert payload["model"] == new and payload["n"] == len(frame)
+        np.testing.assert_allclose([r["score"] for r in payload["results"]],
+                                   detector.decision_function(frame), rtol=0, atol=1e-9)
+        assert {f.current.tag for f in _sides(module).values()} == {new}
+    finally:
+        _restore(module, client.tag)
+
+
+def test_front_and_scorer_that_cannot_agree_answer_503(scorer_mode, narrow):
+    """The front swapped to a model the scorer fails to load: both keep their models, and a
+    request, retried once with the front's current model, is a 503 to retry, never a 500."""
+    import bentoml
+
+    module, client = scorer_mode
+    other = save_detector(narrow[0], "service-test")
+    _promote_on_one_side(module, client.tag, other, "front")
+    weights = Path(bentoml.models.get(other).path_of("flow.pt"))
+    original = corrupt_weights(other)  # after the front loaded it: the scorer cannot
+    before = _rejected(client, "model_changing")
+    try:
+        for route in ("/score", "/score_file"):
+            response = _post_table(client, route, mixed_frame(40, seed=9))
+            assert response.status_code == 503, response.text
+            assert response.headers["retry-after"] == "1"
+            assert response.json() == {
+                "error": f"the served model is being changed (this worker serves {other}, the "
+                         f"scorer {client.tag}); retry shortly", "reason": "model_changing"}
+        assert _rejected(client, "model_changing") == before + 2
+    finally:
+        weights.write_bytes(original)
+        _restore(module, client.tag)
+
+
+def test_the_scorer_gets_calls_of_bounded_size(scorer_mode, monkeypatch):
+    """A file's chunks (100 rows here) and large requests go to the scorer in calls of at most
+    SCORER_CALL_ROWS rows, whose verdicts are put back together in order."""
+    module, client = scorer_mode
+    scorer = module._front.scorer
+    sizes = []
+    verdicts = scorer.verdicts
+
+    def recorded(rows):
+        sizes.append(len(rows))
+        return verdicts(rows)
+
+    monkeypatch.setattr(scorer, "verdicts", recorded)
+    monkeypatch.setattr(module, "SCORER_CALL_ROWS", 30)
+    frame = mixed_frame(250, seed=10)
+    for route, calls in [("/score_file", [30, 30, 30, 10, 30, 30, 30, 10, 30, 20]),
+                         ("/score", [30, 20])]:
+        sizes.clear()
+        response = _post_table(client, route, frame if route == "/score_file" else frame[:50])
+        assert response.status_code == 200, response.text
+        assert sizes == calls
+        expected = client.detector.decision_function(frame)[: response.json()["n"]]
+        # float32 arithmetic: a record's score varies by ~1e-6 with the size of its batch
+        np.testing.assert_allclose([r["score"] for r in response.json()["results"]], expected,
+                                   rtol=0, atol=1e-5)
+
+
+def test_an_unreachable_scorer_is_a_503_to_retry(scorer_mode, monkeypatch):
+    """BentoML's real client (aiohttp) to a port where nothing listens: the error it raises
+    (as for a dropped connection; the scorer's "process is overloaded" is another), tried
+    again twice, is a 503."""
+    from _bentoml_impl.client import RemoteProxy
+    from test_integration import free_port
+
+    module, client = scorer_mode
+    proxy = RemoteProxy(f"http://127.0.0.1:{free_port()}", service=module.Scorer)
+    client.portal.call(proxy.__aenter__)  # what BentoML does for a worker's dependency
+    monkeypatch.setattr(module._front, "scorer", proxy)
+    before, scored = _rejected(client, "overloaded"), _scored(client)
+    try:
+        for route in ("/score", "/score_file"):
+            response = _post_table(client, route, mixed_frame(20, seed=12))
+            assert response.status_code == 503, response.text
+            assert response.headers["retry-after"] == "1"
+            assert response.json() == {
+                "error": "the scorer could not be reached (ClientConnectorError); retry shortly",
+                "reason": "overloaded"}
+    finally:
+        client.portal.call(proxy.close)
+    assert _rejected(client, "overloaded") == before + 2 and _scored(client) == scored
 
 
 def test_observe_many_matches_one_by_one_observations():
@@ -447,6 +705,50 @@ def test_score_file_ignores_a_long_file_name(client):
     assert response.json()["n"] == 30
 
 
+@pytest.mark.parametrize("cut", [8, 60, 400], ids=["in-the-closing-boundary", "in-the-file",
+                                                  "in-the-part-headers"])
+def test_a_truncated_upload_is_said_to_be_truncated(client, cut):
+    import httpx
+
+    data = mixed_frame(30, seed=4).to_csv(index=False).encode()
+    upload = httpx.Request("POST", "http://x/score_file", files={"file": ("a.csv", data)})
+    body = upload.read()
+    body = body[:-cut] if cut < 100 else body[:cut]
+    response = client.post("/score_file", content=body,
+                           headers={"content-type": upload.headers["content-type"]})
+    assert response.status_code == 400, response.text
+    assert response.json()["reason"] == "validation"
+    assert "malformed or truncated multipart body" in response.json()["error"]
+
+
+@pytest.mark.parametrize(("route", "encoding"), [("/score", "gzip"), ("/score", "deflate"),
+                                                 ("/score_file", "gzip")])
+def test_a_compressed_body_is_a_415(client, route, encoding):
+    import gzip
+    import zlib
+
+    compress = gzip.compress if encoding == "gzip" else zlib.compress
+    before = _rejected(client, "encoding")
+    response = client.post(route, content=compress(json.dumps(records(3)).encode()),
+                           headers={"content-type": "application/json",
+                                    "content-encoding": encoding})
+    assert response.status_code == 415, response.text
+    assert response.json() == {
+        "error": f"content encoding '{encoding}' is not supported: send the body uncompressed "
+                 "(identity)", "reason": "encoding"}
+    assert _rejected(client, "encoding") == before + 1
+    response = client.post("/score", json=records(3), headers={"content-encoding": "identity"})
+    assert response.status_code == 200, response.text
+
+
+def _rejected(client, reason: str) -> float:
+    """flowad_requests_rejected_total{reason} summed over models, from /metrics."""
+    lines = client.get("/metrics").text.splitlines()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines
+               if line.startswith("flowad_requests_rejected_total{")
+               and f'reason="{reason}"' in line)
+
+
 def test_score_file_without_a_boundary_is_a_400(client):
     response = client.post("/score_file", content=b"--abc\r\nnonsense",
                            headers={"content-type": "multipart/form-data"})
@@ -516,7 +818,8 @@ def test_an_upload_streamed_past_the_byte_limit_is_a_413():
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"{}"})
 
-    wrapped = RequestGuard(app, json_routes={}, upload_routes={"/score_file": 1000})
+    wrapped = RequestGuard(app, json_routes={}, upload_routes={"/score_file": 1000},
+                           body_timeout=30)
 
     def chunks():  # no content-length: the guard must count
         for _ in range(20):
