@@ -117,21 +117,42 @@ def main(
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Bad input (schema mismatch, unreadable file, unknown model tag, a model that fails its
-    check) exits with status 2 and a one-line message."""
-    from bentoml.exceptions import NotFound
+    """Bad input (schema mismatch, unreadable file, unknown or malformed model tag, a model
+    that fails its check) exits with status 2 and a one-line message."""
+    from bentoml.exceptions import BentoMLException
 
     try:
         yield
-    except (ValueError, OSError, NotFound) as error:  # SchemaError is a ValueError
+    except (ValueError, OSError, BentoMLException) as error:  # SchemaError is a ValueError
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from error
 
 
+def _valid_name(name: str) -> bool:
+    """Whether ``name`` is a model name BentoML stores as given (lower case letters, digits,
+    ``_ - .``, starting with a letter or digit, at most 63 characters): checked before
+    training, which a name refused at save time would waste."""
+    from bentoml._internal.tag import Tag
+
+    try:
+        Tag(name)
+    except ValueError:
+        return False
+    return name == name.lower() and ":" not in name
+
+
+def _check_name(name: str) -> None:
+    if not _valid_name(name):
+        raise typer.BadParameter(
+            f"{name!r} is not a model name: lower case letters, digits, '_', '-' and '.', "
+            "starting with a letter or digit, at most 63 characters", param_hint="'--name'")
+
+
 @contextmanager
 def rows_of(data: str, frame: pd.DataFrame) -> Iterator[None]:
-    """A :class:`SchemaError` about a row of ``frame`` (a sample of ``data`` whose index holds
-    the table's row numbers) re-worded to name the row of ``data``, and its CSV line."""
+    """A :class:`SchemaError` about a row of ``frame`` or of a subset of it (a sample of
+    ``data`` whose index holds the table's row numbers) re-worded to name the row of ``data``,
+    and its CSV line."""
     from pipelines.schema import SchemaError
     from pipelines.tables import at_file_row, is_dataset
 
@@ -140,7 +161,8 @@ def rows_of(data: str, frame: pd.DataFrame) -> Iterator[None]:
     except SchemaError as error:
         if error.row is None or error.problem is None:
             raise
-        table_row = int(frame.index[error.row])
+        # the label survives the subsets fit makes (a retrain's training rows), positions not
+        table_row = int(error.label if error.label is not None else frame.index[error.row])
         unlocated = SchemaError(error.problem, column=error.column, row=0, problem=error.problem)
         if is_dataset(data):
             raise SchemaError(f"{data}: {unlocated.in_file(table_row)}", column=error.column,
@@ -231,6 +253,7 @@ def train(
 ) -> None:
     """Train a detector on DATA and save it to the model store; prints the model tag."""
     _check_objective(model, objective)
+    _check_name(name)
     from pipelines.detector import Detector
     from pipelines.distributed import process_group
     from pipelines.store import save_detector
@@ -254,7 +277,8 @@ def train(
             detector.fit(frame, parallel=parallel)
         if parallel is not None and parallel.rank > 0:
             return  # the model is rank 0's to save: one run, one version
-    tag = save_detector(detector, name)
+    with user_errors():  # a full disk, an unwritable store
+        tag = save_detector(detector, name)
     metrics = detector.metrics_
     typer.echo(
         f"trained {model.value} ({metrics['members']} flow(s)) on {metrics['n_train']} rows: "
@@ -516,15 +540,22 @@ def models(
     """List saved models: tag, production, created, kind, threshold, key metrics. Broken store
     entries (e.g. left by a killed save) are skipped with a warning naming their path, and a
     model that can never flag a record (threshold inf) gets a warning saying why."""
-    from pipelines.registry import production_tag
+    from pipelines.registry import DamagedPointerError, production_tag
     from pipelines.store import BrokenEntryWarning, list_detectors
 
+    if name is not None and not _valid_name(name):
+        raise typer.BadParameter(f"{name!r} is not a model name", param_hint="'NAME'")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", BrokenEntryWarning)
         rows = list_detectors(name)
     for warning in caught:
         typer.echo(f"warning: {warning.message}", err=True)
-    production = {production_tag(n) for n in {row["tag"].split(":")[0] for row in rows}}
+    production = set()
+    for model_name in sorted({row["tag"].split(":")[0] for row in rows}):
+        try:
+            production.add(production_tag(model_name))
+        except DamagedPointerError as damaged:  # listing is how one finds what to promote
+            typer.echo(f"warning: {damaged}", err=True)
     for row in rows:
         row["production"] = row["tag"] in production
     if as_json:
@@ -559,7 +590,8 @@ def retrain(
                                                      "production.")] = None,
     label: Annotated[str | None, typer.Option(
         help="Label column: 1/true/yes/anomaly or non-zero = anomaly (enables ROC-AUC).")] = None,
-    window_rows: Annotated[int | None, typer.Option(help="Use only the last N rows.")] = None,
+    window_rows: Annotated[int | None, typer.Option(help="Use only the last N rows.",
+                                                    min=1)] = None,
     report: Annotated[Path, typer.Option(help="JSON decision report.")] = Path(
         "retrain-report.json"),
     nll_margin: Annotated[float, typer.Option(
@@ -589,6 +621,12 @@ def retrain(
     from pipelines.lifecycle import GateRules
     from pipelines.lifecycle import retrain as run_retrain
 
+    _check_name(name)
+    if report.is_dir() or (report.parent.exists() and not os.access(report.parent, os.W_OK)):
+        # checked first: a report that fails after the gate promoted would exit as a failure,
+        # and a scheduler would retrain and promote again
+        raise typer.BadParameter(f"{report} is a directory or cannot be written",
+                                 param_hint="'--report'")
     with user_errors(), shown_warnings(), (process_group() if distributed else nullcontext()
                                            ) as parallel:
         frame = _training_sample(data, max_rows, seed=0, window_rows=window_rows)
@@ -596,8 +634,9 @@ def retrain(
                           nll_trim=nll_trim, max_production_fpr_ratio=max_production_fpr_ratio,
                           max_missing_rate_increase=max_missing_rate_increase,
                           auc_tolerance=auc_tolerance)
-        decision = run_retrain(frame, name, baseline=baseline, label=label, rules=rules,
-                               progress=sys.stderr.isatty(), parallel=parallel)
+        with rows_of(data, frame):
+            decision = run_retrain(frame, name, baseline=baseline, label=label, rules=rules,
+                                   progress=sys.stderr.isatty(), parallel=parallel)
         if decision is None:
             return  # a rank other than 0: its part was the training
     report.parent.mkdir(parents=True, exist_ok=True)

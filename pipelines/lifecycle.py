@@ -46,6 +46,7 @@ from pipelines.calibration import conformal_fpr_interval
 from pipelines.detector import Detector, split_rows
 from pipelines.labels import parse_labels
 from pipelines.ranking import rankable_scores
+from pipelines.schema import SchemaError
 from pipelines.training import Parallel
 
 # Stand-in for an infinite or undefined NLL difference: finite, so that the trimmed mean and
@@ -105,6 +106,40 @@ def _data_quality(production: Detector, new: pd.DataFrame, rules: GateRules) -> 
         if missing_rate > (spec.missing_rate or 0.0) + rules.max_missing_rate_increase:
             problems.append(f"column {spec.name!r} missing rate rose to {missing_rate:.0%}")
     return problems
+
+
+def schema_changes(production: Detector, candidate: Detector) -> list[str]:
+    """What in the candidate's schema would reject, or give zero density to, records production
+    scores: the clients of production send such records, so promoting it would break them (a
+    feed's format or resolution changed: a text column now of codes, amounts now rounded).
+
+    Arguments:
+        production: the production detector.
+        candidate: the candidate, fitted on the new data.
+    """
+    old = {spec.name: spec for spec in production.schema.columns}
+    new = {spec.name: spec for spec in candidate.schema.columns}
+    on_grid = dict(zip([spec.name for spec in candidate.schema.of_kind("discrete", "binary")],
+                       candidate.encoder_.on_grid_, strict=True))
+    changes = [f"column {name!r} is gone from the candidate's schema"
+               for name in sorted(old.keys() - new.keys())]
+    changes += [f"column {name!r} is new in the candidate's schema"
+                for name in sorted(new.keys() - old.keys())]
+    for name in sorted(old.keys() & new.keys()):
+        was, now = old[name], new[name]
+        if (was.kind == "categorical") != (now.kind == "categorical"):
+            changes.append(f"column {name!r} was {was.kind}, is {now.kind} in the candidate: "
+                           "production's clients send values of the other kind")
+        elif on_grid.get(name) and (was.kind == "continuous"
+                                    or now.step > (was.step or 0.0) * (1 + 1e-9)):
+            before = "continuous" if was.kind == "continuous" else f"on a grid of step {was.step:g}"
+            changes.append(f"column {name!r} is on a grid of step {now.step:g} in the candidate "
+                           f"({before} in production): values between its points, which "
+                           "production scores, would have zero density")
+        if was.n_missing_train > 0 and now.n_missing_train == 0:
+            changes.append(f"column {name!r} may be missing in production, not in the candidate: "
+                           "records production scores would be rejected")
+    return changes
 
 
 def fit_check(
@@ -170,6 +205,10 @@ def compare(
     normal = holdout if labels is None else holdout[labels == 0]
     decision = Decision(promoted=False)
     checks, reasons = decision.checks, decision.reasons
+
+    changes = schema_changes(production, candidate)
+    checks["schema"] = {"passed": not changes, "changes": changes}
+    reasons += changes
 
     problems = _data_quality(production, holdout, rules)
     checks["data_quality"] = {"passed": not problems, "problems": problems}
@@ -269,11 +308,21 @@ def retrain(
     # never the newest version by default: that may be a candidate this gate rejected
     production_tag = baseline or registry.resolve(name, production_only=True)
     production = load_detector(production_tag)
-    data = data.reset_index(drop=True)
     labels = None
     if label is not None:
         labels = parse_labels(data, label)
         data = data.drop(columns=[label])  # production may not know the label column
+    # Before any training: production must score the new rows for the gate to compare, and
+    # a client of production sends rows like them. (The index is kept: an error names the row
+    # as the caller knows it, through every subset below.)
+    try:
+        production.validate(data)
+    except SchemaError as error:
+        context = (f" (the new data does not fit production {production_tag}'s schema; if the "
+                   "change is meant, train a new model and promote it by hand)")
+        raise SchemaError(f"{error}{context}", column=error.column, row=error.row,
+                          problem=None if error.problem is None else error.problem + context,
+                          label=error.label) from None
     train_rows, held_out_rows = holdout_split(len(data), holdout_fraction, seed)
     train = data.iloc[train_rows]
     if labels is not None:

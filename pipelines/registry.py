@@ -16,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -60,12 +61,31 @@ def pointer_path(name: str) -> Path:
     return registry_dir() / f"{name}.json"
 
 
+class DamagedPointerError(ValueError):
+    """A production pointer file that cannot be read: promoting a tag rewrites it."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(f"the production pointer of {name} ({pointer_path(name)}) is damaged: "
+                         f"{problem}; `flowad promote {name}:VERSION` rewrites it")
+        self.name = name
+
+
 def read_pointer(name: str) -> dict[str, Any] | None:
-    """The pointer of model ``name``: ``{"name", "tag", "history": [...]}``, or None."""
+    """The pointer of model ``name``: ``{"name", "tag", "history": [...]}``, or None.
+
+    Raises:
+        DamagedPointerError: the file is empty, not JSON, not a pointer, or not a file.
+    """
     try:
-        return json.loads(pointer_path(name).read_text())
+        pointer = json.loads(pointer_path(name).read_text())
     except FileNotFoundError:
         return None
+    except (OSError, ValueError) as error:  # a directory, garbage, a cut-off write
+        raise DamagedPointerError(name, f"{type(error).__name__}: {error}") from None
+    if not (isinstance(pointer, dict) and isinstance(pointer.get("tag"), str)
+            and isinstance(pointer.get("history", []), list)):
+        raise DamagedPointerError(name, "not a pointer (no tag)")
+    return pointer
 
 
 def production_tag(name: str) -> str | None:
@@ -93,11 +113,21 @@ def promote(tag: str, *, reason: str = "manual") -> dict[str, Any]:
     :class:`~pipelines.store.ModelCheckError` names the tag and what failed, and the pointer
     stays where it was.
     """
+    name, _, version = tag.partition(":")
+    if version in ("", "latest"):
+        raise ValueError(f"promote needs name:version, got {tag!r}: the newest version may be "
+                         "a candidate the retrain gate rejected (`flowad models "
+                         f"{name}` lists the versions)")
     model = bentoml.models.get(tag)  # raises NotFound for an unknown tag
     name, full_tag = model.tag.name, str(model.tag)
     _check(full_tag)
     with _locked(name):
-        pointer = read_pointer(name) or {"name": name, "tag": None, "history": []}
+        try:
+            pointer = read_pointer(name) or {"name": name, "tag": None, "history": []}
+        except DamagedPointerError as damaged:  # promoting is how it is repaired
+            pointer = {"name": name, "tag": None, "history": [], "repaired": str(damaged)}
+            if pointer_path(name).is_dir():  # in flowad's own folder: nothing else lives there
+                shutil.rmtree(pointer_path(name))
         pointer["history"].append({
             "tag": full_tag,
             "previous": pointer["tag"],
@@ -137,7 +167,9 @@ def resolve(name_or_tag: str, *, production_only: bool = False) -> str:
         tag = production_tag(name)
         if tag is not None:
             return tag
-        if production_only or version == "production":
+        # BentoML stores names in lower case: "Det" would find det's newest version, while
+        # the pointer it missed names det's production one
+        if production_only or version == "production" or name != name.lower():
             raise NoProductionModel(name)
         version = "latest"  # library use: the newest version
     return str(bentoml.models.get(f"{name}:{version}").tag)

@@ -74,11 +74,15 @@ class SchemaError(ValueError):
         message: the full message; it names the column and the row where they apply.
         column: the offending column, if one.
         row: the 0-based positional row, if one.
+        problem: what is wrong, without the column and row.
+        label: the row's index label in the frame checked, if one (kept by subsets of a
+            frame, where positions are not).
     """
 
     def __init__(self, message: str, column: str | None = None, row: int | None = None,
-                 problem: str | None = None) -> None:
+                 problem: str | None = None, label: Any = None) -> None:
         super().__init__(message)
+        self.label = label
         self.column = column
         self.row = row
         self.problem = problem
@@ -110,7 +114,7 @@ class SchemaError(ValueError):
         plain = isinstance(label, int | np.integer) and label == row
         where = f"row {row}" if plain else f"row {row} (index label {shown(label)})"
         return cls(f"column {shown(column)}, {where}: {problem}", column=column, row=row,
-                   problem=problem)
+                   problem=problem, label=label)
 
 
 def shown(value: Any, limit: int = SHOWN_CHARS) -> str:

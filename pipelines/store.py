@@ -30,6 +30,7 @@ import torch
 from bentoml._internal.configuration.containers import BentoMLContainer
 from bentoml._internal.models.model import Model, ModelStore
 from bentoml._internal.tag import Tag
+from bentoml.exceptions import NotFound
 
 from pipelines import registry
 from pipelines.detector import Detector, json_safe, small_calibration_message
@@ -157,8 +158,16 @@ def load_detector(tag: str, *, device: str = "auto", production_only: bool = Fal
         production_only: a bare name must have a production model
             (:class:`~pipelines.registry.NoProductionModel` otherwise): what a service needs.
     """
-    ref = bentoml.models.get(registry.resolve(tag, production_only=production_only))
-    detector = Detector.load(ref.path, device=device)
+    full_tag = registry.resolve(tag, production_only=production_only)
+    try:
+        ref = bentoml.models.get(full_tag)
+        detector = Detector.load(ref.path, device=device)
+    except (NotFound, registry.DamagedPointerError):
+        raise
+    except Exception as error:  # a truncated or edited file of a saved version
+        raise ModelCheckError(full_tag, f"its files cannot be read ({type(error).__name__}: "
+                              f"{str(error)[:300]}); promote or use another version",
+                              action="cannot load") from error
     detector.tag_ = str(ref.tag)
     return detector
 

@@ -86,6 +86,37 @@ def test_codes_that_look_like_numbers_score_the_same_from_csv_and_parquet(tmp_pa
     assert set(scored["csv"]["zip"]) == {"02134", "10001", "94105"}
 
 
+@pytest.mark.parametrize("name", ["../x", "a/b", "UPPER", "a:b", "-x", "x" * 64])
+def test_a_bad_model_name_is_refused_before_training(labelled_csv, name):
+    started = time.monotonic()
+    result = runner.invoke(app, ["train", str(labelled_csv), "--name", name])
+    assert result.exit_code == 2 and "is not a model name" in result.output, result.output
+    assert time.monotonic() - started < 5  # nothing was trained
+
+
+def test_retrain_refuses_a_report_path_it_cannot_write_before_training(labelled_csv, tmp_path):
+    result = runner.invoke(app, ["retrain", str(labelled_csv), "--name", "cli-test",
+                                 "--report", str(tmp_path)])
+    assert result.exit_code == 2 and "is a directory or cannot be written" in result.output
+
+
+def test_models_names_a_damaged_pointer_and_lists_the_rest(tag):
+    from pipelines import registry
+    from pipelines.store import load_detector, save_detector
+
+    save_detector(load_detector(tag), "cli-damaged")
+    path = registry.pointer_path("cli-damaged")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("{garbage")
+    try:
+        result = runner.invoke(app, ["models", "--json"])
+    finally:
+        path.unlink()
+    assert result.exit_code == 0, result.output
+    assert any(row["tag"].startswith("cli-damaged:") for row in json.loads(result.stdout))
+    assert f"warning: the production pointer of cli-damaged ({path}) is damaged" in result.stderr
+
+
 def test_train_prints_the_tag_and_models_lists_it(tag):
     assert tag.startswith("cli-test:")
     result = runner.invoke(app, ["models"], env={"COLUMNS": "250"})

@@ -11,6 +11,7 @@ from pipelines import Detector, registry
 from pipelines.cli import app
 from pipelines.cli import retrain as retrain_command
 from pipelines.lifecycle import GateRules, fit_check, retrain
+from pipelines.schema import SchemaError
 from pipelines.store import save_detector
 
 FAST = {"max_epochs": 12, "patience": 5}
@@ -192,3 +193,37 @@ def test_the_retrain_report_is_strict_json_when_rows_have_zero_density(productio
 
     report = json.loads((tmp_path / "report.json").read_text(), parse_constant=refuse)
     assert report["checks"]["nll"]["production"] == "inf"
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    (lambda f: f.assign(channel=f["channel"].map({"web": 1, "app": 2, "store": 3})),
+     "column 'channel' was categorical, is discrete in the candidate"),
+    (lambda f: f.assign(amount=f["amount"].round()),
+     "column 'amount' is on a grid of step 1 in the candidate (continuous in production)"),
+], ids=["codes", "rounded"])
+def test_a_schema_breaking_candidate_is_not_promoted(production, change, reason):
+    """A feed whose format (text column now codes) or resolution (amounts rounded) changed
+    trains a candidate that would reject, or give zero density to, the records production's
+    clients send: the gate refuses it, whatever its fit."""
+    name, tag = production
+    decision = retrain(change(mixed_frame(3000, seed=7)), name)
+    assert not decision.promoted and any(r.startswith(reason) for r in decision.reasons), (
+        decision.reasons)
+    assert not decision.checks["schema"]["passed"]
+    assert registry.production_tag(name) == tag
+
+
+def test_new_data_production_cannot_score_fails_before_training(production, monkeypatch):
+    name, tag = production
+    trained = []
+    monkeypatch.setattr(Detector, "fit", lambda self, *a, **k: trained.append(self))
+    new = mixed_frame(3000, seed=7).set_axis(range(100, 3100)).assign(extra=1.0)
+    with pytest.raises(SchemaError, match=r"unexpected column\(s\) not in the schema: "
+                                                       r"'extra' \(the new data does not fit"):
+        retrain(new, name)
+    new = mixed_frame(3000, seed=7).set_axis(range(100, 3100)).astype({"amount": object})
+    new.iloc[40, new.columns.get_loc("amount")] = "12.5x"
+    with pytest.raises(SchemaError, match=r"row 40 \(index label 140\): expected a "
+                                                       r"number, got '12.5x' \(the new data"):
+        retrain(new, name)
+    assert not trained and registry.production_tag(name) == tag

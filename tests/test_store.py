@@ -267,3 +267,40 @@ def test_saves_killed_at_random_moments_leave_a_consistent_store(tmp_path):
     load_detector(rows[0]["tag"])
     save_detector(tiny(6), "store-killed")  # removes the staging folders of the killed saves
     assert not list(staging_root().glob("save-*"))
+
+
+def test_promote_needs_a_version():
+    tag = save_detector(tiny(5), "store-promote-bare")
+    for bare in ("store-promote-bare", "store-promote-bare:latest"):
+        with pytest.raises(ValueError, match="promote needs name:version"):
+            registry.promote(bare)
+    assert registry.production_tag("store-promote-bare") is None
+    registry.promote(tag)
+    assert registry.production_tag("store-promote-bare") == tag
+
+
+@pytest.mark.parametrize("damage", ["", "{not json", '{"name": "x"}', "directory"])
+def test_a_damaged_pointer_is_named_and_promoting_repairs_it(damage):
+    name = "store-damaged"
+    tag = save_detector(tiny(6), name)
+    registry.promote(tag)
+    path = registry.pointer_path(name)
+    path.unlink()
+    if damage == "directory":
+        path.mkdir()
+    else:
+        path.write_text(damage)
+    with pytest.raises(registry.DamagedPointerError, match=f"{path}.* is damaged: .*; `flowad "
+                                                          f"promote {name}:VERSION` rewrites it"):
+        registry.resolve(name)
+    registry.promote(tag)  # the documented repair, and rollback
+    assert registry.production_tag(name) == tag
+    assert "is damaged" in registry.read_pointer(name)["repaired"]
+
+
+def test_a_damaged_model_file_is_named_not_a_traceback():
+    tag = save_detector(tiny(7), "store-truncated")
+    flow = Path(bentoml.models.get(tag).path_of("flow.pt"))
+    flow.write_bytes(flow.read_bytes()[:10])
+    with pytest.raises(ModelCheckError, match=f"cannot load {tag}: its files cannot be read"):
+        load_detector(tag)
