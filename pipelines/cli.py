@@ -96,8 +96,13 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
+def _finished(signum: int, frame: object) -> None:
+    """SIGTERM once the command is done: the process is exiting anyway, with its status."""
+
+
 @app.callback()
 def main(
+    ctx: typer.Context,
     threads: Annotated[int, typer.Option(
         help="Torch CPU threads; 0 = torch's default, one per core. The default flows are small: "
         "one thread trains them as fast as two on an idle machine, and far faster on a busy "
@@ -109,6 +114,11 @@ def main(
     """Anomaly detection with exact normalizing-flow likelihoods."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        # Once the command has finished (a retrain promoted, its report written), a SIGTERM
+        # during the interpreter's teardown must not turn its exit status into a failure,
+        # which a scheduler would retry.
+        # (A handler, not SIG_IGN, which the processes it starts would inherit.)
+        ctx.call_on_close(lambda: signal.signal(signal.SIGTERM, _finished))
     if threads > 0:
         import torch
 

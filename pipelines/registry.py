@@ -27,6 +27,8 @@ from typing import Any
 import bentoml
 from bentoml.exceptions import NotFound
 
+from pipelines.processes import owner_is_gone, owner_tag
+
 
 class NoProductionModel(NotFound):
     """A bare model name was asked for its production model and none was promoted."""
@@ -135,10 +137,19 @@ def promote(tag: str, *, reason: str = "manual") -> dict[str, Any]:
             "reason": reason,
         })
         pointer["tag"] = full_tag
-        fd, temp = tempfile.mkstemp(dir=registry_dir(), prefix=f".{name}.", suffix=".json")
-        with os.fdopen(fd, "w") as f:
-            json.dump(pointer, f, indent=2)
-        os.replace(temp, pointer_path(name))
+        prefix = f".{name}."
+        for stale in registry_dir().glob(f"{prefix}*.json"):  # of a promote killed mid-write
+            if owner_is_gone(stale.name, prefix):
+                stale.unlink(missing_ok=True)
+        fd, temp = tempfile.mkstemp(dir=registry_dir(), prefix=f"{prefix}{owner_tag()}-",
+                                    suffix=".json")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(pointer, f, indent=2)
+            os.replace(temp, pointer_path(name))
+        except BaseException:  # a full disk: the pointer stays as it was, and no temp file
+            Path(temp).unlink(missing_ok=True)
+            raise
     return pointer
 
 

@@ -320,6 +320,17 @@ def test_a_terminated_score_removes_its_partial_output(tag, tmp_path):
     assert (tmp_path / "out.csv").read_text() == "the previous output\n"
 
 
+def test_sigterm_after_the_command_finished_keeps_its_exit_status():
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        result = runner.invoke(app, ["models", "--json"])
+        assert result.exit_code == 0, result.output
+        os.kill(os.getpid(), signal.SIGTERM)  # the command is done: nothing happens
+        assert signal.getsignal(signal.SIGTERM).__name__ == "_finished"
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def test_a_hidden_output_of_a_live_process_is_left_alone(tmp_path):
     from pipelines.processes import owner_tag
     from pipelines.tables import TableWriter

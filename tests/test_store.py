@@ -304,3 +304,26 @@ def test_a_damaged_model_file_is_named_not_a_traceback():
     flow.write_bytes(flow.read_bytes()[:10])
     with pytest.raises(ModelCheckError, match=f"cannot load {tag}: its files cannot be read"):
         load_detector(tag)
+
+
+def test_promote_removes_what_a_killed_promote_left_and_its_own_on_failure(monkeypatch):
+    from pipelines.processes import owner_tag
+
+    name = "store-promote-temp"
+    tag = save_detector(tiny(8), name)
+    registry.registry_dir().mkdir(parents=True, exist_ok=True)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    left = registry.registry_dir() / f".{name}.{owner_tag(gone.pid)}-abc.json"
+    left.write_text("{")
+    registry.promote(tag)
+    assert not left.exists() and registry.production_tag(name) == tag
+
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(registry.os, "replace", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        registry.promote(tag)
+    assert not list(registry.registry_dir().glob(f".{name}.*.json"))
+    assert registry.production_tag(name) == tag
