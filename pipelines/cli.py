@@ -561,11 +561,18 @@ def models(
     for warning in caught:
         typer.echo(f"warning: {warning.message}", err=True)
     production = set()
-    for model_name in sorted({row["tag"].split(":")[0] for row in rows}):
+    listed = {row["tag"] for row in rows}
+    for model_name in sorted({tag.split(":")[0] for tag in listed}):
         try:
-            production.add(production_tag(model_name))
+            tag = production_tag(model_name)
         except DamagedPointerError as damaged:  # listing is how one finds what to promote
             typer.echo(f"warning: {damaged}", err=True)
+            continue
+        if tag is not None and tag not in listed:
+            typer.echo(f"warning: the production model of {model_name} is {tag}, which is not "
+                       f"in the store (deleted?); `flowad promote {model_name}:VERSION` "
+                       "names another", err=True)
+        production.add(tag)
     for row in rows:
         row["production"] = row["tag"] in production
     if as_json:

@@ -138,7 +138,11 @@ def save_detector(detector: Detector, name: str = DEFAULT_NAME) -> str:
             name, module=MODULE, labels={"kind": detector.model},
             metadata=json_safe(metadata), _model_store=ModelStore(scratch / "models"),
         ) as ref:
-            detector.save(ref.path)
+            try:
+                detector.save(ref.path)
+            except RuntimeError as error:  # torch's writer on a full disk: "unexpected pos"
+                raise OSError(f"could not write {name}'s files (is the disk full?): "
+                              f"{error}") from error
         entry = scratch / "models" / ref.tag.path()
         _fsync_tree(entry)
         _publish(entry, ref.tag, scratch)

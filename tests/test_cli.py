@@ -117,6 +117,38 @@ def test_models_names_a_damaged_pointer_and_lists_the_rest(tag):
     assert f"warning: the production pointer of cli-damaged ({path}) is damaged" in result.stderr
 
 
+def test_a_full_disk_while_saving_is_a_clear_error_and_leaves_nothing(labelled_csv, tmp_path):
+    """``ulimit -f`` makes writes past 100 KiB fail with EFBIG, as a full disk fails them."""
+    home = tmp_path / "home"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
+           "BENTOML_HOME": str(home)}
+    command = (f"ulimit -f 100; exec {sys.executable} -m pipelines.cli train {labelled_csv} "
+               "--name cli-full --exclude id --label label --max-epochs 1")
+    result = subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True,
+                            cwd=REPO, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "error: could not write cli-full's files (is the disk full?): ")
+    assert not list((home / "models").glob("cli-full/*/model.yaml"))
+    assert not list((home / "flowad" / "tmp").glob("save-*"))
+
+
+def test_models_warns_when_production_names_a_deleted_version(tag):
+    import bentoml
+
+    from pipelines import registry
+    from pipelines.store import load_detector, save_detector
+
+    kept, deleted = (save_detector(load_detector(tag), "cli-dangling") for _ in range(2))
+    registry.promote(deleted)
+    bentoml.models.delete(deleted)
+    result = runner.invoke(app, ["models", "cli-dangling", "--json"])
+    assert result.exit_code == 0, result.output
+    assert [row["tag"] for row in json.loads(result.stdout)] == [kept]
+    assert (f"warning: the production model of cli-dangling is {deleted}, which is not in the "
+            "store (deleted?)") in result.stderr
+
+
 def test_train_prints_the_tag_and_models_lists_it(tag):
     assert tag.startswith("cli-test:")
     result = runner.invoke(app, ["models"], env={"COLUMNS": "250"})
