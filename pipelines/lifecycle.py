@@ -340,5 +340,10 @@ def retrain(
     decision.checks["rules"] = asdict(rules)
     decision.checks["rows"] = {"train": len(train), "holdout": len(holdout)}
     if decision.promoted:
-        registry.promote(candidate_tag, reason=f"retrain: gate passed against {production_tag}")
+        try:
+            registry.promote(candidate_tag, replacing=None if baseline else production_tag,
+                             reason=f"retrain: gate passed against {production_tag}")
+        except registry.ProductionChanged as changed:  # a rollback or another retrain
+            decision.promoted = False
+            decision.reasons.append(f"{changed}: not promoted; review and promote by hand")
     return decision

@@ -107,13 +107,24 @@ def _locked(name: str) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def promote(tag: str, *, reason: str = "manual") -> dict[str, Any]:
+class ProductionChanged(RuntimeError):  # noqa: N818 (a state, like NotFound)
+    """The production model changed since the caller compared against it."""
+
+
+def promote(tag: str, *, reason: str = "manual", replacing: str | None = None) -> dict[str, Any]:
     """Makes ``tag`` the production model of its name; returns the new pointer.
 
     The tag must exist in the store (a typo must not take production down), and the model must
     load and pass :func:`pipelines.store.verify_detector`; otherwise
     :class:`~pipelines.store.ModelCheckError` names the tag and what failed, and the pointer
     stays where it was.
+
+    Arguments:
+        tag: ``name:version``.
+        reason: recorded in the pointer's history.
+        replacing: promote only if production is still this tag (checked under the lock):
+            a retrain compared its candidate with it, and a rollback or another retrain that
+            moved the pointer meanwhile must not be overwritten (:class:`ProductionChanged`).
     """
     name, _, version = tag.partition(":")
     if version in ("", "latest"):
@@ -130,6 +141,9 @@ def promote(tag: str, *, reason: str = "manual") -> dict[str, Any]:
             pointer = {"name": name, "tag": None, "history": [], "repaired": str(damaged)}
             if pointer_path(name).is_dir():  # in flowad's own folder: nothing else lives there
                 shutil.rmtree(pointer_path(name))
+        if replacing is not None and pointer["tag"] != replacing:
+            raise ProductionChanged(f"production of {name} is now {pointer['tag']}, not "
+                                    f"{replacing}, which {full_tag} was compared with")
         pointer["history"].append({
             "tag": full_tag,
             "previous": pointer["tag"],

@@ -12,7 +12,7 @@ from pipelines.cli import app
 from pipelines.cli import retrain as retrain_command
 from pipelines.lifecycle import GateRules, fit_check, retrain
 from pipelines.schema import SchemaError
-from pipelines.store import save_detector
+from pipelines.store import load_detector, save_detector
 
 FAST = {"max_epochs": 12, "patience": 5}
 
@@ -227,3 +227,24 @@ def test_new_data_production_cannot_score_fails_before_training(production, monk
                                                        r"number, got '12.5x' \(the new data"):
         retrain(new, name)
     assert not trained and registry.production_tag(name) == tag
+
+
+def test_a_rollback_during_a_retrain_is_not_overwritten(production, monkeypatch):
+    """The gate compared the candidate with the production of the time; if the pointer moved
+    meanwhile (a rollback, another retrain), promoting would replace a model it was never
+    compared with."""
+    import pipelines.lifecycle as lifecycle
+
+    name, tag = production
+    rollback = save_detector(load_detector(tag), name)
+    real_compare = lifecycle.compare
+
+    def compare_while_someone_rolls_back(*args, **kwargs):
+        registry.promote(rollback, reason="manual rollback")
+        return real_compare(*args, **kwargs)
+
+    monkeypatch.setattr(lifecycle, "compare", compare_while_someone_rolls_back)
+    decision = retrain(mixed_frame(3000, seed=7), name)
+    assert not decision.promoted
+    assert decision.reasons[-1].startswith(f"production of {name} is now {rollback}, not {tag}")
+    assert registry.production_tag(name) == rollback
