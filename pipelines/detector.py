@@ -314,14 +314,14 @@ class Detector(OutlierMixin, BaseEstimator):
             SmallCalibrationWarning: too few calibration rows for ``target_fpr`` (or too many
                 of zero density): the threshold is +inf and the detector never flags a record.
         """
-        seed = self._check_params()
+        seed, device = self._check_params()
         with torch_threads(self.n_threads):
-            return self._fit(X, calibration_data, parallel, seed)
+            return self._fit(X, calibration_data, parallel, seed, device)
 
-    def _check_params(self) -> int:
+    def _check_params(self) -> tuple[int, torch.device]:
         """Rejects parameters that could only fail later (after training, or inside torch), with
         a message naming the parameter; returns the seed ``random_state`` stands for (None or a
-        ``numpy.random.RandomState``: drawn from it, as scikit-learn does)."""
+        ``numpy.random.RandomState``: drawn from it, as scikit-learn does) and the device."""
         def need(ok: bool, message: str) -> None:
             if not ok:
                 raise ValueError(message)
@@ -351,12 +351,13 @@ class Detector(OutlierMixin, BaseEstimator):
              f"device={self.device!r}, but CUDA is not available here: use 'auto' (CUDA when "
              "present) or 'cpu'")
         if isinstance(self.random_state, int | np.integer):
-            return int(self.random_state)
-        return int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+            return int(self.random_state), device
+        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        return seed, device
 
     def _fit(self, X: pd.DataFrame | ArrayLike, calibration_data: pd.DataFrame | ArrayLike | None,
-             parallel: Parallel | None, seed: int) -> Detector:
-        """:meth:`fit` under its thread count, with the seed ``random_state`` stands for."""
+             parallel: Parallel | None, seed: int, device: torch.device) -> Detector:
+        """:meth:`fit` under its thread count, with the checked seed and device."""
         start = time.perf_counter()
         given = as_frame(X)
         data = given.reset_index(drop=True)
@@ -380,7 +381,7 @@ class Detector(OutlierMixin, BaseEstimator):
 
         self.feature_names_in_ = np.array(data.columns, dtype=object)
         self.n_features_in_ = len(self.feature_names_in_)
-        self.device_ = resolve_device(self.device)
+        self.device_ = device
         self.encoder_ = TabularEncoder(
             scaling=self.scaling, exclude=tuple(self.exclude), atom_share=self.atom_share
         ).fit(train, schema_rows=given)
