@@ -19,10 +19,16 @@ brackets, each a ``flowad retrain`` option):
    new table, less its own validation and calibration splits) than production may have been.
    The trimmed mean because NLL differences are heavy-tailed (a record with a level seen once
    in training can cost thousands of nats). See :func:`fit_check` for the margin's scale.
-4. Calibration: the candidate's realised FPR on held-out normal rows is within the 99%
-   interval that conformal calibration allows (beta-binomial, see
-   :func:`~pipelines.calibration.conformal_fpr_interval`).
-5. Detection (only with labels): candidate ROC-AUC >= production ROC-AUC - ``auc_tolerance``
+4. Can flag: a candidate that can never flag a record at its target FPR (``describe()``'s
+   ``calibration.can_flag`` is false: too few calibration rows for that FPR, or too many of
+   zero density) is refused while production can flag. Rule 5 cannot catch it: such a
+   candidate's realised FPR is 0, inside the interval [0, 0] of an infinite threshold.
+5. Calibration (a candidate that can flag): its realised FPR on held-out normal rows is within
+   the 99% interval that conformal calibration allows (beta-binomial, see
+   :func:`~pipelines.calibration.conformal_fpr_interval`). That interval starts at 0 when
+   there are few held-out rows for the target FPR, and then a realised FPR of 0 is a likely
+   outcome of a sound threshold, not a sign of a broken one.
+6. Detection (only with labels): candidate ROC-AUC >= production ROC-AUC - ``auc_tolerance``
    [0.01].
 
 Corrupted new data is caught by rules 1 and 2, not by rule 3: the candidate learns the
@@ -106,6 +112,26 @@ def _data_quality(production: Detector, new: pd.DataFrame, rules: GateRules) -> 
         if missing_rate > (spec.missing_rate or 0.0) + rules.max_missing_rate_increase:
             problems.append(f"column {spec.name!r} missing rate rose to {missing_rate:.0%}")
     return problems
+
+
+def _can_flag(production: Detector, candidate: Detector, checks: dict[str, Any]) -> list[str]:
+    """Rule 4: the candidate can flag records at its target FPR, or production cannot either.
+    Writes ``checks["can_flag"]``; returns the reasons to refuse.
+
+    Arguments:
+        production: the production detector.
+        candidate: the candidate.
+        checks: the decision's checks.
+    """
+    can_flag = {"candidate": candidate.describe()["calibration"]["can_flag"],
+                "production": production.describe()["calibration"]["can_flag"]}
+    passed = can_flag["candidate"] or not can_flag["production"]
+    checks["can_flag"] = {**can_flag, "candidate_warning": candidate.calibration_warning,
+                          "passed": passed}
+    if passed:
+        return []
+    return [f"the candidate can never flag a record at target FPR {candidate.target_fpr:g}, "
+            f"while production can: {candidate.calibration_warning}"]
 
 
 def schema_changes(production: Detector, candidate: Detector) -> list[str]:
@@ -240,15 +266,19 @@ def compare(
             f"{nll['margin']:.3f} = {rules.nll_margin} x {production.n_encoded_features_} features)"
         )
 
+    reasons += _can_flag(production, candidate, checks)
     candidate_fpr = float(np.mean(candidate_scores > candidate.threshold_))
-    low, high = conformal_fpr_interval(
-        len(normal), candidate.metrics_["n_calibration"], candidate.target_fpr
-    )
-    checks["calibration"] = {"candidate_fpr": candidate_fpr, "target": candidate.target_fpr,
-                             "interval": [low, high], "passed": low <= candidate_fpr <= high}
-    if not checks["calibration"]["passed"]:
-        reasons.append(f"candidate realised FPR {candidate_fpr:.2%} is outside the 99% "
-                       f"interval [{low:.2%}, {high:.2%}] of its target")
+    calibration = candidate.describe()["calibration"]
+    checks["calibration"] = {"candidate_fpr": candidate_fpr, "target": candidate.target_fpr}
+    if calibration["can_flag"]:
+        low, high = conformal_fpr_interval(len(normal), calibration["n"], candidate.target_fpr)
+        passed = low <= candidate_fpr <= high
+        checks["calibration"] |= {"interval": [low, high], "passed": passed}
+        if not passed:
+            reasons.append(f"candidate realised FPR {candidate_fpr:.2%} is outside the 99% "
+                           f"interval [{low:.2%}, {high:.2%}] of its target")
+    else:  # no interval to judge a threshold of +inf by: rule 4 decides
+        checks["calibration"] |= {"interval": None, "passed": checks["can_flag"]["passed"]}
 
     if labels is not None and 0 < labels.sum() < len(labels):
         auc_production = roc_auc_score(

@@ -1,16 +1,20 @@
 import inspect
 import json
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
+import pandas as pd
 import pytest
-from conftest import mixed_frame
+from conftest import REPO, mixed_frame
 from typer.testing import CliRunner
 
 from pipelines import Detector, registry
 from pipelines.cli import app
 from pipelines.cli import retrain as retrain_command
-from pipelines.lifecycle import GateRules, fit_check, retrain
+from pipelines.lifecycle import GateRules, compare, fit_check, retrain
 from pipelines.schema import SchemaError
 from pipelines.store import load_detector, save_detector
 
@@ -248,3 +252,54 @@ def test_a_rollback_during_a_retrain_is_not_overwritten(production, monkeypatch)
     assert not decision.promoted
     assert decision.reasons[-1].startswith(f"production of {name} is now {rollback}, not {tag}")
     assert registry.production_tag(name) == rollback
+
+
+@pytest.fixture(scope="module")
+def transactions_production():
+    """Production on the bundled transactions table, at the default target FPR 0.01."""
+    frame = pd.read_csv(REPO / "examples/data/transactions.csv")
+    frame = frame[frame["is_fraud"] == 0].drop(columns=["is_fraud"])
+    detector = Detector(exclude=["transaction_id"], train_options=FAST)
+    tag = save_detector(detector.fit(frame), "lifecycle-transactions")
+    registry.promote(tag, reason="test setup")
+    return "lifecycle-transactions", tag
+
+
+def test_a_candidate_that_can_never_flag_is_not_promoted(transactions_production, tmp_path):
+    """The issue's case, a nightly retrain on a short batch: 50 rows leave the candidate far
+    fewer than the 99 rows any conformal threshold at target FPR 0.01 needs, so it can never
+    flag a record; its realised FPR of 0 fits the calibration interval [0, 0] of an infinite
+    threshold. A real ``flowad retrain`` process exits 3 and production stays."""
+    name, tag = transactions_production
+    short = tmp_path / "short.csv"
+    lines = (REPO / "examples/data/transactions.csv").read_text().splitlines(keepends=True)
+    short.write_text("".join(lines[:51]))  # head -51: the header and 50 rows
+    report = tmp_path / "report.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "retrain", str(short), "--name", name,
+         "--label", "is_fraud", "--report", str(report)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"})
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert result.stdout.startswith("REJECTED")
+    decision = json.loads(report.read_text())
+    check = decision["checks"]["can_flag"]
+    assert check == {"candidate": False, "production": True, "passed": False,
+                     "candidate_warning": check["candidate_warning"]}
+    reason = ("the candidate can never flag a record at target FPR 0.01, while production "
+              f"can: {check['candidate_warning']}")
+    assert reason in decision["reasons"], decision["reasons"]
+    assert decision["checks"]["calibration"]["passed"] is False
+    assert registry.production_tag(name) == tag
+
+
+def test_a_candidate_that_cannot_flag_may_replace_a_production_that_cannot_either():
+    """Rule 4 refuses a loss of the ability to flag, not its absence in both models."""
+    def small(seed: int) -> Detector:
+        return Detector(exclude=["id"], train_options=FAST, random_state=seed).fit(
+            mixed_frame(80, seed=seed))
+
+    production, candidate = small(0), small(1)
+    assert not production.describe()["calibration"]["can_flag"]
+    decision = compare(production, candidate, mixed_frame(40, seed=2), None, GateRules())
+    assert decision.checks["can_flag"]["passed"]
+    assert not [r for r in decision.reasons if "can never flag" in r]
