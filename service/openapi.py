@@ -11,17 +11,19 @@ stays in :meth:`pipelines.schema.Schema.check`: the request is not parsed throug
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from pydantic import ConfigDict, Field, create_model
 
 from pipelines.schema import BOOL_DTYPES, ColumnSpec, Schema
 
+log = logging.getLogger("flowad.service")
 EXAMPLE_CATEGORIES = 10  # categories listed as examples per categorical column
 
 
 def _field(spec: ColumnSpec) -> tuple[Any, Any]:
-    """The annotation and pydantic field of one column."""
+    """The annotation and pydantic field of one column, named by its alias."""
     if spec.kind == "categorical":
         kind: Any = str
         extra: dict[str, Any] = {"examples": list((spec.categories or ())[:EXAMPLE_CATEGORIES])}
@@ -33,20 +35,37 @@ def _field(spec: ColumnSpec) -> tuple[Any, Any]:
         about = f"a number ({spec.kind}; training range {spec.min:g} to {spec.max:g})"
     if spec.n_missing_train:
         kind, about = kind | None, f"{about}; null when missing"
-    return kind, Field(..., description=about, json_schema_extra=extra or None)
+    return kind, Field(..., alias=spec.name, title=spec.name, description=about,
+                       json_schema_extra=extra or None)
 
 
-def record_model(schema: Schema) -> type:
+def record_model(schema: Schema) -> Any:
     """A pydantic model of one record: a required field per column, excluded columns (ids,
-    labels) optional and untyped, nothing else allowed.
+    labels) optional and untyped, nothing else allowed; or, if the docs cannot express the
+    schema, ``dict[str, Any]`` (untyped records), with a warning in the log.
+
+    Training accepts any string as a column name, pydantic does not take every one as a field
+    name (``_id``, ``model_dump``, ``json``, ``a b``, ...). So the fields have names of their
+    own and each column's name is the field's alias, which the JSON schema shows and
+    validation reads: every column name can be documented.
 
     Arguments:
         schema: the training schema of the served model.
     """
-    fields: dict[str, Any] = {spec.name: _field(spec) for spec in schema.columns}
-    for name in schema.exclude:
-        fields[name] = (Any, Field(None, description="ignored by the model"))
-    return create_model("Record", __config__=ConfigDict(extra="forbid"), **fields)
+    try:
+        fields = [_field(spec) for spec in schema.columns]
+        fields += [(Any, Field(None, alias=name, title=name, description="ignored by the model"))
+                   for name in schema.exclude]
+        model = create_model("Record", __config__=ConfigDict(extra="forbid"),
+                             **{f"column_{i}": field for i, field in enumerate(fields)})
+        # what /docs.json will serve: strict JSON (a NaN in it is a 500 there)
+        json.dumps(model.model_json_schema(), allow_nan=False)
+    except Exception as error:  # the docs must never stop the service
+        log.warning("/docs.json documents untyped records: the record schema of %d columns "
+                    "could not be written (%s: %s)", len(schema.names), type(error).__name__,
+                    error)
+        return dict[str, Any]
+    return model
 
 
 def served_schema(model: str) -> Schema | None:
