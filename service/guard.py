@@ -16,7 +16,11 @@ a pause longer than that (it may take longer as a whole). A client that stops se
 otherwise hold its connection until BentoML's traffic timeout and get a 504, which counts as a
 server error; it gets a 408 instead (an upload's pause raises :class:`BodyTimeoutError`). Only
 the identity content encoding is accepted (415 otherwise): a compressed body would reach the
-parsers as bytes they cannot read.
+parsers as bytes they cannot read. A JSON route's body must be declared JSON
+(``Content-Type: application/json`` or a ``+json`` type, parameters such as ``charset``
+allowed; 415 otherwise): a browser sends ``text/plain`` and form bodies cross-site without
+asking the server first (no CORS preflight), so any web page could otherwise feed records into
+the drift window and the anomaly counters.
 """
 
 from __future__ import annotations
@@ -79,6 +83,20 @@ def parse_json(body: bytes) -> Any:
         return parsed
 
 
+def is_json_media_type(content_type: str) -> bool:
+    """Whether a ``Content-Type`` value declares JSON: ``application/json`` or any
+    ``type/subtype+json`` (RFC 6839), with or without parameters, in any case.
+
+    Arguments:
+        content_type: the header's value ("" when there is none).
+    """
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    kind, slash, subtype = media_type.partition("/")
+    if not (kind and slash and subtype) or any(c.isspace() for c in media_type):
+        return False
+    return media_type == "application/json" or subtype.endswith("+json")
+
+
 def records_of(body: Any) -> list[Any] | None:
     """The record list of a parsed body, or None if it has neither accepted shape."""
     if isinstance(body, list):
@@ -106,7 +124,7 @@ class RequestGuard:
     upload_routes: paths of file uploads, with their byte limits (size check only).
     body_timeout: seconds allowed to receive a JSON body, and the longest pause in an upload.
     on_reject: called with a reason ("too_large", "malformed_json", "validation", "timeout",
-        "encoding") per rejection.
+        "encoding", "content_type") per rejection.
     """
 
     def __init__(
@@ -136,6 +154,12 @@ class RequestGuard:
             await self._reject(send, 415, "encoding",
                                f"content encoding {shown(encoding)} is not supported: send the "
                                "body uncompressed (identity)")
+            return
+        content_type = headers.get(b"content-type", b"").decode("latin-1")
+        if path in self.json_routes and not is_json_media_type(content_type):
+            await self._reject(send, 415, "content_type",
+                               f"content type {shown(content_type or '(none)')} is not "
+                               "supported: send the records as application/json")
             return
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -239,6 +263,10 @@ class AdminAuth:
     """Bearer-token check for admin routes, in front of BentoML (which would replace the body
     of a 401/403 raised inside an API by "Authorization error").
 
+    The token is compared as bytes: the header's bytes as they arrived with the token's UTF-8
+    bytes, neither decoded (:func:`service.settings.admin_token` lets only printable ASCII
+    tokens through, which every client sends as the same bytes).
+
     Arguments:
         app: the wrapped ASGI application.
         paths: the protected paths.
@@ -248,7 +276,7 @@ class AdminAuth:
     def __init__(self, app: ASGIApp, paths: tuple[str, ...], token: str | None) -> None:
         self.app = app
         self.paths = paths
-        self.token = token
+        self.token = None if token is None else token.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("path") not in self.paths:
@@ -258,13 +286,13 @@ class AdminAuth:
             await _respond(send, 404, {"error": "admin endpoints are disabled: set "
                                                 "FLOWAD_ADMIN_TOKEN to enable them"})
             return
-        header = dict(scope.get("headers", [])).get(b"authorization", b"").decode("latin-1")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not given:
+        header = dict(scope.get("headers", [])).get(b"authorization", b"")
+        scheme, _, given = header.partition(b" ")
+        if scheme.lower() != b"bearer" or not given:
             await _respond(send, 401, {"error": "missing bearer token"},
                            [(b"www-authenticate", b"Bearer")])
             return
-        if not hmac.compare_digest(given.encode(), self.token.encode()):
+        if not hmac.compare_digest(given, self.token):
             await _respond(send, 403, {"error": "invalid token"})
             return
         await self.app(scope, receive, send)

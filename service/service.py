@@ -5,7 +5,8 @@ adds to each result its ``contributions``: the ``k`` input columns that raised i
 with the record's value and the contribution in nats (:mod:`pipelines.explain`), and to the
 body an ``explanation`` with the reference record they are measured from and its score. The
 front worker explains, on its CPU copy of the model, at most ``FLOWAD_MAX_EXPLAIN_RECORDS``
-records per request.
+records and ``FLOWAD_MAX_EXPLAIN_WORK`` flow evaluations per request, one request at a time and
+apart from plain scoring, in chunks that stop when the client goes (:mod:`service.explaining`).
 
 Two services, composed the BentoML way:
 - ``Scorer`` holds the detector on the accelerator (CUDA when present) and exposes one
@@ -43,6 +44,7 @@ from http import HTTPStatus
 from typing import Annotated, Any
 
 import aiohttp
+import anyio
 import bentoml
 import numpy as np
 import orjson
@@ -57,12 +59,12 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from pipelines import registry
-from pipelines.explain import top_contributions
 from pipelines.schema import SchemaError, UnscorableRecordError, shown
 from pipelines.tables import iter_table
 from service import metrics as service_metrics
 from service.bundle import bundled_tag, model_to_bundle, running_bento
 from service.drift import DriftWindow
+from service.explaining import ExplainRefusedError, explain_in_chunks, explain_problem
 from service.follower import LoadedModel, ModelFollower
 from service.guard import (
     PARSED_RECORDS,
@@ -352,6 +354,7 @@ class Scorer:
 
 
 _front: FlowadService | None = None  # the worker's service instance, for the GET routes
+_scoring: anyio.CapacityLimiter | None = None  # /score's scoring thread, one request at a time
 
 
 async def model_info(request: Request) -> JSONResponse:
@@ -450,17 +453,24 @@ class FlowadService:
 
     # ------------------------------------------------------------------ endpoints
     @bentoml.api(route="/score", input_spec=ScoreRequest)
-    def score(self, records: list[dict[str, Any]], ctx: bentoml.Context) -> dict[str, Any]:
+    async def score(self, records: list[dict[str, Any]], ctx: bentoml.Context) -> Any:
         """Scores a JSON array of records (or ``{"records": [...]}``), in order; with
         ``?explain=true``, explains them too (module docstring).
 
         ``RequestGuard`` has parsed and checked the body; ``ScoreRequest`` takes its records.
+        Scoring runs in a thread of its own, one request at a time per worker (as BentoML runs
+        a synchronous API); explanations in another (:mod:`service.explaining`).
         """
+        global _scoring
+        if _scoring is None:  # created in the event loop
+            _scoring = anyio.CapacityLimiter(1)
+        started = time.monotonic()
         try:
             top = self._explain_top(ctx.request.query_params)
             if top is None:
-                return json_response(self._score_records(records)[1])
-            return json_response(self._explain_records(records, top))
+                scored = await to_thread.run_sync(self._score_records, records, limiter=_scoring)
+                return json_response(scored[1])
+            return await self._explain_records(records, top, ctx.request, started)
         except RequestRejected as rejected:
             # an API that takes ctx answers with ctx.response's status, whatever it returns
             ctx.response.status_code = rejected.error_code
@@ -478,21 +488,28 @@ class FlowadService:
                          "validation")
         return TOP_VALUES[top.lstrip("0")] if explain == "true" else None
 
-    def _explain_records(self, records: list[dict[str, Any]], top: int) -> dict[str, Any]:
-        """The ``/score`` body plus each record's ``top`` contributions. The records are
-        scored first (validated and counted as any request); the model that scored them
-        explains them, on this worker's CPU copy (named in ``explanation.model``)."""
-        if len(records) > SETTINGS.max_explain_records:
-            self._reject(f"{len(records)} records exceed the limit of "
-                         f"{SETTINGS.max_explain_records} per explained request "
-                         "(FLOWAD_MAX_EXPLAIN_RECORDS)", "too_large",
-                         HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
-        model, body = self._score_records(records)
+    async def _explain_records(self, records: list[dict[str, Any]], top: int,
+                               request: Request, started: float) -> Response:
+        """The ``/score`` body plus each record's ``top`` contributions (a 204 if the client
+        went away meanwhile). The records are scored first (validated and counted as any
+        request); the model that scored them explains them, on this worker's CPU copy (named in
+        ``explanation.model``), within the limits of :mod:`service.explaining`."""
+        self._check_explain_limits(len(records), self.follower.current)
+        model, body = await to_thread.run_sync(self._score_records, records, limiter=_scoring)
+        self._check_explain_limits(len(records), model)  # a model swapped in meanwhile
         detector = model.detector
         frame = pd.DataFrame.from_records(records, columns=detector.input_columns)
-        for result, contributions in zip(
-            body["results"], top_contributions(detector.explain(frame), frame, top), strict=True
-        ):
+        try:
+            explained = await explain_in_chunks(
+                detector, frame, top, client_gone=request.is_disconnected, started=started,
+                seconds=SETTINGS.explain_seconds)
+        except ExplainRefusedError as rejected:
+            self._reject(rejected.message, rejected.reason, rejected.status,
+                         RETRY_AFTER_S if rejected.status == HTTPStatus.SERVICE_UNAVAILABLE
+                         else None)
+        if explained is None:
+            return Response(status_code=HTTPStatus.NO_CONTENT)
+        for result, contributions in zip(body["results"], explained, strict=True):
             result["contributions"] = contributions
         reference = detector.explanation_reference()
         body["explanation"] = {
@@ -500,7 +517,14 @@ class FlowadService:
             "reference": reference,
             "reference_score": float(detector.decision_function(pd.DataFrame([reference]))[0]),
         }
-        return body
+        return json_response(body)
+
+    def _check_explain_limits(self, n_records: int, model: LoadedModel) -> None:
+        """A 413 if explaining ``n_records`` records with ``model`` is over the limits."""
+        problem = explain_problem(n_records, len(model.detector.input_columns),
+                                  SETTINGS.max_explain_records, SETTINGS.max_explain_work)
+        if problem:
+            self._reject(problem, "too_large", HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
 
     async def score_upload(self, request: Request) -> Response:
         """Scores an uploaded CSV or Parquet file (multipart field ``file``), all or nothing:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
@@ -19,11 +20,19 @@ class Settings:
         Bento, the model the Bento carries, pinned (:mod:`service.bundle`).
     reload_interval: seconds between checks for a newly promoted model; 0 disables polling
         [FLOWAD_RELOAD_INTERVAL].
-    admin_token: bearer token of ``POST /admin/reload``; unset disables it [FLOWAD_ADMIN_TOKEN].
+    admin_token: bearer token of ``POST /admin/reload``; unset disables it [FLOWAD_ADMIN_TOKEN]
+        (checked by :func:`admin_token`).
     max_records: records per /score request, more is a 413 [FLOWAD_MAX_RECORDS].
     max_body_bytes: bytes per /score request body, more is a 413 [FLOWAD_MAX_BODY_BYTES].
     max_explain_records: records per ``/score?explain=true`` request, more is a 413
-        [FLOWAD_MAX_EXPLAIN_RECORDS]: explaining costs ~1-3 ms a record (docs/design.md).
+        [FLOWAD_MAX_EXPLAIN_RECORDS].
+    max_explain_work: flow evaluations per ``/score?explain=true`` request, records x
+        (columns + 1) x 16 samples, more is a 413 [FLOWAD_MAX_EXPLAIN_WORK]: explaining costs
+        more per record the more columns a model has (:mod:`service.explaining`). The default
+        lets 100 records of up to 30 columns through.
+    explain_seconds: time allowed for one explained request, from its arrival; past it the
+        explanation stops at the next chunk and answers 413 [FLOWAD_EXPLAIN_SECONDS]. Below the
+        traffic timeout (120 s), as ``file_seconds``.
     max_file_bytes: bytes per /score_file upload [FLOWAD_MAX_FILE_BYTES].
     max_file_rows: rows per /score_file upload, more is a 413 [FLOWAD_MAX_FILE_ROWS]: the
         response holds a verdict per row, so bigger tables belong to ``flowad score``.
@@ -56,6 +65,8 @@ class Settings:
     max_records: int
     max_body_bytes: int
     max_explain_records: int
+    max_explain_work: int
+    explain_seconds: float
     max_file_bytes: int
     max_file_rows: int
     file_seconds: float
@@ -77,10 +88,12 @@ class Settings:
         return cls(
             model=env("FLOWAD_MODEL") or bundled_tag() or DEFAULT_NAME,
             reload_interval=float(env("FLOWAD_RELOAD_INTERVAL", "30")),
-            admin_token=env("FLOWAD_ADMIN_TOKEN") or None,
+            admin_token=admin_token(env("FLOWAD_ADMIN_TOKEN")),
             max_records=int(env("FLOWAD_MAX_RECORDS", "10000")),
             max_body_bytes=int(env("FLOWAD_MAX_BODY_BYTES", str(16 * 2**20))),
             max_explain_records=int(env("FLOWAD_MAX_EXPLAIN_RECORDS", "100")),
+            max_explain_work=int(env("FLOWAD_MAX_EXPLAIN_WORK", "50000")),
+            explain_seconds=float(env("FLOWAD_EXPLAIN_SECONDS", "100")),
             max_file_bytes=int(env("FLOWAD_MAX_FILE_BYTES", str(512 * 2**20))),
             max_file_rows=int(env("FLOWAD_MAX_FILE_ROWS", "1000000")),
             file_seconds=float(env("FLOWAD_FILE_SECONDS", "100")),
@@ -96,3 +109,30 @@ class Settings:
     def remote_scoring(self) -> bool:
         """Whether records go to the ``Scorer`` service rather than being scored in place."""
         return self.scoring == "scorer"
+
+
+def admin_token(value: str | None) -> str | None:
+    """``FLOWAD_ADMIN_TOKEN`` as the service compares it: whitespace around it (the newline that
+    ends a secret file) stripped, with a warning; None when unset or empty.
+
+    Arguments:
+        value: the variable's value.
+
+    Raises:
+        ValueError: a token no client could send: one with a character outside printable
+            ASCII (a header carries bytes, and a client encodes "é" as UTF-8 or Latin-1 as it
+            likes) or a control character inside it.
+    """
+    if value is None:
+        return None
+    token = value.strip()
+    if token != value:
+        logging.getLogger("flowad.service").warning(
+            "FLOWAD_ADMIN_TOKEN: whitespace around the token (e.g. a secret file's final "
+            "newline) was removed; clients send the token without it")
+    bad = [c for c in token if not " " <= c <= "~"]
+    if bad:
+        raise ValueError(f"FLOWAD_ADMIN_TOKEN holds {bad[0]!r}: only printable ASCII characters "
+                         "can be sent in an Authorization header, so no request could match "
+                         "this token; choose one of ASCII letters, digits and punctuation")
+    return token or None

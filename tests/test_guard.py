@@ -7,7 +7,8 @@ import json
 import anyio
 import pytest
 
-from service.guard import RequestGuard
+from service.guard import AdminAuth, RequestGuard
+from service.settings import admin_token
 
 TIMEOUT = 0.3
 
@@ -23,7 +24,8 @@ async def reads_body(scope, receive, send):
 
 
 def call(path: str, pieces: list[tuple[float, bytes]], complete: bool = False,
-         disconnect_after: float = 0.0) -> tuple[dict, list[str]]:
+         disconnect_after: float = 0.0,
+         content_type: bytes | None = b"application/json") -> tuple[dict, list[str]]:
     """The guard's answer to a client sending ``pieces`` (after each delay, its bytes), then
     either stalling or, if ``complete``, ending the body and disconnecting
     ``disconnect_after`` seconds later; and the reasons it counted."""
@@ -49,7 +51,8 @@ def call(path: str, pieces: list[tuple[float, bytes]], complete: bool = False,
 
     async def main():
         with anyio.fail_after(10):  # without a body timeout, the stalled client hangs here
-            await guard({"type": "http", "method": "POST", "path": path, "headers": []},
+            headers = [] if content_type is None else [(b"content-type", content_type)]
+            await guard({"type": "http", "method": "POST", "path": path, "headers": headers},
                         receive, send)
 
     anyio.run(main)
@@ -84,3 +87,82 @@ def test_an_upload_may_take_longer_than_the_timeout_if_it_never_pauses_that_long
 def test_once_the_body_is_in_the_app_may_wait_for_a_disconnect_as_long_as_it_likes(path):
     answer, rejected = call(path, [(0, b"[{}]")], complete=True, disconnect_after=2 * TIMEOUT)
     assert (answer["status"], rejected) == (200, []), answer
+
+
+@pytest.mark.parametrize("content_type", [
+    b"application/json", b"application/json; charset=utf-8", b"Application/JSON",
+    b"application/vnd.api+json", b"application/merge-patch+json;charset=UTF-8",
+])
+def test_json_in_any_json_media_type_is_let_through(content_type):
+    answer, rejected = call("/score", [(0, b"[{}]")], complete=True, content_type=content_type)
+    assert (answer["status"], rejected) == (200, []), answer
+
+
+@pytest.mark.parametrize("content_type", [
+    None, b"", b"text/plain", b"text/plain; charset=utf-8", b"multipart/form-data; boundary=x",
+    b"application/x-www-form-urlencoded", b"application/jsonp", b"json", b"application/ json",
+    b"text/json+xml",
+])
+def test_a_body_not_declared_json_is_a_415(content_type):
+    """A browser POSTs text/plain, form and multipart bodies cross-site without a CORS
+    preflight: a page anyone visits could feed the drift window and the counters."""
+    answer, rejected = call("/score", [(0, b"[{}]")], complete=True, content_type=content_type)
+    assert answer["status"] == 415 and rejected == ["content_type"]
+    body = json.loads(answer["body"])
+    assert body["reason"] == "content_type"
+    assert body["error"].endswith("is not supported: send the records as application/json")
+
+
+def test_an_upload_is_not_held_to_the_json_content_type():
+    answer, rejected = call("/score_file", [(0, b"x")], complete=True,
+                            content_type=b"multipart/form-data; boundary=b")
+    assert (answer["status"], rejected) == (200, [])
+
+
+def admin_answer(token: str, authorization: bytes) -> int:
+    """The status ``AdminAuth`` (guarding ``/admin/reload`` with ``token``) answers."""
+    sent: list[dict] = []
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+
+    async def send(message):
+        sent.append(message)
+
+    async def main():
+        auth = AdminAuth(app, paths=("/admin/reload",), token=token)
+        await auth({"type": "http", "method": "POST", "path": "/admin/reload",
+                    "headers": [(b"authorization", authorization)]}, None, send)
+
+    anyio.run(main)
+    return sent[0]["status"]
+
+
+@pytest.mark.parametrize(("variable", "token"), [
+    ("s3cret\n", "s3cret"), ("  s3cret \r\n", "s3cret"), ("s3cret", "s3cret"),
+    ("a b!#%&", "a b!#%&"), ("", None), (None, None),
+])
+def test_an_admin_token_is_read_as_a_client_can_send_it(variable, token, caplog):
+    """A token from a secret file ends in a newline, which no header carries: it is
+    stripped (with a warning), and the token without it is accepted."""
+    assert admin_token(variable) == token
+    assert ("whitespace around the token" in caplog.text) == (variable not in (token, ""))
+    if token:
+        assert admin_answer(admin_token(variable), b"Bearer " + token.encode()) == 200
+        assert admin_answer(admin_token(variable), b"Bearer " + token.encode() + b"x") == 403
+
+
+@pytest.mark.parametrize("variable", ["sécret", "s3cret\u200b", "tab\tinside", "\x7f"])
+def test_an_admin_token_no_client_can_send_is_refused_at_start(variable):
+    """A header carries bytes: a client sends "é" as UTF-8 or Latin-1 as it likes, and the
+    server reads them as Latin-1, so a non-ASCII token could never match."""
+    with pytest.raises(ValueError, match=r"FLOWAD_ADMIN_TOKEN holds .*only printable ASCII"):
+        admin_token(variable)
+
+
+def test_the_token_is_compared_as_the_bytes_that_arrived():
+    """The header's bytes against the token's UTF-8 bytes, neither decoded: the UTF-8 bytes of
+    "é" used to be read as Latin-1 ("Ã©") and encoded again, so "é" never matched itself."""
+    assert admin_answer("é", "Bearer é".encode()) == 200
+    assert admin_answer("é", "Bearer é".encode("latin-1")) == 403
+    assert admin_answer("s3cret", "Bearer sécret".encode()) == 403
