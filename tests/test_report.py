@@ -143,3 +143,99 @@ def test_contributions_of_values_off_their_grid_are_counted_not_averaged(tmp_pat
         warnings.simplefilter("error")  # an infinite bar made matplotlib warn (NaN transforms)
         path = plot_top_contributions(contributions, tmp_path / "top.png")
     assert path.read_bytes().startswith(PNG_MAGIC)
+
+
+def _legend(ax) -> list[str]:
+    return [text.get_text() for text in ax.get_legend().get_texts()]
+
+
+def _bar_heights(ax) -> list[np.ndarray]:
+    return [np.array([bar.get_height() for bar in container]) for container in ax.containers]
+
+
+def test_score_histogram_spreads_heavy_tailed_scores_and_counts_infinite_ones() -> None:
+    """Scores from 1e2 to 1e5 nats: on the old linear axis all normals shared one bin and the
+    +inf rows were silently in the last one."""
+    from pipelines.report import score_histogram_figure
+
+    rng = np.random.default_rng(0)
+    normal = 10 ** rng.uniform(2, 5, 1000)
+    anomalous = 10 ** rng.uniform(4, 6, 50)
+    scores = np.r_[normal, [np.inf] * 3, anomalous, [np.inf] * 2]
+    y = np.r_[np.zeros(1003, int), np.ones(52, int)]
+    ax = score_histogram_figure(scores, y, threshold=2e4).axes[0]
+    assert ax.get_xscale() == "symlog"
+    normal_bins, anomalous_bins = _bar_heights(ax)
+    assert normal_bins.sum() == 1000 and anomalous_bins.sum() == 50  # the finite ones, all
+    assert (normal_bins > 0).sum() >= 30  # three decades of normals over many of the 60 bins
+    # independent: each decade of normal scores holds a third of them, in a third of the bins
+    edges = [bar.get_x() for bar in ax.containers[0]]
+    first_decade = np.array(edges) < 1e3
+    assert normal_bins[first_decade].sum() == (normal < edges[int(first_decade.sum())]).sum()
+    assert "score +inf (zero density): 3 normal, 2 anomalous (not drawn)" in _legend(ax)
+    assert "threshold = 2e+04" in _legend(ax)
+
+
+def test_roc_and_pr_mark_the_operating_point() -> None:
+    from pipelines.report import roc_pr_figure
+
+    y, s = _data()
+    threshold = 1.7
+    ax_roc, ax_pr = roc_pr_figure(s, y, threshold).axes
+    normal_flagged = sum(score > threshold for score, label in zip(s, y, strict=True) if not label)
+    anomalies_flagged = sum(score > threshold for score, label in zip(s, y, strict=True) if label)
+    fpr, tpr = normal_flagged / 900, anomalies_flagged / 101
+    (point,) = [line for line in ax_roc.get_lines() if line.get_label().startswith("operating")]
+    assert (point.get_xdata()[0], point.get_ydata()[0]) == pytest.approx((fpr, tpr))
+    (point,) = [line for line in ax_pr.get_lines() if line.get_label().startswith("operating")]
+    precision = anomalies_flagged / (anomalies_flagged + normal_flagged)
+    assert (point.get_xdata()[0], point.get_ydata()[0]) == pytest.approx((tpr, precision))
+    # a threshold that flags no normal record: FPR 0, drawn at the log axis' left edge
+    ax_roc = roc_pr_figure(s, y, 100.0).axes[0]
+    (point,) = [line for line in ax_roc.get_lines() if line.get_label().startswith("operating")]
+    assert point.get_xdata()[0] == ax_roc.get_xlim()[0] == 1 / 900
+    assert "(0: drawn at the axis edge)" in point.get_label()
+
+
+def test_training_curve_gives_each_member_its_own_colour() -> None:
+    from pipelines.report import training_curve_figure
+
+    history = [{"epoch": e, "train_nll": k + 5 / e, "val_nll": k + 5.5 / e, "member": k}
+               for k in range(3) for e in range(1, 11)]
+    ax = training_curve_figure(history).axes[0]
+    colours: dict[int, set] = {}
+    for line in ax.get_lines():
+        member = int(line.get_label().rsplit("member ", 1)[1].rstrip(")"))
+        colours.setdefault(member, set()).add(line.get_color())
+    assert all(len(c) == 1 for c in colours.values()), colours  # a member: one colour
+    assert len({next(iter(c)) for c in colours.values()}) == 3  # members: distinct colours
+    styles = {line.get_label().split(" NLL")[0]: line.get_linestyle() for line in ax.get_lines()
+              if "NLL" in line.get_label()}
+    assert styles == {"train": "-", "validation": "--"}
+
+
+def test_top_contributions_are_ordered_by_how_often_a_column_is_the_top_one() -> None:
+    """The issue's case: a column that is the top contributor of 23 records came fourth,
+    behind columns that a few records of 1e5 nats put ahead by their mean."""
+    from pipelines.report import top_contributions_figure
+
+    rng = np.random.default_rng(1)
+    n = 30
+    contributions = pd.DataFrame({
+        "spiky": np.r_[[1e5, 2e5, 3e5], rng.uniform(0, 1, n - 3)],
+        "wide": np.r_[[5e4] * 3, rng.uniform(0, 2, n - 3)],
+        "steady": np.r_[[1.0] * 3, rng.uniform(20, 40, 23), [0.5] * 4],
+        "sometimes": np.r_[[0.0] * 26, [60.0] * 4],
+    })
+    top = [contributions.columns[int(np.argmax(row))] for row in contributions.to_numpy()]
+    expected = sorted(contributions.columns, key=lambda c: -top.count(c))
+    assert expected == ["steady", "sometimes", "spiky", "wide"]
+    assert list(contributions.mean().sort_values(ascending=False).index[:3]) == [
+        "spiky", "wide", "steady"]  # the old order
+    ax_top, ax_median = top_contributions_figure(contributions).axes
+    assert [label.get_text() for label in ax_top.get_yticklabels()] == expected
+    (bars,) = ax_top.containers
+    assert [bar.get_width() for bar in bars] == [top.count(c) for c in expected]
+    (bars,) = ax_median.containers
+    np.testing.assert_allclose([bar.get_width() for bar in bars],
+                               [np.median(contributions[c]) for c in expected])
