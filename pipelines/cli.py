@@ -585,17 +585,27 @@ def models(
 
 
 def _print_models(rows: list[dict[str, object]]) -> None:
-    """The ``flowad models`` table."""
+    """The ``flowad models`` table: on a terminal a table whose cells wrap rather than being
+    cut; elsewhere (a file, a pipe, a cron job's log, where rich would cut the table to 80
+    columns) tab-separated lines with a header, every value whole."""
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("tag", "production", "created", "kind", "target FPR", "threshold", "val NLL",
-                  "train rows")
-    for row in rows:
-        cells = [row[k] for k in (
-            "created", "model_kind", "target_fpr", "threshold", "val_nll", "n_train")]
-        table.add_row(str(row["tag"]), "yes" if row["production"] else "",
-                      *(f"{c:.4f}" if isinstance(c, float) else str(c) for c in cells))
+    header = ("tag", "production", "created", "kind", "target FPR", "threshold", "val NLL",
+              "train rows")
+    lines = [[str(row["tag"]), "yes" if row["production"] else "", *(
+        f"{c:.4f}" if isinstance(c, float) else str(c) for c in (row[k] for k in (
+            "created", "model_kind", "target_fpr", "threshold", "val_nll", "n_train")))]
+        for row in rows]
+    if not sys.stdout.isatty():
+        for line in (header, *lines):
+            typer.echo("\t".join(line))
+        return
+    table = Table(*header)
+    for column in table.columns:
+        column.overflow = "fold"  # a tag must stay whole to be copied
+    for line in lines:
+        table.add_row(*line)
     Console().print(table)
 
 
