@@ -2,6 +2,10 @@
 
 The promotion gate (all rules must pass; thresholds are :class:`GateRules` fields, defaults in
 brackets, each a ``flowad retrain`` option):
+0. Schema: the candidate's schema accepts what production's clients send
+   (:func:`schema_changes`: no column gone or new, none changed between text and numbers, none
+   newly on a grid or on a coarser one, none that may be missing in production and not in the
+   candidate).
 1. Data quality: no column that varied in production's training data is constant in the new
    data, and no column's missing rate rises by more than ``max_missing_rate_increase`` [0.2].
 2. Drift sanity: production flags at most ``max_production_fpr_ratio`` [5] x its target FPR of
@@ -19,6 +23,7 @@ brackets, each a ``flowad retrain`` option):
    new table, less its own validation and calibration splits) than production may have been.
    The trimmed mean because NLL differences are heavy-tailed (a record with a level seen once
    in training can cost thousands of nats). See :func:`fit_check` for the margin's scale.
+   Fewer than 3 held-out normal rows show nothing, and the candidate is refused.
 4. Can flag: a candidate that can never flag a record at its target FPR (``describe()``'s
    ``calibration.can_flag`` is false: too few calibration rows for that FPR, or too many of
    zero density) is refused while production can flag. Rule 5 cannot catch it: such a
@@ -30,6 +35,9 @@ brackets, each a ``flowad retrain`` option):
    outcome of a sound threshold, not a sign of a broken one.
 6. Detection (only with labels): candidate ROC-AUC >= production ROC-AUC - ``auc_tolerance``
    [0.01].
+
+Then the pointer moves only if production is still the model the candidate was compared with
+(a rollback or another retrain meanwhile is not overwritten).
 
 Corrupted new data is caught by rules 1 and 2, not by rule 3: the candidate learns the
 corruption, so it scores the (equally corrupted) held-out rows better than production does.
