@@ -244,7 +244,8 @@ def read(spark: SparkSession, path: str) -> DataFrame:
         path: what ``flowad score`` takes.
     """
     if table_format(path) == "csv":  # as text: cells as they are (the module's docstring)
-        return spark.read.csv(path, header=True, inferSchema=False)
+        # a quote inside a quoted cell is doubled (RFC 4180, as pandas writes), not \"
+        return spark.read.csv(path, header=True, inferSchema=False, escape='"')
     return spark.read.parquet(path)
 
 
@@ -277,7 +278,7 @@ def write_scored(scored: DataFrame, output: str, *, escape_formulas: bool = True
     writer = scored.write.mode("errorifexists")
     try:
         if fmt == "csv":
-            writer.option("header", True).csv(temp.toString())
+            writer.option("header", True).option("escape", '"').csv(temp.toString())
         else:
             writer.parquet(temp.toString())
     except BaseException as error:  # SIGTERM too (the CLI turns it into SystemExit)
