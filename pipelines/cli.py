@@ -177,15 +177,19 @@ def rows_of(data: str, frame: pd.DataFrame) -> Iterator[None]:
 
 @contextmanager
 def shown_warnings() -> Iterator[None]:
-    """A warning about the model being made (e.g. a threshold that can never flag) as one
-    ``warning: ...`` line on stderr, not Python's file-and-line format."""
+    """A warning about the model being made (e.g. a threshold that can never flag) or the data
+    read (a CSV's unfinished last line) as one ``warning: ...`` line on stderr, not Python's
+    file-and-line format."""
+    from pipelines.csvfiles import UnfinishedLineWarning
     from pipelines.detector import SmallCalibrationWarning
 
+    shown = (SmallCalibrationWarning, UnfinishedLineWarning)
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", SmallCalibrationWarning)
+        for category in shown:
+            warnings.simplefilter("always", category)
         yield
     for warning in caught:
-        if issubclass(warning.category, SmallCalibrationWarning):
+        if issubclass(warning.category, shown):
             typer.echo(f"warning: {warning.message}", err=True)
         else:
             warnings.warn_explicit(warning.message, warning.category, warning.filename,
@@ -344,7 +348,7 @@ def score(
     from pipelines.store import load_detector
     from pipelines.tables import TableWriter
 
-    with user_errors():
+    with user_errors(), shown_warnings():
         added = output_columns(fdr, explain_top if explain else 0)
         detector = load_detector(tag)
         with TableWriter(output, escape_formulas=escape) as writer:

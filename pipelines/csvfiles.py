@@ -99,7 +99,8 @@ class _Reader(io.RawIOBase):
             raise UnreadableTableError("the file was truncated while it was being read")
         self.file.seek(self.size)
         if now > self.size and self.file.read(1) not in (b"\n", b"\r"):
-            warnings.warn("it is being written: its last line, unfinished when the file was "
+            name = getattr(self.file, "name", "the file")
+            warnings.warn(f"{name} is being written: its last line, unfinished when it was "
                           "opened, was not read", UnfinishedLineWarning, stacklevel=2)
             return None
         if self.size - self.end > self.limits.max_chunk_bytes:

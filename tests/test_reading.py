@@ -211,8 +211,8 @@ def test_a_csv_being_appended_to_is_read_as_it_was_when_opened(tmp_path):
     first = next(chunks).frame
     with open(path, "ab") as writer:  # it finishes that line, and writes more
         writer.write(b"8\n3,7.0\n")
-    with pytest.warns(UnfinishedLineWarning, match="its last line, unfinished when the file "
-                      "was opened, was not read"):
+    with pytest.warns(UnfinishedLineWarning, match=f"^{path} is being written: its last line, "
+                      "unfinished when it was opened, was not read"):
         rest = [chunk.frame for chunk in chunks]
     read = pd.concat([first, *rest])
     assert read["b"].tolist() == [1.5, 9.8]  # never 9.0 from the half-written line
