@@ -15,8 +15,9 @@ most ``max_chunk_cells`` cells and may parse at most ``max_chunk_bytes`` of the 
 cell holds at most ``max_cell_chars`` characters.
 
 **A file being appended to** is read as it was when opened: up to its last newline then, so a
-half-written last line is never read. A last line without a newline is read only if the file
-has not grown by the time it is reached (then it was complete, merely unterminated).
+half-written last line is never read. A last line without a newline is read after every other
+line, if it is known by then to be complete: the file has not grown, or what was added begins
+with a newline; else it is left out (:class:`UnfinishedLineWarning`).
 """
 
 from __future__ import annotations
@@ -35,12 +36,14 @@ import pandas as pd
 from pandas._libs.parsers import STR_NA_VALUES
 
 from pipelines.limits import MIB, ReadLimits, TableTooLargeError
+from pipelines.schema import shown
 
 NUMERIC_MISSING = frozenset(STR_NA_VALUES)  # pandas' default list, "" among them
 TEXT_MISSING = frozenset({""})
 BOOLEAN_WORDS = {"True": True, "TRUE": True, "true": True,
                  "False": False, "FALSE": False, "false": False}  # what pandas reads as bool
 _TAIL_BLOCK = 64 * 1024  # bytes read at a time when looking for a file's last newline
+QUOTE_AT_END = "EOF inside string"  # pandas' error for a quoted cell the bytes end in
 
 
 class UnreadableTableError(ValueError):
@@ -88,21 +91,22 @@ class _Reader(io.RawIOBase):
                 "(--chunk-rows, FLOWAD_FILE_CHUNK_ROWS) or a higher limit")
         return len(data)
 
-    def finished_tail(self) -> bytes | None:
-        """The snapshot's last line if it has no newline (read after every other line), when
-        it is complete: the file has not grown since it was opened, or what was added starts
-        with a newline. None when there is none, or it was still being written (warned)."""
-        if self.end is None or self.end == self.size:
-            return None
+    @property
+    def cut(self) -> bool:
+        """Whether the snapshot stops before a last line that has no newline."""
+        return self.end is not None and self.end < self.size
+
+    def tail_is_complete(self) -> bool:
+        """Whether that last line is complete (asked once every other line is read): the file
+        has not grown since it was opened, or what was added begins with a newline."""
         now = os.fstat(self.file.fileno()).st_size
         if now < self.size:
             raise UnreadableTableError("the file was truncated while it was being read")
         self.file.seek(self.size)
-        if now > self.size and self.file.read(1) not in (b"\n", b"\r"):
-            name = getattr(self.file, "name", "the file")
-            warnings.warn(f"{name} is being written: its last line, unfinished when it was "
-                          "opened, was not read", UnfinishedLineWarning, stacklevel=2)
-            return None
+        return now == self.size or self.file.read(1) in (b"\n", b"\r")
+
+    def tail(self) -> bytes:
+        """The bytes of that last line."""
         if self.size - self.end > self.limits.max_chunk_bytes:
             raise TableTooLargeError(f"the last line is longer than the limit of "
                                      f"{self.limits.max_chunk_bytes / MIB:.0f} MiB a chunk "
@@ -156,9 +160,9 @@ def read_header(file: BinaryIO, limits: ReadLimits) -> list[str]:
     try:
         header.encode()
     except UnicodeEncodeError as error:  # a byte that is not UTF-8, escaped as a surrogate
-        raise _not_utf8(UnicodeDecodeError(
-            "utf-8", header.encode(errors="surrogateescape"), error.start, error.end,
-            "invalid")) from None
+        byte = bytes([ord(header[error.start]) - 0xDC00])
+        raise UnreadableTableError(f"not UTF-8 text (byte {byte!r} cannot be decoded): save "
+                                   "the file as UTF-8") from None
     return pd.read_csv(io.StringIO(header), nrows=0).columns.tolist()
 
 
@@ -188,21 +192,55 @@ def csv_frames(file: BinaryIO, names: Sequence[str], chunk_rows: int, limits: Re
         snapshot: read the file as it was when opened (a local file).
     """
     reader = _Reader(file, limits, snapshot)
-    rows = 0
-    frame = None
+    rows, frame = 0, None
     rows_per_chunk = limits.chunk_rows(chunk_rows, len(names))
-    for frame in _parsed(io.BufferedReader(reader), names, rows_per_chunk, limits, text_columns,
-                         rows, file):
+    try:
+        for frame in _parsed(io.BufferedReader(reader), names, rows_per_chunk, limits,
+                             text_columns, rows, file):
+            reader.chunk_bytes = 0
+            rows += len(frame)
+            yield frame
+    except UnreadableTableError as error:
+        if not (reader.cut and QUOTE_AT_END in str(error)):
+            raise
+        # the last newline is inside a quoted cell: the last record spans it and the tail
+        if not reader.tail_is_complete():
+            raise UnreadableTableError(
+                "its last record, quoted over several lines, was being written when the file "
+                "was opened: read it again once it is complete") from None
+        yield from _rows_after(file, names, rows_per_chunk, limits, text_columns, rows,
+                               reader.size)
+        return
+    if not reader.cut:
+        return
+    if not reader.tail_is_complete():
+        warnings.warn(f"{getattr(file, 'name', 'the file')} is being written: its last line, "
+                      "unfinished when it was opened, was not read", UnfinishedLineWarning,
+                      stacklevel=2)
+        return
+    if text_columns is None and frame is not None:  # read as the rows before it were
+        text_columns = [name for name in names if name in frame.columns
+                        and pd.api.types.is_string_dtype(frame[name].dtype)]
+    yield from _parsed(io.BytesIO(reader.tail()), names, 1, limits, text_columns, rows, file,
+                       header=False)
+
+
+def _rows_after(file: BinaryIO, names: Sequence[str], chunk_rows: int, limits: ReadLimits,
+                text_columns: Sequence[str] | None, skip: int, size: int
+                ) -> Iterator[pd.DataFrame]:
+    """The rows after the first ``skip`` of the first ``size`` bytes of ``file``, parsed again
+    from its start (the rare file whose last record is quoted over several lines and has no
+    newline at its end)."""
+    file.seek(0)
+    reader = _Reader(file, limits, snapshot=False)
+    reader.end = size
+    seen = 0
+    for frame in _parsed(io.BufferedReader(reader), names, chunk_rows, limits, text_columns, 0,
+                         file):
         reader.chunk_bytes = 0
-        rows += len(frame)
-        yield frame
-    tail = reader.finished_tail()  # a last line without a newline: read only now, when it is
-    if tail is not None:           # known to be complete
-        if text_columns is None and frame is not None:  # as the rows before it were read
-            text_columns = [name for name in names if name in frame.columns
-                            and pd.api.types.is_string_dtype(frame[name].dtype)]
-        yield from _parsed(io.BytesIO(tail), names, 1, limits, text_columns, rows, file,
-                           header=False)
+        if seen + len(frame) > skip:
+            yield frame.iloc[max(0, skip - seen):].reset_index(drop=True)
+        seen += len(frame)
 
 
 def _parsed(stream: BinaryIO, names: Sequence[str], chunk_rows: int, limits: ReadLimits,
@@ -257,9 +295,9 @@ def _check_cells(frame: pd.DataFrame, limits: ReadLimits, first_row: int) -> Non
             row = int(np.flatnonzero(lengths.to_numpy(dtype=float, na_value=0)
                                      > limits.max_cell_chars)[0])
             raise TableTooLargeError(
-                f"column {name!r}, row {first_row + row}: a text cell of {int(lengths.iloc[row])} "
-                f"characters, more than the limit of {limits.max_cell_chars} "
-                "(FLOWAD_MAX_CELL_CHARS)")
+                f"column {shown(name)}, row {first_row + row}: a text cell of "
+                f"{int(lengths.iloc[row])} characters, more than the limit of "
+                f"{limits.max_cell_chars} (FLOWAD_MAX_CELL_CHARS)")
 
 
 def _numbers_with_missing_words(frame: pd.DataFrame) -> pd.DataFrame:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipelines.schema import shown
+
 MIB = 2**20
 
 
@@ -109,17 +111,17 @@ class ReadLimits:
         total = pc.sum(lengths).as_py() or 0
         if total > self.max_chunk_bytes:
             raise TableTooLargeError(
-                f"column {name!r} holds {total / MIB:.0f} MiB of text in rows from {first_row}, "
-                f"more than the limit of {self.max_chunk_bytes / MIB:.0f} MiB a chunk "
+                f"column {shown(name)} holds {total / MIB:.0f} MiB of text in rows from "
+                f"{first_row}, more than the limit of {self.max_chunk_bytes / MIB:.0f} MiB a chunk "
                 "(FLOWAD_MAX_CHUNK_BYTES)")
         longest = pc.max(lengths).as_py() or 0
-        if longest > self.max_cell_chars:  # bytes >= characters: measure characters only now
+        if longest > self.max_cell_chars:  # bytes >= characters: count characters only now
             chars = (pc.utf8_length(array.cast(kind)) if pa.types.is_string(kind)
                      or pa.types.is_large_string(kind) else lengths)
             over = pc.indices_nonzero(pc.greater(chars, self.max_cell_chars))
             if len(over):
-                row = first_row + over[0].as_py()
+                position = over[0].as_py()
                 raise TableTooLargeError(
-                    f"column {name!r}, row {row}: a text cell of {chars[over[0].as_py()]} "
-                    f"characters, more than the limit of {self.max_cell_chars} "
-                    "(FLOWAD_MAX_CELL_CHARS)")
+                    f"column {shown(name)}, row {first_row + position}: a text cell of "
+                    f"{chars[position].as_py()} characters, more than the limit of "
+                    f"{self.max_cell_chars} (FLOWAD_MAX_CELL_CHARS)")

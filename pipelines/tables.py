@@ -281,7 +281,9 @@ class ParquetTable:
                     f"column {shown(field.name)} holds {field.type} values, not one number or "
                     "text per row: flatten it into columns or drop it")
         self.limits, self.file = limits, file
-        self.text = [field.name for field in schema if _text(field.type)]
+        self.text = [field.name for field in schema if _text(field.type)]  # read as dictionaries
+        self.measured = {field.name for field in schema if _text(field.type) or (
+            pa.types.is_dictionary(field.type) and _text(field.type.value_type))}
         self.ranges = _range_indexes(schema.metadata)
         self.columns = [name for name in schema.names if not UNNAMED_INDEX.fullmatch(name)]
         self.columns += [name for name, _, _ in self.ranges if name not in self.columns]
@@ -293,8 +295,9 @@ class ParquetTable:
                 batch_size=self.limits.chunk_rows(chunk_rows, len(self.columns))):
             columns = []
             for name, column in zip(batch.schema.names, batch.columns, strict=True):
-                if name in self.text:
+                if name in self.measured:
                     self.limits.check_text(name, column, rows)
+                if name in self.text:  # a file's own dictionaries stay pandas categories
                     column = column.dictionary_decode()
                 columns.append(column)
             frame = pa.RecordBatch.from_arrays(columns, batch.schema.names).to_pandas(

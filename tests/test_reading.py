@@ -233,6 +233,19 @@ def test_a_last_line_without_a_newline_is_read_when_it_is_complete(tmp_path):
     assert read_table(path).columns.tolist() == ["a", "b"]
 
 
+def test_a_last_record_quoted_over_several_lines_is_read_whole(tmp_path):
+    path = tmp_path / "quoted.csv"
+    path.write_bytes(b'a,b\n1,"x"\n2,"abc\ndef"')  # its last newline is inside the quotes
+    assert [chunk["b"].tolist() for chunk in iter_table(path, 1)] == [["x"], ["abc\ndef"]]
+    chunks = iter_chunks(path, 1)
+    next(chunks)
+    with open(path, "ab") as writer:  # it was still being written
+        writer.write(b'ghi"\n')
+    with pytest.raises(UnreadableTableError, match="its last record, quoted over several lines, "
+                       "was being written when the file was opened"):
+        list(chunks)
+
+
 # ------------------------------------------------------------------ outputs
 def test_an_output_through_a_symlink_is_written_where_it_points(tmp_path):
     (tmp_path / "runs").mkdir()
