@@ -4,14 +4,15 @@ A source is one file, or a dataset read through ``pyarrow.dataset``: a directory
 Spark or Hive output, with ``key=value`` partition folders whose keys become columns) or a
 filesystem URI (``s3://``, ``gs://``, ``hdfs://``, ``file://``; whatever pyarrow's filesystems
 reach). Files whose names start with ``.`` or ``_`` (``_SUCCESS``, ``.crc``) are skipped.
+Each file is opened, its header (:mod:`pipelines.csvfiles`) or footer
+(:mod:`pipelines.parquetfiles`) read within the :class:`~pipelines.limits.ReadLimits` and
+checked against the model's schema, before any of its rows is read.
 """
 
 from __future__ import annotations
 
 import glob
-import json
 import os
-import re
 import stat
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -20,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 from pipelines.csvfiles import UnreadableTableError, csv_frames, read_header
 from pipelines.formulas import escape_formulas
 from pipelines.limits import ReadLimits, TableTooLargeError
+from pipelines.parquetfiles import ParquetTable
 from pipelines.processes import owner_is_gone, owner_tag
 from pipelines.schema import Schema, SchemaError, shown
 
@@ -254,87 +255,6 @@ class TableFile:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-class ParquetTable:
-    """A Parquet file, checked from its footer before any page is decoded: its size against
-    the limits, and every column a scalar one (a list, struct or map column is refused,
-    named). Text columns are read dictionary-encoded and measured before they are expanded;
-    pandas' metadata is not applied, so that columns it made the index (``df.set_index(
-    'amount').to_parquet()``) are read as columns, and an unnamed index is dropped.
-
-    Arguments:
-        file: the open binary file.
-        limits: what reading may decode.
-    """
-
-    def __init__(self, file: BinaryIO, limits: ReadLimits) -> None:
-        try:
-            footer = pq.ParquetFile(file)
-        except (pa.ArrowInvalid, OSError) as error:
-            raise UnreadableTableError(f"not a readable Parquet file: {error}") from None
-        limits.check_parquet_footer(footer.metadata)
-        schema = footer.schema_arrow
-        for field in schema:
-            if _nested(field.type):
-                raise UnreadableTableError(
-                    f"column {shown(field.name)} holds {field.type} values, not one number or "
-                    "text per row: flatten it into columns or drop it")
-        self.limits, self.file = limits, file
-        self.text = [field.name for field in schema if _text(field.type)]  # read as dictionaries
-        self.measured = {field.name for field in schema if _text(field.type) or (
-            pa.types.is_dictionary(field.type) and _text(field.type.value_type))}
-        self.ranges = _range_indexes(schema.metadata)
-        self.columns = [name for name in schema.names if not UNNAMED_INDEX.fullmatch(name)]
-        self.columns += [name for name, _, _ in self.ranges if name not in self.columns]
-
-    def frames(self, chunk_rows: int) -> Iterator[pd.DataFrame]:
-        parquet = pq.ParquetFile(self.file, read_dictionary=self.text)
-        rows = 0
-        for batch in parquet.iter_batches(
-                batch_size=self.limits.chunk_rows(chunk_rows, len(self.columns))):
-            columns = []
-            for name, column in zip(batch.schema.names, batch.columns, strict=True):
-                if name in self.measured:
-                    self.limits.check_text(name, column, rows)
-                if name in self.text:  # a file's own dictionaries stay pandas categories
-                    column = column.dictionary_decode()
-                columns.append(column)
-            frame = pa.RecordBatch.from_arrays(columns, batch.schema.names).to_pandas(
-                ignore_metadata=True)
-            frame = frame.drop(columns=[c for c in frame.columns if UNNAMED_INDEX.fullmatch(c)])
-            for name, start, step in self.ranges:
-                if name not in frame.columns:
-                    frame[name] = start + step * np.arange(rows, rows + len(frame))
-            rows += len(frame)
-            yield frame
-
-
-UNNAMED_INDEX = re.compile(r"__index_level_\d+__")  # pandas' name for an unnamed index
-
-
-def _nested(kind: pa.DataType) -> bool:
-    if pa.types.is_dictionary(kind):
-        kind = kind.value_type
-    return pa.types.is_nested(kind) or isinstance(kind, pa.ExtensionType)
-
-
-def _text(kind: pa.DataType) -> bool:
-    return (pa.types.is_string(kind) or pa.types.is_large_string(kind)
-            or pa.types.is_binary(kind) or pa.types.is_large_binary(kind))
-
-
-def _range_indexes(metadata: dict[bytes, bytes] | None) -> list[tuple[str, int, int]]:
-    """The named range indexes pandas' metadata describes (stored as no column: ``name``,
-    ``start``, ``step``)."""
-    try:
-        pandas = json.loads((metadata or {}).get(b"pandas", b"{}"))
-        return [(index["name"], int(index["start"]), int(index["step"]))
-                for index in pandas.get("index_columns", [])
-                if isinstance(index, dict) and index.get("kind") == "range"
-                and isinstance(index.get("name"), str)]
-    except (ValueError, TypeError, KeyError, AttributeError):
-        return []  # metadata some other writer made: the columns are what is stored
 
 
 def iter_table(
