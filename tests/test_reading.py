@@ -207,8 +207,8 @@ def test_a_nested_column_is_named(kind, pandas_metadata, tmp_path):
 def test_a_csv_being_appended_to_is_read_as_it_was_when_opened(tmp_path):
     path = tmp_path / "growing.csv"
     path.write_bytes(b"a,b\n0,1.5\n1,9.8\n2,9.")  # its writer is in the middle of a line
-    chunks = iter_chunks(path, 1)
-    first = next(chunks).frame
+    chunks = iter_chunks(path, 1000)
+    first = next(chunks).frame  # the reader has reached the end of what is there
     with open(path, "ab") as writer:  # it finishes that line, and writes more
         writer.write(b"8\n3,7.0\n")
     with pytest.warns(UnfinishedLineWarning, match=f"^{path} is being written: its last line, "
