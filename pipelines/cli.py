@@ -349,7 +349,7 @@ def score(
     from pipelines.tables import TableWriter
 
     with user_errors(), shown_warnings():
-        added = output_columns(fdr, explain_top if explain else 0)
+        added = _output_columns(fdr, explain_top if explain else 0)
         detector = load_detector(tag)
         with TableWriter(output, escape_formulas=escape) as writer:
             _check_output_names(data, added)
@@ -359,7 +359,7 @@ def score(
     typer.echo(f"scored {n_rows} rows, {n_anomalies} flagged{rule} -> {output}")
 
 
-def output_columns(fdr: float | None, explain: int) -> list[str]:
+def _output_columns(fdr: float | None, explain: int) -> list[str]:
     """The columns ``score`` adds to its input's.
 
     Arguments:
@@ -378,7 +378,7 @@ def _check_output_names(data: str, added: list[str]) -> None:
 
     Arguments:
         data: the file or dataset to score (only its header or footer is read).
-        added: :func:`output_columns`.
+        added: :func:`_output_columns`.
     """
     from pipelines.tables import table_columns
 
