@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 if TYPE_CHECKING:
-    import numpy as np
     import pandas as pd
 
     from pipelines.detector import Detector
@@ -142,13 +141,9 @@ def _valid_name(name: str) -> bool:
     """Whether ``name`` is a model name BentoML stores as given (lower case letters, digits,
     ``_ - .``, starting with a letter or digit, at most 63 characters): checked before
     training, which a name refused at save time would waste."""
-    from bentoml._internal.tag import Tag
+    from pipelines.registry import is_model_name
 
-    try:
-        Tag(name)
-    except ValueError:
-        return False
-    return name == name.lower() and ":" not in name
+    return is_model_name(name) and name == name.lower()
 
 
 def _check_name(name: str) -> None:
@@ -182,15 +177,19 @@ def rows_of(data: str, frame: pd.DataFrame) -> Iterator[None]:
 
 @contextmanager
 def shown_warnings() -> Iterator[None]:
-    """A warning about the model being made (e.g. a threshold that can never flag) as one
-    ``warning: ...`` line on stderr, not Python's file-and-line format."""
+    """A warning about the model being made (e.g. a threshold that can never flag) or the data
+    read (a CSV's unfinished last line) as one ``warning: ...`` line on stderr, not Python's
+    file-and-line format."""
+    from pipelines.csvfiles import UnfinishedLineWarning
     from pipelines.detector import SmallCalibrationWarning
 
+    shown = (SmallCalibrationWarning, UnfinishedLineWarning)
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", SmallCalibrationWarning)
+        for category in shown:
+            warnings.simplefilter("always", category)
         yield
     for warning in caught:
-        if issubclass(warning.category, SmallCalibrationWarning):
+        if issubclass(warning.category, shown):
             typer.echo(f"warning: {warning.message}", err=True)
         else:
             warnings.warn_explicit(warning.message, warning.category, warning.filename,
@@ -325,54 +324,73 @@ def score(
         "directory of part files (needs pyspark: the 'spark' extra).")] = Engine.local,
     master: Annotated[str, typer.Option(help="Spark master URL, with --engine spark.")]
     = "local[*]",
+    strict: Annotated[bool, typer.Option(
+        "--strict", help="Refuse columns the model neither reads nor excludes, instead of "
+        "carrying them to the output unchanged.")] = False,
+    escape: Annotated[bool, typer.Option(
+        "--escape-formulas/--no-escape-formulas", help="In CSV output, prefix text cells that "
+        "begin with = + - @ tab or CR (and are not plain numbers) with ', so that a "
+        "spreadsheet shows them instead of running them as formulas.")] = True,
 ) -> None:
     """Score DATA in chunks; writes the input columns plus score, log_likelihood, p_value,
-    is_anomaly (and contributions with --explain). OUTPUT appears only once every row is scored
-    (a failed or interrupted run leaves it as it was)."""
+    is_anomaly (and contributions with --explain). Columns the model does not read (ids,
+    labels, partition keys) are carried through as read, unless --strict. OUTPUT appears only
+    once every row is scored (a failed or interrupted run leaves it as it was)."""
     if fdr is not None and not 0 < fdr < 1:
         raise typer.BadParameter(f"{fdr} is not in (0, 1)", param_hint="'--fdr'")
     if engine is Engine.spark:
         if fdr is not None:
             raise typer.BadParameter("--fdr needs every row's p-value in one place: use the "
                                      "local engine", param_hint="'--fdr'")
-        _score_on_spark(tag, data, str(output), master, explain_top if explain else 0)
+        _score_on_spark(tag, data, str(output), master, explain_top if explain else 0,
+                        strict=strict, escape_formulas=escape)
         return
     from pipelines.store import load_detector
     from pipelines.tables import TableWriter
 
-    with user_errors():
-        _check_output_names(data, fdr, explain_top if explain else 0)
+    with user_errors(), shown_warnings():
+        added = _output_columns(fdr, explain_top if explain else 0)
         detector = load_detector(tag)
-        with TableWriter(output) as writer:
+        with TableWriter(output, escape_formulas=escape) as writer:
+            _check_output_names(data, added)
             n_rows, n_anomalies = _score_file(detector, data, chunk_rows, writer, progress, fdr,
-                                              explain_top if explain else 0)
+                                              explain_top if explain else 0, strict)
     rule = "" if fdr is None else f" by Benjamini-Hochberg at FDR {fdr:g}"
     typer.echo(f"scored {n_rows} rows, {n_anomalies} flagged{rule} -> {output}")
 
 
-def _check_output_names(data: str, fdr: float | None, explain: int) -> None:
+def _output_columns(fdr: float | None, explain: int) -> list[str]:
+    """The columns ``score`` adds to its input's.
+
+    Arguments:
+        fdr: ``--fdr``, which adds ``q_value``.
+        explain: contributions per row, which add ``top{i}_column`` / ``top{i}_contribution``.
+    """
+    return ["score", "log_likelihood", "p_value", "is_anomaly",
+            *(["q_value"] if fdr is not None else []),
+            *(f"top{i}_{part}" for i in range(1, explain + 1)
+              for part in ("column", "contribution"))]
+
+
+def _check_output_names(data: str, added: list[str]) -> None:
     """Refuses input whose column names are among the ones ``score`` adds: the output would
     hold two columns of one name (a CSV reader renames the second, a Parquet writer refuses).
 
     Arguments:
-        data: the file or dataset to score (only its first row is read).
-        fdr: ``--fdr``, which adds ``q_value``.
-        explain: contributions per row, which add ``top{i}_column`` / ``top{i}_contribution``.
+        data: the file or dataset to score (only its header or footer is read).
+        added: :func:`_output_columns`.
     """
-    from pipelines.tables import iter_table
+    from pipelines.tables import table_columns
 
-    added = ["score", "log_likelihood", "p_value", "is_anomaly",
-             *(["q_value"] if fdr is not None else []),
-             *(f"top{i}_{part}" for i in range(1, explain + 1)
-               for part in ("column", "contribution"))]
-    first = next(iter_table(data, chunk_rows=1), None)
-    clash = [name for name in added if first is not None and name in first.columns]
+    columns = set(table_columns(data))
+    clash = [name for name in added if name in columns]
     if clash:
         raise ValueError(f"{data}: column(s) {clash} have the names of columns score adds to "
                          "its output; rename them in the input")
 
 
-def _score_on_spark(tag: str, data: str, output: str, master: str, explain: int) -> None:
+def _score_on_spark(tag: str, data: str, output: str, master: str, explain: int, *,
+                    strict: bool, escape_formulas: bool) -> None:
     """``flowad score --engine spark``: a Spark job reads DATA, scores it on the executors
     (:func:`pipelines.spark.score`) and writes OUTPUT all or nothing.
 
@@ -382,6 +400,8 @@ def _score_on_spark(tag: str, data: str, output: str, master: str, explain: int)
         output: the output directory (``.parquet`` or ``.csv``).
         master: the Spark master URL; a session already running in this process is used as is.
         explain: largest contributions added per row (0: none).
+        strict: refuse columns the model neither reads nor excludes.
+        escape_formulas: neutralise formulas in CSV output.
     """
     try:
         from pyspark.sql import SparkSession
@@ -395,8 +415,9 @@ def _score_on_spark(tag: str, data: str, output: str, master: str, explain: int)
         session = running or spark.session(master, "flowad score")
         master = session.sparkContext.master
         try:
-            spark.write_scored(spark.score(spark.read(session, data), tag, explain_top=explain),
-                               output)
+            scored = spark.score(spark.read(session, data), tag, explain_top=explain,
+                                 strict=strict)
+            spark.write_scored(scored, output, escape_formulas=escape_formulas)
         finally:
             if running is None:
                 session.stop()
@@ -404,7 +425,8 @@ def _score_on_spark(tag: str, data: str, output: str, master: str, explain: int)
 
 
 def _verdict_chunks(detector: Detector, data: str, chunk_rows: int, bar: Any,
-                    explain: int = 0) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
+                    explain: int = 0, strict: bool = False
+                    ) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
     """(chunk, its verdicts) for each chunk of ``data``; a schema error names the file and the
     row in it (for a dataset, the file of the dataset).
 
@@ -414,6 +436,7 @@ def _verdict_chunks(detector: Detector, data: str, chunk_rows: int, bar: Any,
         chunk_rows: rows per chunk.
         bar: a tqdm bar, advanced by each chunk's rows.
         explain: largest contributions added per row (0: none).
+        strict: refuse columns the model neither reads nor excludes (else they are carried).
     """
     import pandas as pd
 
@@ -421,12 +444,14 @@ def _verdict_chunks(detector: Detector, data: str, chunk_rows: int, bar: Any,
     from pipelines.schema import SchemaError
     from pipelines.tables import at_file_row, iter_chunks
 
-    for located in iter_chunks(data, chunk_rows, text_columns=detector.text_columns):
+    for located in iter_chunks(data, chunk_rows, schema=detector.schema, strict=strict):
         chunk = located.frame
-        try:  # an index from 0 in the chunk, so the error's row is a position in it
-            verdicts = detector.verdicts(chunk.reset_index(drop=True))
+        # an index from 0 in the chunk, so the error's row is a position in it
+        records = (chunk if strict else chunk[detector.input_columns]).reset_index(drop=True)
+        try:
+            verdicts = detector.verdicts(records)
             if explain:
-                top = top_columns(detector.explain(chunk.reset_index(drop=True)), explain)
+                top = top_columns(detector.explain(records), explain)
                 verdicts = pd.concat([verdicts, top], axis=1)
         except SchemaError as error:
             raise at_file_row(error, located.start, located.file) from error
@@ -436,7 +461,8 @@ def _verdict_chunks(detector: Detector, data: str, chunk_rows: int, bar: Any,
 
 
 def _score_file(detector: Detector, data: str, chunk_rows: int, writer: TableWriter,
-                progress: bool | None, fdr: float | None, explain: int) -> tuple[int, int]:
+                progress: bool | None, fdr: float | None, explain: int,
+                strict: bool = False) -> tuple[int, int]:
     """Scores ``data`` chunk by chunk into ``writer``; returns (rows, anomalies).
 
     With ``fdr``, a first pass keeps only every row's p-value, Benjamini-Hochberg runs on all
@@ -452,11 +478,13 @@ def _score_file(detector: Detector, data: str, chunk_rows: int, writer: TableWri
         progress: show a progress bar on stderr; None: when stderr is a terminal.
         fdr: the false-discovery rate of Benjamini-Hochberg; None: the per-record threshold.
         explain: largest contributions added per row (0: none).
+        strict: refuse columns the model neither reads nor excludes.
     """
     import numpy as np
     import pandas as pd
     from tqdm import tqdm
 
+    from pipelines.fdr import bh_q_values, unflaggable_warning
     from pipelines.tables import count_rows
 
     show = sys.stderr.isatty() if progress is None else progress
@@ -467,10 +495,15 @@ def _score_file(detector: Detector, data: str, chunk_rows: int, writer: TableWri
               file=sys.stderr, dynamic_ncols=True) as bar:
         p_values = q_values = None
         if fdr is not None:
-            p_values, q_values = _bh_q_values(
+            p_values, q_values = bh_q_values(
                 verdicts["p_value"].to_numpy()
-                for _, verdicts in _verdict_chunks(detector, data, chunk_rows, bar))
-        for chunk, verdicts in _verdict_chunks(detector, data, chunk_rows, bar, explain):
+                for _, verdicts in _verdict_chunks(detector, data, chunk_rows, bar,
+                                                   strict=strict))
+            warning = unflaggable_warning(q_values, fdr, detector.calibrator_.n_)
+            if warning is not None:
+                typer.echo(f"warning: {warning}", err=True)
+        for chunk, verdicts in _verdict_chunks(detector, data, chunk_rows, bar, explain,
+                                               strict):
             if q_values is not None:
                 rows = slice(n_rows, n_rows + len(chunk))
                 if not np.array_equal(verdicts["p_value"].to_numpy(), p_values[rows]):
@@ -483,27 +516,6 @@ def _score_file(detector: Detector, data: str, chunk_rows: int, writer: TableWri
     if p_values is not None and n_rows != len(p_values):
         raise ValueError(f"{data} changed while it was being scored")
     return n_rows, n_anomalies
-
-
-def _bh_q_values(chunks: Iterator[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """All p-values, and their Benjamini-Hochberg adjusted values (q-values): a record is
-    rejected at false-discovery rate Q exactly when its q-value is <= Q.
-
-    Conformal p-values of normal records are super-uniform and, sharing one calibration set,
-    positively dependent (PRDS), under which BH controls the FDR (Bates et al. 2023,
-    "Testing for outliers with conformal p-values").
-
-    Arguments:
-        chunks: the p-values of consecutive chunks.
-    """
-    import numpy as np
-    from scipy.stats import false_discovery_control
-
-    parts = list(chunks)
-    p_values = np.concatenate(parts) if parts else np.empty(0)
-    if len(p_values) == 0:  # scipy refuses an empty array; nothing to adjust
-        return p_values, p_values
-    return p_values, false_discovery_control(p_values, method="bh")
 
 
 @app.command()
@@ -524,7 +536,8 @@ def evaluate(
 
     with user_errors():
         detector = load_detector(tag)
-        frame = read_table(data, detector.text_columns)
+        # not strict: the label is no model column; scoring refuses any other stray one
+        frame = read_table(data, detector.schema, strict=False)
         y = parse_labels(frame, label)
         if len(np.unique(y)) < 2:  # the report would hold nulls with no word of why
             kind = "an anomaly" if y.all() else "normal"

@@ -9,6 +9,10 @@ file + ``os.replace``), so readers always see a complete pointer and never lock.
 A model must prove itself before the pointer moves to it: :func:`promote` loads it and checks
 that its weights are finite and that it reproduces the scores saved with it
 (:func:`pipelines.store.verify_detector`).
+
+A model name becomes a file name here and a folder name in the store, so every name that
+arrives from outside (a CLI tag, ``FLOWAD_MODEL``, a library call) passes :func:`check_name`
+before it is joined to a path: ``../../x`` never reads a file outside the store.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import bentoml
+from bentoml._internal.tag import validate_tag_str
 from bentoml.exceptions import NotFound
 
 from pipelines.processes import owner_is_gone, owner_tag
@@ -41,6 +46,36 @@ class NoProductionModel(NotFound):
             message += f" (names differing only in case: {', '.join(near)})"
         super().__init__(message)
         self.name = name
+
+
+class ModelNameError(ValueError):
+    """A model name that BentoML would not store: checked before it becomes part of a path."""
+
+
+def is_model_name(name: str) -> bool:
+    """Whether ``name`` is a model name in BentoML's rule (letters, digits, ``_ - .``, starting
+    and ending with a letter or digit, at most 63 characters; BentoML stores it in lower
+    case): never a path, never ``..``."""
+    try:
+        validate_tag_str(name.lower())
+    except ValueError:
+        return False
+    return True
+
+
+def check_name(name: str) -> str:
+    """``name``, if it is a model name (:func:`is_model_name`).
+
+    Raises:
+        ModelNameError: naming it (cut to 60 characters), and the rule.
+    """
+    if not is_model_name(name):
+        from pipelines.schema import shown
+
+        raise ModelNameError(f"{shown(name)} is not a model name: letters, digits, '_', '-' "
+                               "and '.', starting and ending with a letter or digit, at most "
+                               "63 characters")
+    return name
 
 
 def registry_dir() -> Path:
@@ -60,7 +95,8 @@ def near_miss_names(name: str) -> list[str]:
 
 
 def pointer_path(name: str) -> Path:
-    return registry_dir() / f"{name}.json"
+    """The production pointer file of model ``name`` (checked: :func:`check_name`)."""
+    return registry_dir() / f"{check_name(name)}.json"
 
 
 class DamagedPointerError(ValueError):
@@ -127,6 +163,7 @@ def promote(tag: str, *, reason: str = "manual", replacing: str | None = None) -
             moved the pointer meanwhile must not be overwritten (:class:`ProductionChanged`).
     """
     name, _, version = tag.partition(":")
+    check_name(name)
     if version in ("", "latest"):
         raise ValueError(f"promote needs name:version, got {tag!r}: the newest version may be "
                          "a candidate the retrain gate rejected (`flowad models "
@@ -188,6 +225,7 @@ def resolve(name_or_tag: str, *, production_only: bool = False) -> str:
             be a candidate the retrain gate rejected. Services must pass True.
     """
     name, _, version = name_or_tag.partition(":")
+    check_name(name)
     if not version or version == "production":
         tag = production_tag(name)
         if tag is not None:

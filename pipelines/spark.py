@@ -7,6 +7,11 @@ once (a module-level cache; Spark reuses its Python workers between tasks) and s
 partition's Arrow batches with ``mapInPandas``. Executors need flowad installed (the same
 version as the driver), as any PySpark UDF needs its code.
 
+Columns the model does not read (ids, labels, partition keys) are carried to the output as
+they are, unless ``strict``. A CSV is read as text, every cell as it is in the file, so that
+the output holds them as read; in the model's numeric columns the missing-value words of
+:mod:`pipelines.csvfiles` ("NA", "null", ...) are missing, as ``flowad score`` reads them.
+
 A record the model rejects fails the job; the message names the column, the partition, the
 row's position in it and the file the row was read from. :func:`write_scored` writes to a
 temporary path beside the target and renames it into place only when the job succeeded, so a
@@ -27,10 +32,12 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from pipelines.csvfiles import NUMERIC_MISSING
 from pipelines.detector import Detector
 from pipelines.fastpath import SMALL_BATCH_ROWS
+from pipelines.formulas import FORMULA_STARTS, PLAIN_NUMBER, PREFIX
 from pipelines.schema import SchemaError, shown
-from pipelines.tables import SUFFIXES, table_format
+from pipelines.tables import SUFFIXES, check_columns, table_format
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -135,7 +142,17 @@ def _without_small_batches(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataF
         yield held
 
 
-def _scorer(archive_name: str, explain_top: int
+def _missing_words_as_missing(batch: pd.DataFrame, detector: Detector) -> pd.DataFrame:
+    """``batch`` with the missing-value words ("NA", "null", ...) of the model's numeric
+    columns given as text (a CSV read by Spark) made missing, as a CSV reader makes them."""
+    for spec in detector.schema.columns:
+        column = batch[spec.name]
+        if spec.kind != "categorical" and pd.api.types.is_string_dtype(column.dtype):
+            batch[spec.name] = column.mask(column.isin(NUMERIC_MISSING))
+    return batch
+
+
+def _scorer(archive_name: str, explain_top: int, strict: bool
             ) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
     """The ``mapInPandas`` function: each batch of a partition with its verdicts."""
 
@@ -148,10 +165,12 @@ def _scorer(archive_name: str, explain_top: int
         start = 0
         for batch in _without_small_batches(batches):
             sources = batch.pop(SOURCE_COLUMN)
+            batch = _missing_words_as_missing(batch, detector)
+            records = batch if strict else batch[detector.input_columns]
             try:
-                verdicts = detector.verdicts(batch)
+                verdicts = detector.verdicts(records)
                 if explain_top:
-                    top = top_columns(detector.explain(batch), explain_top)
+                    top = top_columns(detector.explain(records), explain_top)
                     verdicts = pd.concat([verdicts, top], axis=1)
             except SchemaError as error:
                 raise _in_partition(error, TaskContext.get().partitionId(), start,
@@ -162,7 +181,7 @@ def _scorer(archive_name: str, explain_top: int
     return score_partition
 
 
-def score(df: DataFrame, tag: str, *, explain_top: int = 0) -> DataFrame:
+def score(df: DataFrame, tag: str, *, explain_top: int = 0, strict: bool = False) -> DataFrame:
     """``df`` with ``score``, ``log_likelihood``, ``p_value`` and ``is_anomaly`` added (and,
     with ``explain_top``, each row's largest contributions: ``top1_column``,
     ``top1_contribution``, ...), scored by the saved detector ``tag`` on the executors.
@@ -172,21 +191,32 @@ def score(df: DataFrame, tag: str, *, explain_top: int = 0) -> DataFrame:
     scores, as before promotion or serving).
 
     Arguments:
-        df: records with the model's input columns (others it was trained to ignore may stay).
+        df: records with the model's input columns; others are carried to the output.
         tag: a model tag (``name`` for its production model, or ``name:version``).
         explain_top: contributions per row (0: none; ~1-3 ms a row).
+        strict: refuse columns the model neither reads nor excludes.
+
+    Raises:
+        SchemaError: on the driver, before any job: a column of the model missing, a column
+            named like an output column, or (``strict``) one the model does not know.
     """
     from pyspark.sql.functions import input_file_name
 
     from pipelines.store import load_verified
 
-    load_verified(tag)
+    detector = load_verified(tag)
+    check_columns(df.columns, detector.schema, strict=strict)
+    schema = output_schema(df, explain_top)
+    added = schema.names[len(df.columns):]
+    clash = [name for name in added if name in df.columns]
+    if clash:
+        raise SchemaError(f"column(s) {clash} have the names of columns score adds to its "
+                          "output; rename them in the input", column=clash[0])
     archive = export_detector(tag)
     df.sparkSession.sparkContext.addFile(str(archive))
     # each row's file, for the error that names a bad row; the scorer takes the column out
     with_sources = df.withColumn(SOURCE_COLUMN, input_file_name())
-    return with_sources.mapInPandas(_scorer(archive.name, explain_top),
-                                    output_schema(df, explain_top))
+    return with_sources.mapInPandas(_scorer(archive.name, explain_top, strict), schema)
 
 
 def session(master: str = "local[*]", app_name: str = "flowad") -> SparkSession:
@@ -213,12 +243,13 @@ def read(spark: SparkSession, path: str) -> DataFrame:
         spark: the session.
         path: what ``flowad score`` takes.
     """
-    if table_format(path) == "csv":
-        return spark.read.csv(path, header=True, inferSchema=True)
+    if table_format(path) == "csv":  # as text: cells as they are (the module's docstring)
+        # a quote inside a quoted cell is doubled (RFC 4180, as pandas writes), not \"
+        return spark.read.csv(path, header=True, inferSchema=False, escape='"')
     return spark.read.parquet(path)
 
 
-def write_scored(scored: DataFrame, output: str) -> None:
+def write_scored(scored: DataFrame, output: str, *, escape_formulas: bool = True) -> None:
     """Writes ``scored`` to the directory ``output`` (``.parquet`` or ``.csv`` by its name),
     all or nothing: into a hidden temporary directory beside it, renamed onto ``output`` (which
     it replaces) only when every partition was written. A failed job leaves ``output`` as it
@@ -227,6 +258,8 @@ def write_scored(scored: DataFrame, output: str) -> None:
     Arguments:
         scored: what :func:`score` returned.
         output: a path or URI Hadoop's filesystems reach (``file:``, ``hdfs:``, ``s3a:``).
+        escape_formulas: in CSV output, prefix text cells a spreadsheet would run as formulas
+            with ``'`` (:mod:`pipelines.formulas`).
 
     Raises:
         SchemaError: a record the model rejected (the message names the column, the
@@ -240,10 +273,12 @@ def write_scored(scored: DataFrame, output: str) -> None:
     target = hadoop.Path(output)
     filesystem = target.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
     temp = hadoop.Path(target.getParent(), f".{target.getName()}.{uuid.uuid4().hex[:8]}.tmp")
+    if fmt == "csv" and escape_formulas:
+        scored = _formulas_escaped(scored)
     writer = scored.write.mode("errorifexists")
     try:
         if fmt == "csv":
-            writer.option("header", True).csv(temp.toString())
+            writer.option("header", True).option("escape", '"').csv(temp.toString())
         else:
             writer.parquet(temp.toString())
     except BaseException as error:  # SIGTERM too (the CLI turns it into SystemExit)
@@ -256,6 +291,24 @@ def write_scored(scored: DataFrame, output: str) -> None:
         filesystem.delete(target, True)
     if not filesystem.rename(temp, target):
         raise OSError(f"could not rename {temp} to {output}")
+
+
+def _formulas_escaped(scored: DataFrame) -> DataFrame:
+    """``scored`` with its text cells that a spreadsheet would run as formulas prefixed with
+    ``'``, by :func:`pipelines.formulas.escape_formulas`'s rule, in Spark SQL."""
+    from pyspark.sql import functions
+    from pyspark.sql.types import StringType
+
+    starts = "^[" + "".join(re.escape(start) for start in FORMULA_STARTS) + "]"
+    columns = []
+    for field in scored.schema.fields:
+        column = scored[f"`{field.name}`"]
+        if isinstance(field.dataType, StringType):
+            formula = column.rlike(starts) & ~column.rlike(f"^{PLAIN_NUMBER}$")
+            column = functions.when(formula, functions.concat(functions.lit(PREFIX), column)
+                                    ).otherwise(column)
+        columns.append(column.alias(field.name))
+    return scored.select(*columns)
 
 
 def _schema_error(error: Exception) -> SchemaError | None:

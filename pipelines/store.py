@@ -258,7 +258,7 @@ def _scan(name: str | None) -> tuple[list[Model], list[tuple[Path, str]]]:
     with why; BentoML's own listing raises on the first broken one."""
     root = store_dir()
     if name is not None:
-        folders = [root / name] if (root / name).is_dir() else []
+        folders = [root / name] if (root / registry.check_name(name)).is_dir() else []
     else:
         folders = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
     models, broken = [], []

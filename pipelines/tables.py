@@ -4,18 +4,19 @@ A source is one file, or a dataset read through ``pyarrow.dataset``: a directory
 Spark or Hive output, with ``key=value`` partition folders whose keys become columns) or a
 filesystem URI (``s3://``, ``gs://``, ``hdfs://``, ``file://``; whatever pyarrow's filesystems
 reach). Files whose names start with ``.`` or ``_`` (``_SUCCESS``, ``.crc``) are skipped.
+Each file is opened, its header (:mod:`pipelines.csvfiles`) or footer
+(:mod:`pipelines.parquetfiles`) read within the :class:`~pipelines.limits.ReadLimits` and
+checked against the model's schema, before any of its rows is read.
 """
 
 from __future__ import annotations
 
-import csv
 import glob
-import io
 import os
-import re
-import sys
+import stat
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -26,15 +27,14 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from pipelines.csvfiles import UnreadableTableError, csv_frames, read_header
+from pipelines.formulas import escape_formulas
+from pipelines.limits import ReadLimits, TableTooLargeError
+from pipelines.parquetfiles import ParquetTable
 from pipelines.processes import owner_is_gone, owner_tag
-from pipelines.schema import SchemaError
+from pipelines.schema import Schema, SchemaError, shown
 
 CHUNK_ROWS = 50_000
-
-
-class UnreadableTableError(ValueError):
-    """A file that is not a table of the format it claims (what is wrong, and where)."""
-
 SUFFIXES = {".csv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
 
@@ -74,17 +74,14 @@ def open_dataset(source: str | Path) -> ds.Dataset:
                       partitioning="hive")
 
 
-def read_table(path: str | Path, text_columns: Sequence[str] = ()) -> pd.DataFrame:
-    """Reads a whole CSV or Parquet file, or a dataset (``text_columns``: as
-    :func:`iter_chunks` takes them)."""
-    if is_dataset(path):
-        return open_dataset(path).to_table().to_pandas()
-    if table_format(path) == "csv":  # the chunked reader's checks, in one chunk
-        try:
-            return next(_csv_frames(path, sys.maxsize, text_columns), pd.DataFrame())
-        except UnreadableTableError as error:
-            raise UnreadableTableError(f"{path}: {error}") from None
-    return pd.read_parquet(path)
+def read_table(path: str | Path, schema: Schema | None = None, *, strict: bool = True,
+               limits: ReadLimits | None = None) -> pd.DataFrame:
+    """Reads a whole CSV or Parquet file, or a dataset (the arguments: as :func:`iter_chunks`
+    takes them)."""
+    chunks = list(iter_chunks(path, schema=schema, strict=strict, limits=limits))
+    if not chunks:
+        return pd.DataFrame(columns=table_columns(path, limits))
+    return pd.concat([chunk.frame for chunk in chunks]) if len(chunks) > 1 else chunks[0].frame
 
 
 @dataclass
@@ -104,117 +101,174 @@ class TableChunk:
 
 def iter_chunks(
     source: str | Path | BinaryIO, chunk_rows: int = CHUNK_ROWS, *, fmt: str | None = None,
-    text_columns: Sequence[str] = (),
+    schema: Schema | None = None, strict: bool = True, limits: ReadLimits | None = None,
 ) -> Iterator[TableChunk]:
     """Yields consecutive chunks of at most ``chunk_rows`` rows, each with its file and its
-    first row's position there; a dataset is read file by file.
+    first row's position there; a dataset is read file by file, each file's header checked
+    before its rows are read.
 
     Arguments:
-        source: a file path, a directory or URI (a dataset), or an open binary file (seekable
-            for Parquet) with ``fmt``.
-        chunk_rows: rows per chunk.
+        source: a file path, a directory or URI (a dataset), or an open binary file (seekable)
+            with ``fmt``.
+        chunk_rows: rows per chunk (fewer for a wide table: ``limits.max_chunk_cells``).
         fmt: ``"csv"`` or ``"parquet"``; by default from the path's extension.
-        text_columns: columns a CSV file's values are read as text from (a model's categorical
-            columns): read as numbers, a code ``02134`` would become the category ``2134``.
+        schema: the model the rows are for: its columns must all be there (and, if
+            ``strict``, no others but its excluded ones), checked from the header or footer
+            before any row is read, and it says which columns of a CSV are text
+            (:mod:`pipelines.csvfiles`); None: any columns, kinds decided from the values.
+        strict: refuse columns the schema neither reads nor excludes.
+        limits: what a read may decode (:class:`~pipelines.limits.ReadLimits`); by default
+            from the environment.
     """
-    if not isinstance(source, str | Path):
-        files: Iterator[tuple[str, Iterator[pd.DataFrame]]] = iter(
-            [("upload", _file_frames(source, chunk_rows, fmt or "parquet", text_columns))])
-    elif is_dataset(source):
-        dataset = open_dataset(source)
-        files = ((fragment.path, (batch.to_pandas() for batch in fragment.to_batches(
-            schema=dataset.schema, batch_size=chunk_rows))) for fragment in dataset.get_fragments())
-    else:
-        files = iter([(str(source), _file_frames(source, chunk_rows,
-                                                 fmt or table_format(source), text_columns))])
+    limits = limits or ReadLimits.from_env()
     offset = 0
-    for file, frames in files:
+    for file, open_file in _files(source, fmt, limits):
         start = 0
-        try:
-            for frame in frames:
+        with _named(file, upload=not isinstance(source, str | Path)), open_file() as table:
+            if schema is not None:
+                check_columns(table.columns, schema, strict=strict)
+            for frame in table.frames(chunk_rows, schema):
                 frame.index = pd.RangeIndex(offset, offset + len(frame))
                 yield TableChunk(frame, file, start)
                 offset += len(frame)
                 start += len(frame)
-        except UnreadableTableError as error:
-            if isinstance(source, str | Path):  # an upload is named by whoever reads it
-                raise UnreadableTableError(f"{file}: {error}") from None
-            raise
 
 
-def _file_frames(source: str | Path | BinaryIO, chunk_rows: int, fmt: str,
-                 text_columns: Sequence[str] = ()) -> Iterator[pd.DataFrame]:
-    """The chunks of one CSV or Parquet file."""
-    if fmt == "csv":
-        yield from _csv_frames(source, chunk_rows, text_columns)
-        return
-    for batch in pq.ParquetFile(source).iter_batches(batch_size=chunk_rows):
-        yield batch.to_pandas()
-
-
-def _csv_frames(source: str | Path | BinaryIO, chunk_rows: int,
-                text_columns: Sequence[str] = ()) -> Iterator[pd.DataFrame]:
-    """The chunks of a CSV file; what pandas reports as a tokenizer or codec error, or takes
-    silently, is a ``ValueError`` saying what is wrong and on which line.
-
-    Rows with more fields than the header are the silent case: when every row has one more,
-    pandas makes the first column the index and shifts every value one column left.
-    """
+@contextmanager
+def _named(file: str, *, upload: bool) -> Iterator[None]:
+    """A reading error re-worded to start with the file it is about (an upload is named by
+    whoever reads it)."""
     try:
-        rows = 0
-        text = dict.fromkeys(text_columns, "string")  # names the file lacks are ignored
-        for frame in pd.read_csv(source, chunksize=chunk_rows, dtype=text):
-            # pandas numbers a chunk's rows on from the last one's unless it took an index
-            if not frame.index.equals(pd.RangeIndex(rows, rows + len(frame))):
-                raise UnreadableTableError(
-                    f"{_longer_than_header(source)}: check the delimiter and quoting")
-            rows += len(frame)
-            yield frame
-    except pd.errors.EmptyDataError:
-        raise UnreadableTableError("empty file: no header row") from None
-    except pd.errors.ParserError as error:
-        found = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(error))
-        if found is None:
-            raise UnreadableTableError(f"not a readable CSV file: {error}") from None
-        header, line, fields = found.groups()
-        raise UnreadableTableError(f"line {line} has {fields} fields, the header {header}: "
-                                   "check the delimiter and quoting") from None
-    except UnicodeDecodeError as error:
-        byte = error.object[error.start : error.start + 1]
-        raise UnreadableTableError(f"not UTF-8 text (byte {byte!r} cannot be decoded): save "
-                                   "the file as UTF-8") from None
+        yield
+    except (UnreadableTableError, TableTooLargeError, SchemaError) as error:
+        if upload:
+            raise
+        if isinstance(error, SchemaError):  # the header's: no row
+            raise SchemaError(f"{file}: {error}", column=error.column) from None
+        raise type(error)(f"{file}: {error}") from None
 
 
-def _longer_than_header(source: str | Path | BinaryIO) -> str:
-    """Where a CSV file first has a row with more fields than its header (an error path: the
-    file is scanned again with the standard library's reader)."""
+def _files(source: str | Path | BinaryIO, fmt: str | None, limits: ReadLimits
+           ) -> Iterator[tuple[str, Callable[[], TableFile]]]:
+    """Each file of ``source`` (one, or a dataset's), named, and how to open it."""
     if not isinstance(source, str | Path):
-        if not source.seekable():
-            return "rows have more fields than the header"
-        source.seek(0)
-        lines = io.TextIOWrapper(source, encoding="utf-8", newline="")
+        yield "upload", lambda: TableFile(source, fmt or "parquet", limits)
+    elif is_dataset(source):
+        dataset = open_dataset(source)
+        local = isinstance(dataset.filesystem, pafs.LocalFileSystem)
+        for fragment in dataset.get_fragments():
+            keys = ds.get_partition_keys(fragment.partition_expression)
+
+            def open_fragment(path: str = fragment.path, keys: dict = keys) -> TableFile:
+                opened = Path(path) if local else dataset.filesystem.open_input_file(path)
+                return TableFile(opened, dataset.format.default_extname, limits, keys)
+
+            yield fragment.path, open_fragment
     else:
-        lines = open(source, encoding="utf-8", newline="")  # noqa: SIM115 (closed below)
-    with lines:
-        rows = csv.reader(lines)
-        header = len(next(rows))
-        for row in rows:
-            if len(row) > header:
-                return (f"line {rows.line_num} has {len(row)} fields, the header {header}")
-    return "rows have more fields than the header"
+        yield str(source), lambda: TableFile(Path(source), fmt or table_format(source), limits)
+
+
+def check_columns(columns: Sequence[str], schema: Schema, *, strict: bool = True) -> None:
+    """Refuses a header that lacks a column of ``schema`` or, if ``strict``, holds one the
+    schema neither reads nor excludes; in the words of :meth:`Schema.check`.
+
+    Arguments:
+        columns: the table's column names.
+        schema: the model's schema.
+        strict: refuse columns the model does not know.
+    """
+    present = set(columns)
+    missing = [name for name in schema.names if name not in present]
+    if missing:
+        raise SchemaError(f"missing column(s): {_listed(missing)}", column=missing[0])
+    known = {*schema.names, *schema.exclude}
+    unexpected = [name for name in columns if name not in known]
+    if strict and unexpected:
+        raise SchemaError(f"unexpected column(s) not in the schema: {_listed(unexpected)}",
+                          column=unexpected[0])
+
+
+def _listed(names: list[str], most: int = 5) -> str:
+    listed = ", ".join(shown(name) for name in names[:most])
+    return f"{listed} and {len(names) - most} more" if len(names) > most else listed
+
+
+def table_columns(source: str | Path, limits: ReadLimits | None = None) -> list[str]:
+    """The column names of a file (from its header or footer alone) or of a dataset's first
+    file, partition keys included."""
+    for file, open_file in _files(source, None, limits or ReadLimits.from_env()):
+        with _named(file, upload=False), open_file() as table:
+            return table.columns
+    return []
+
+
+class TableFile:
+    """One CSV or Parquet file, opened: its columns (read from its header or footer, within
+    the limits) and its rows in chunks.
+
+    Arguments:
+        source: a path (a local file, read as it was when opened: :mod:`pipelines.csvfiles`)
+            or an open binary file (an upload, a remote file).
+        fmt: ``"csv"`` or ``"parquet"``.
+        limits: what reading may decode.
+        keys: partition keys of a dataset's file, added to each chunk as columns.
+    """
+
+    def __init__(self, source: Path | BinaryIO, fmt: str, limits: ReadLimits,
+                 keys: dict[str, object] | None = None) -> None:
+        self.format, self.limits, self.keys = fmt, limits, keys or {}
+        self._opened = isinstance(source, Path)
+        self.file: BinaryIO = open(source, "rb") if isinstance(source, Path) else source  # noqa: SIM115
+        try:
+            if fmt == "csv":
+                self._parquet = None
+                names = read_header(self.file, limits)
+            else:
+                self._parquet = ParquetTable(self.file, limits)
+                names = self._parquet.columns
+        except BaseException:
+            self.close()
+            raise
+        self.columns = [*names, *(key for key in self.keys if key not in names)]
+
+    def frames(self, chunk_rows: int, schema: Schema | None = None) -> Iterator[pd.DataFrame]:
+        """The rows, in chunks; ``schema`` says which CSV columns are text."""
+        if self._parquet is not None:
+            frames = self._parquet.frames(chunk_rows)
+        else:
+            text = None if schema is None else [
+                name for name in self.columns
+                if name not in schema.names or schema[name].kind == "categorical"]
+            frames = csv_frames(self.file, self.columns[: len(self.columns) - len(self.keys)],
+                                chunk_rows, self.limits, text, snapshot=self._opened)
+        for frame in frames:
+            for key, value in self.keys.items():
+                frame[key] = value
+            yield frame
+
+    def close(self) -> None:
+        if self._opened:
+            self.file.close()
+
+    def __enter__(self) -> TableFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def iter_table(
     source: str | Path | BinaryIO, chunk_rows: int = CHUNK_ROWS, *, fmt: str | None = None,
-    text_columns: Sequence[str] = (),
+    schema: Schema | None = None, strict: bool = True, limits: ReadLimits | None = None,
 ) -> Iterator[pd.DataFrame]:
     """Yields consecutive chunks of at most ``chunk_rows`` rows; the index counts from 0 across
     chunks, so error messages name the row of the file (:func:`iter_chunks` for datasets).
 
     Arguments:
-        source, chunk_rows, fmt, text_columns: as :func:`iter_chunks` takes them.
+        source, chunk_rows, fmt, schema, strict, limits: as :func:`iter_chunks` takes them.
     """
-    for chunk in iter_chunks(source, chunk_rows, fmt=fmt, text_columns=text_columns):
+    for chunk in iter_chunks(source, chunk_rows, fmt=fmt, schema=schema, strict=strict,
+                             limits=limits):
         yield chunk.frame
 
 
@@ -252,15 +306,22 @@ class TableWriter:
     is removed and the target is left as it was. A process killed with SIGKILL leaves its hidden
     file, never a truncated target; the next writer of the same target on this host removes it.
 
+    A target that is a symbolic link is written where the link points (the link stays a link:
+    ``current.csv -> runs/...`` layouts survive); an existing target that is not a regular file
+    (a FIFO, a directory, a device) is refused, never replaced.
+
     Arguments:
         path: the target ``.csv`` or ``.parquet`` file.
+        escape_formulas: in CSV output, prefix text cells that a spreadsheet would run as
+            formulas with ``'`` (:mod:`pipelines.formulas`).
     """
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+    def __init__(self, path: str | Path, *, escape_formulas: bool = True) -> None:
         self.format = table_format(path)
+        self.path = _regular_target(Path(path))
+        self.escape_formulas = escape_formulas and self.format == "csv"
         if not self.path.parent.is_dir():  # else the error would name the hidden file
-            raise FileNotFoundError(f"{self.path}: no such directory {str(self.path.parent)!r}")
+            raise FileNotFoundError(f"{path}: no such directory {str(self.path.parent)!r}")
         prefix = f".{self.path.name}."
         for stale in self.path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
             if owner_is_gone(stale.name, prefix):
@@ -271,6 +332,8 @@ class TableWriter:
 
     def write(self, frame: pd.DataFrame) -> None:
         if self.format == "csv":
+            if self.escape_formulas:
+                frame = escape_formulas(frame)
             frame.to_csv(self.temp_path, mode="a" if self._started else "w",
                          header=not self._started, index=False)
         else:
@@ -303,3 +366,24 @@ class TableWriter:
             self.close()
         else:  # KeyboardInterrupt too: never leave a partial table that looks complete
             self.discard()
+
+
+FILE_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFDIR: "a directory", stat.S_IFCHR: "a device",
+              stat.S_IFBLK: "a device", stat.S_IFSOCK: "a socket"}
+
+
+def _regular_target(path: Path) -> Path:
+    """The file an output at ``path`` is written to: where a symbolic link points (followed to
+    its end; a dangling link's target is created), refused if it exists and is not a regular
+    file."""
+    target = Path(os.path.realpath(path))
+    try:
+        mode = target.stat().st_mode
+    except FileNotFoundError:
+        return target
+    if not stat.S_ISREG(mode):
+        kind = FILE_KINDS.get(stat.S_IFMT(mode), "not a regular file")
+        shown_target = "" if target == path.absolute() else f" (via the link to {target})"
+        raise ValueError(f"{path} is {kind}{shown_target}, not a regular file: refusing to "
+                         "write the output there")
+    return target

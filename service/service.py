@@ -60,7 +60,6 @@ from starlette.routing import Route
 
 from pipelines import registry
 from pipelines.schema import SchemaError, UnscorableRecordError, shown
-from pipelines.tables import iter_table
 from service import metrics as service_metrics
 from service.bundle import bundled_tag, model_to_bundle, running_bento
 from service.drift import DriftWindow
@@ -76,7 +75,7 @@ from service.guard import (
 )
 from service.openapi import DocumentRoutes, record_model, served_schema
 from service.settings import Settings
-from service.uploads import UploadError, read_upload
+from service.uploads import UploadError, next_chunk, read_upload, upload_chunks
 
 SETTINGS = Settings.from_env()
 log = logging.getLogger("flowad.service")
@@ -564,12 +563,12 @@ class FlowadService:
                                 started: float) -> tuple[list[Verdicts] | None, dict[str, int]]:
         """Validates and scores an upload chunk by chunk, each in a worker thread; between
         chunks it stops if the client disconnected or the time limit passed."""
-        chunks = iter_table(upload.file, SETTINGS.file_chunk_rows, fmt=upload.format,
-                            text_columns=model.detector.text_columns)
+        chunks = upload_chunks(upload, model.detector.schema, SETTINGS.file_chunk_rows,
+                               SETTINGS.max_file_bytes)
         parts: list[Verdicts] = []
         unknown: Counter[str] = Counter()
         n_rows = 0
-        while (chunk := await to_thread.run_sync(_next_chunk, chunks, upload.format)) is not None:
+        while (chunk := await to_thread.run_sync(next_chunk, chunks, upload.format)) is not None:
             if chunk.empty:  # a CSV of a header only: an empty file, as a 0-row Parquet
                 continue
             if n_rows + len(chunk) > SETTINGS.max_file_rows:
@@ -830,15 +829,6 @@ class FlowadService:
             m.ks_pvalue.labels(tag).set(stats.ks_pvalue)
             m.window_anomaly_rate.labels(tag).set(stats.anomaly_rate)
             m.window_records.labels(tag).set(stats.n)
-
-
-def _next_chunk(chunks: Iterator[pd.DataFrame], fmt: str) -> pd.DataFrame | None:
-    """The next chunk of an upload, None at its end; an unreadable file is a 400."""
-    try:
-        return next(chunks, None)
-    except (ValueError, OSError, UnicodeDecodeError) as error:  # pandas' and pyarrow's
-        raise RequestRejected(f"could not read the uploaded {fmt} file: {str(error)[:300]}",
-                              "validation") from None
 
 
 def _read_or_warn(read: Callable[[], Any], warnings: list[str], what: str) -> Any:

@@ -6,29 +6,39 @@ accepted: a text value in its place (which BentoML's file input would download a
 400, and the client's file name is only read for its suffix, never used as a path. The parser
 accepts a body cut short without complaint (it then holds no complete part), so the closing
 boundary is looked for as the body passes: a body without one is malformed or truncated.
+
+The file is then read in chunks within :class:`~pipelines.limits.ReadLimits` (FLOWAD_MAX_COLUMNS,
+FLOWAD_MAX_HEADER_BYTES, FLOWAD_MAX_CELL_CHARS, FLOWAD_MAX_CHUNK_BYTES, FLOWAD_MAX_CHUNK_CELLS,
+read at import as the service's settings are), a Parquet file decoding to at most the bytes a
+CSV upload may have (FLOWAD_MAX_FILE_BYTES), and its header is checked against the model's
+schema, strictly, before any row is read.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from http import HTTPStatus
 from pathlib import PurePosixPath
 from typing import BinaryIO
 
+import pandas as pd
 from python_multipart.multipart import parse_options_header
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
-from pipelines.schema import shown
+from pipelines.limits import ReadLimits, TableTooLargeError
+from pipelines.schema import Schema, SchemaError, shown
+from pipelines.tables import iter_table
 from service.guard import BodyTimeoutError, BodyTooLargeError, Message
 
 FIELD = "file"
 FORMATS = {".csv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet"}
 USAGE = "send a multipart/form-data body with the table as the file part 'file' (.csv or .parquet)"
+LIMITS = ReadLimits.from_env()
 
 
 class UploadError(Exception):
@@ -115,3 +125,36 @@ class ClosingBoundary:
             self.seen = self.delimiter in window
             self._tail = window[-len(self.delimiter):]
         return message
+
+
+def upload_chunks(upload: Upload, schema: Schema, chunk_rows: int,
+                  max_file_bytes: int) -> Iterator[pd.DataFrame]:
+    """The rows of an upload in chunks of ``chunk_rows``, read for a model of ``schema``
+    (strictly: no column it does not know), within the reading limits.
+
+    Arguments:
+        upload: the parsed upload.
+        schema: the schema of the model that scores it.
+        chunk_rows: rows per chunk (FLOWAD_FILE_CHUNK_ROWS).
+        max_file_bytes: what a Parquet upload may decode to in all (FLOWAD_MAX_FILE_BYTES).
+    """
+    limits = replace(LIMITS, max_total_bytes=max_file_bytes)
+    return iter_table(upload.file, chunk_rows, fmt=upload.format, schema=schema, limits=limits)
+
+
+def next_chunk(chunks: Iterator[pd.DataFrame], fmt: str) -> pd.DataFrame | None:
+    """The next chunk of an upload, None at its end.
+
+    Raises:
+        UploadError: a header that does not match the schema (400, ``schema``), a file over a
+            reading limit (413, ``too_large``), or an unreadable one (400).
+    """
+    try:
+        return next(chunks, None)
+    except SchemaError as error:
+        raise UploadError(str(error), "schema") from None
+    except TableTooLargeError as error:
+        raise UploadError(f"the uploaded {fmt} file is too large to read: {error}", "too_large",
+                          HTTPStatus.REQUEST_ENTITY_TOO_LARGE) from None
+    except (ValueError, OSError, UnicodeDecodeError) as error:  # pandas' and pyarrow's
+        raise UploadError(f"could not read the uploaded {fmt} file: {str(error)[:300]}") from None

@@ -5,6 +5,7 @@ import importlib
 import io
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -926,3 +927,78 @@ def test_score_file_abandoned_by_its_client_stops_and_counts_nothing(served):
     response = asyncio.run(module._front.score_upload(Request(scope, receive)))
     assert response.status_code == 204
     assert _scored(test_client) == before
+
+
+# ------------------------------------------------------------------ what an upload may hold
+def _upload(client, name: str, data: bytes):
+    return client.post("/score_file", files={"file": (name, io.BytesIO(data))})
+
+
+def test_score_file_names_a_nested_column_in_a_400(client):
+    frame = mixed_frame(50, seed=20)
+    frame["tags"] = [["a", "b"]] * len(frame)
+    response = _upload(client, "nested.parquet", frame.to_parquet())  # was a plain-text 500
+    assert response.status_code == 400, response.text
+    assert response.json() == {
+        "error": "could not read the uploaded parquet file: column 'tags' holds list<element: "
+                 "string> values, not one number or text per row: flatten it into columns or "
+                 "drop it", "reason": "validation"}
+
+
+def test_score_file_refuses_a_decompression_bomb_before_decoding_it(client):
+    frame = mixed_frame(40, seed=21).assign(channel="x" * 8_000_000)  # 305 MiB of text
+    data = frame.to_parquet(compression="zstd")
+    assert len(data) < 30_000
+    before = _rejected(client, "too_large")
+    started = time.monotonic()
+    response = _upload(client, "bomb.parquet", data)
+    assert response.status_code == 413, response.text
+    assert response.json()["error"].startswith(
+        "the uploaded parquet file is too large to read: column 'channel' holds 305 MiB of text")
+    assert time.monotonic() - started < 5
+    assert _rejected(client, "too_large") == before + 1
+    # a column the model does not know is refused from the footer, before any page is read
+    response = _upload(client, "note.parquet", mixed_frame(40).assign(
+        note="x" * 8_000_000).to_parquet(compression="zstd"))
+    assert response.json() == {"error": "unexpected column(s) not in the schema: 'note'",
+                               "reason": "schema"}
+    assert time.monotonic() - started < 5
+
+
+def test_score_file_refuses_a_wide_header_before_reading_rows(client):
+    data = (",".join(f"c{i}" for i in range(300_000)) + "\n" + ",".join("1" * 300_000)).encode()
+    started = time.monotonic()
+    response = _upload(client, "wide.csv", data)  # took 16 s and +650 MiB for its 400
+    assert response.status_code == 413, response.text
+    assert "the header is longer than 1048576 bytes (FLOWAD_MAX_HEADER_BYTES)" in response.text
+    assert time.monotonic() - started < 3
+
+
+def test_score_file_refuses_a_text_cell_over_the_limit(client):
+    frame = mixed_frame(20, seed=22)
+    frame.loc[7, "channel"] = "w" * 100_001
+    response = _upload(client, "long.csv", frame.to_csv(index=False).encode())
+    assert response.status_code == 413, response.text
+    assert response.json()["error"] == (
+        "the uploaded csv file is too large to read: column 'channel', row 7: a text cell of "
+        "100001 characters, more than the limit of 100000 (FLOWAD_MAX_CELL_CHARS)")
+
+
+def test_score_file_reads_missing_value_words_of_text_columns_as_text(client):
+    frame = mixed_frame(20, seed=23)
+    frame.loc[[3, 5], "channel"] = ["NA", "null"]  # channel had no missing values in training
+    response = _upload(client, "words.csv", frame.to_csv(index=False).encode())
+    assert response.status_code == 200, response.text  # was 400: missing value in 'channel'
+    assert response.json()["unknown_categories"] == {"channel": 2}
+    body = json.loads(frame.drop(columns=["id"]).to_json(orient="records", double_precision=15))
+    as_json = client.post("/score", json=body).json()["results"]
+    assert [r["p_value"] for r in response.json()["results"]] == [r["p_value"] for r in as_json]
+
+
+def test_score_file_reads_pandas_index_columns(client):
+    frame = mixed_frame(30, seed=24)
+    response = _upload(client, "indexed.parquet", frame.set_index("amount").to_parquet())
+    assert response.status_code == 200, response.text  # was 400: missing column(s): 'amount'
+    expected = client.detector.decision_function(frame.drop(columns=["id"]))
+    assert [r["score"] for r in response.json()["results"]] == pytest.approx(expected,
+                                                                                abs=1e-9)

@@ -117,3 +117,40 @@ def test_cli_engine_spark_writes_contributions_and_refuses_fdr(session, tag, tmp
     refused = runner.invoke(app, ["score", tag, str(source), "--output", str(output),
                                   "--engine", "spark", "--fdr", "0.1"])
     assert refused.exit_code == 2 and "--fdr" in refused.output
+
+
+def test_spark_reads_a_csv_as_flowad_score_does_and_carries_what_the_model_does_not_use(
+        session, tmp_path):
+    """Namibia ("NA") is a country, "NA" in a numeric column is missing, a label and a note are
+    carried to the output as read (the note's formula neutralised), on Spark as locally."""
+    rng = np.random.default_rng(3)
+    train = records(3000, seed=3).assign(country=rng.choice(["NA", "US", "DE"], 3000))
+    train.loc[train.index % 10 == 0, "b"] = np.nan  # b may be missing
+    tag = save_detector(Detector(exclude=["id"], flow_options={"members": 1},
+                                 train_options={"max_steps": 50}).fit(train), "spark-namibia")
+    frame = records(400, seed=4).assign(country=rng.choice(["NA", "US", "DE"], 400))
+    frame["b"] = frame["b"].map(repr).where(frame.index % 7 != 0, "NA")
+    frame["label"] = ["0", "1"] * 200
+    frame["note"] = ["=HYPERLINK(\"x\")", "NA", "007", "-1.5"] * 100
+    source = tmp_path / "in.csv"
+    frame.to_csv(source, index=False)
+
+    output = tmp_path / "spark.csv"
+    spark.write_scored(spark.score(spark.read(session, str(source)), tag), str(output))
+    scored = pd.concat(pd.read_csv(part, dtype=str, keep_default_na=False)
+                       for part in output.glob("part-*.csv"))
+    scored = scored.astype({"id": int}).sort_values("id").reset_index(drop=True)
+    local = CliRunner().invoke(app, ["score", tag, str(source), "--output",
+                                     str(tmp_path / "local.csv")])
+    assert local.exit_code == 0, local.output
+    expected = pd.read_csv(tmp_path / "local.csv", dtype=str, keep_default_na=False)
+    for column in ("country", "label", "note"):
+        assert scored[column].tolist() == expected[column].tolist(), column
+    assert scored["note"].tolist()[:4] == ["'=HYPERLINK(\"x\")", "NA", "007", "-1.5"]
+    assert (scored["country"] == "NA").sum() > 100
+    np.testing.assert_allclose(scored["score"].astype(float), expected["score"].astype(float),
+                               rtol=0, atol=1e-6)
+
+    with pytest.raises(SchemaError, match=r"unexpected column\(s\) not in the schema: 'label', "
+                       "'note'"):
+        spark.score(spark.read(session, str(source)), tag, strict=True)

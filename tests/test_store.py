@@ -327,3 +327,25 @@ def test_promote_removes_what_a_killed_promote_left_and_its_own_on_failure(monke
         registry.promote(tag)
     assert not list(registry.registry_dir().glob(f".{name}.*.json"))
     assert registry.production_tag(name) == tag
+
+
+@pytest.mark.parametrize("resolve_by", ["FLOWAD_MODEL", "pointer", "load", "list", "promote"])
+def test_a_model_name_that_is_a_path_never_reads_a_file_outside_the_store(tmp_path, resolve_by):
+    """A JSON file outside the store is never read by way of a model name, nor echoed."""
+    from service.follower import ModelFollower
+
+    evil = tmp_path / "evil.json"
+    evil.write_text(json.dumps({"name": "evil", "tag": "secret-content-4711", "history": []}))
+    name = os.path.relpath(tmp_path / "evil", registry.registry_dir())
+    assert os.path.realpath(registry.registry_dir() / f"{name}.json") == str(evil.resolve())
+    calls = {
+        "FLOWAD_MODEL": lambda: ModelFollower(name, "cpu", on_swap=lambda *a: None),
+        "pointer": lambda: registry.production_tag(name),
+        "load": lambda: load_detector(name),
+        "list": lambda: list_detectors(name),
+        "promote": lambda: registry.promote(f"{name}:v1"),
+    }
+    with pytest.raises(registry.ModelNameError, match=r"is not a model name") as caught:
+        calls[resolve_by]()
+    assert "secret-content-4711" not in str(caught.value)
+    assert registry.is_model_name("Flowad-Detector.v2") and not registry.is_model_name("a/b")
