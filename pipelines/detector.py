@@ -28,7 +28,7 @@ from pipelines.calibration import Calibrator, min_calibration_rows
 from pipelines.encoder import TabularEncoder
 from pipelines.explain import N_SAMPLES, contributions, reference_values
 from pipelines.fastpath import SMALL_BATCH_ROWS, fast_log_prob
-from pipelines.schema import Schema, SchemaError, UnscorableRecordError
+from pipelines.schema import Schema, SchemaError, UnscorableRecordError, shown
 from pipelines.training import (
     Parallel,
     TrainResult,
@@ -84,7 +84,8 @@ def as_frame(X: ArrayLike | pd.DataFrame, names: Sequence[str] | None = None) ->
 
     Raises:
         TypeError: a sparse matrix.
-        ValueError: not 2-D, complex numbers, duplicate names, or a width other than ``names``'.
+        ValueError: not 2-D, duplicate names, or a width other than ``names``'.
+        SchemaError: complex numbers, naming the column and row.
     """
     if isinstance(X, pd.DataFrame):
         if all(isinstance(c, str) for c in X.columns):
@@ -100,8 +101,6 @@ def as_frame(X: ArrayLike | pd.DataFrame, names: Sequence[str] | None = None) ->
     if array.ndim != 2:
         raise ValueError(f"expected a DataFrame or a 2-D array, got shape {array.shape}. "
                          "Reshape your data: array.reshape(1, -1) for a single record")
-    if np.iscomplexobj(array):
-        raise ValueError("Complex data not supported")
     if array.shape[1] == 0:
         raise ValueError(f"0 feature(s) (shape={array.shape}) while a minimum of 1 is required.")
     if names is None:
@@ -109,7 +108,25 @@ def as_frame(X: ArrayLike | pd.DataFrame, names: Sequence[str] | None = None) ->
     elif len(names) != array.shape[1]:
         raise ValueError(f"X has {array.shape[1]} features, but Detector is expecting "
                          f"{len(names)} features as input (its feature_names_in_)")
+    if np.iscomplexobj(array):
+        raise _complex_array_error(array, list(names))
     return pd.DataFrame(array, columns=list(names))
+
+
+def _complex_array_error(array: np.ndarray, names: list[str]) -> SchemaError:
+    """The error for a complex array: the first cell with an imaginary part, named as a cell
+    of a frame is (with scikit-learn's words, which its estimator checks look for).
+
+    Arguments:
+        array: the 2-D complex array.
+        names: its column names.
+    """
+    cells = np.argwhere(array.imag != 0)
+    row, column = (int(cells[0][0]), int(cells[0][1])) if len(cells) else (0, 0)
+    problem = (f"complex number {shown(array[row, column].item())} is not supported: flowad "
+               "models real values (Complex data not supported)")
+    return SchemaError(f"column {shown(names[column])}, row {row}: {problem}",
+                       column=names[column], row=row, problem=problem)
 
 
 def small_calibration_message(n: int, target_fpr: float) -> str:

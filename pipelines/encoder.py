@@ -612,7 +612,7 @@ class TabularEncoder(BaseEstimator):
         check_is_fitted(self)
         counts = {}
         for spec in self.schema_.of_kind("categorical"):
-            text = as_text(df[spec.name])
+            text = as_text(df[spec.name], fold=self.schema_.text_folding)
             known = _seen(text, spec) | pd.isna(text)
             counts[spec.name] = int((~known).sum())
         return counts

@@ -719,3 +719,31 @@ def test_a_column_whose_spread_float64_cannot_scale_is_refused(scaling, magnitud
     for fine in (1e-12, 1e150):
         encoded, _ = TabularEncoder(scaling=scaling).fit(frame(fine)).transform(frame(fine))
         assert np.isfinite(encoded).all() and np.ptp(encoded[:, 0]) > 1
+
+
+def test_category_spellings_encode_as_their_category() -> None:
+    """NFD, a trailing space and a zero width space spell a training category: the encoding,
+    the log-Jacobian and the unseen-category counts are those of the category itself, on the
+    frame path and the records path."""
+    df = train_frame().assign(color=lambda f: f["color"].map({"red": "rouge", "green": "vert",
+                                                              "blue": "bleu ciel"}))
+    df.loc[df.index[:40], "color"] = "café"
+    enc = TabularEncoder(exclude=("id",)).fit(df)
+    canonical = df.drop(columns="id").iloc[[0] * 4].reset_index(drop=True).astype(
+        {"color": object})
+    canonical["color"] = ["café", "café", "vert", "bleu ciel"]
+    spelt = canonical.assign(color=["cafe\u0301", "café ", "vert\u200b", "\ufeffbleu ciel\u00a0"])
+    x, log_jac = enc.transform(canonical)
+    spelt_x, spelt_jac = enc.transform(spelt)
+    np.testing.assert_array_equal(spelt_x, x)
+    np.testing.assert_array_equal(spelt_jac, log_jac)
+    assert enc.unknown_counts(spelt) == {"color": 0}
+    records = json.loads(canonical.to_json(orient="records"))
+    spelt_records = [{**record, "color": color} for record, color in zip(
+        records, spelt["color"], strict=True)]
+    x, log_jac, unknown = enc.transform_records(records)
+    spelt_x, spelt_jac, spelt_unknown = enc.transform_records(spelt_records)
+    np.testing.assert_array_equal(spelt_x, x)
+    np.testing.assert_array_equal(spelt_jac, log_jac)
+    assert unknown == spelt_unknown == {"color": 0}
+    assert enc.unknown_counts(spelt.assign(color="Vert")) == {"color": 4}
