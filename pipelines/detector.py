@@ -514,18 +514,22 @@ class Detector(OutlierMixin, BaseEstimator):
     def _reference_sample(
         self, records: pd.DataFrame, scores: np.ndarray
     ) -> tuple[pd.DataFrame, np.ndarray]:
-        """Up to ``REFERENCE_ROWS`` calibration records (raw input columns, excluded ones
-        dropped) with finite scores, and those scores: saved with the model so that a loaded
-        copy can prove it scores the same (``pipelines.store.verify_detector``).
+        """Up to ``REFERENCE_ROWS`` calibration records with finite scores, and those scores:
+        saved with the model so that a loaded copy can prove it scores the same
+        (``pipelines.store.verify_detector``). The records hold the input columns as the
+        schema reads them (floats, and text or None), which Parquet stores whatever the
+        caller's dtypes were (an object column of ints and strings is text to the model, and
+        Arrow refuses to write it as given).
 
         Arguments:
             records: the calibration records, in the order of ``scores``.
             scores: their anomaly scores.
         """
         keep = np.flatnonzero(np.isfinite(scores))[:REFERENCE_ROWS]
-        excluded = set(self.exclude)
-        columns = [c for c in records.columns if c not in excluded]
-        sample = records.iloc[keep][columns].reset_index(drop=True)
+        if not len(keep):
+            return records.iloc[:0][self.input_columns], scores[keep].astype(np.float64)
+        values = self.schema.check(records.iloc[keep])
+        sample = pd.DataFrame({name: values[name] for name in self.input_columns})
         return sample, scores[keep].astype(np.float64)
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
