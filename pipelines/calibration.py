@@ -8,9 +8,10 @@ and a score ``s`` is flagged when ``s > threshold``. The p-value of ``s`` is
 false-positive rate is at most ``alpha``, and ``s > threshold`` exactly when ``p(s) <= alpha``.
 
 The sorted calibration scores are kept as the reference distribution for drift monitoring.
-A score of ``+inf`` (a record of zero density: a value off its column's grid) is a score like
-any other here: it ranks above every finite one, and calibration rows hold such records as often
-as new ones do. NaN and ``-inf`` are errors.
+A score of ``+inf`` (zero density, under a model saved before values off a column's grid
+scored finite: :mod:`pipelines.support`) is a score like any other here: it ranks above every
+finite one, and calibration rows hold such records as often as new ones do. NaN and ``-inf``
+are errors.
 """
 
 from __future__ import annotations

@@ -43,8 +43,10 @@ SCORE_BATCH_ROWS = 4096
 REFERENCE_ROWS = 64  # calibration records kept to prove a loaded model scores as when saved
 # Version of the files :meth:`Detector.save` writes. 1: entries saved before it was recorded
 # (same files; scores were already -log p, so they load unchanged). 2: adds
-# ``feature_names_in``.
-FORMAT_VERSION = 2
+# ``feature_names_in``. 3: the encoder's support of discrete columns (pipelines.support) and
+# folded category text (Schema.text_folding), which an older flowad would ignore, scoring
+# otherwise: it refuses the format by name instead.
+FORMAT_VERSION = 3
 
 
 class SmallCalibrationWarning(UserWarning):
@@ -764,10 +766,10 @@ class Detector(OutlierMixin, BaseEstimator):
             return small_calibration_message(n, self.target_fpr)
         impossible = int(np.isposinf(self.calibrator_.reference_scores_).sum())
         return (f"{impossible} of {n} calibration rows have zero density (a value between the "
-                f"grid points of a column that training saw only on a grid), at least the "
-                f"target FPR {self.target_fpr:g} of them, so the threshold is +inf and no record "
-                f"is ever flagged. Train on rows that show the values such columns take, or "
-                f"exclude those columns")
+                f"grid points of a column that training saw only on a grid, under a model "
+                f"saved before such values scored finite), at least the target FPR "
+                f"{self.target_fpr:g} of them, so the threshold is +inf and no record is ever "
+                f"flagged. Retrain it")
 
     def describe(self) -> dict[str, Any]:
         """What the detector is, as plain values: what ``GET /model`` and the model store's
@@ -782,6 +784,8 @@ class Detector(OutlierMixin, BaseEstimator):
             "n_features_in": self.n_features_in_,
             "n_encoded_features": self.n_encoded_features_,
             "schema": self.schema.to_dict(),
+            # values between these columns' grid points score as off their support
+            "grid_columns": self.encoder_.grid_columns,
             "flow_options": self.flow_options_,
             "metrics": self.metrics_,
             "calibration": {
@@ -854,7 +858,7 @@ class Detector(OutlierMixin, BaseEstimator):
         folder = Path(folder)
         state = json.loads((folder / "detector.json").read_text())
         version = state.get("format_version", 1)
-        if version not in (1, FORMAT_VERSION):
+        if version not in range(1, FORMAT_VERSION + 1):
             raise ValueError(f"saved in detector format {version!r}; this flowad reads formats "
                              f"1 to {FORMAT_VERSION}: upgrade flowad to load it")
         # progress is a display choice, not part of the model (format 1 saved it as True);

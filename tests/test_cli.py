@@ -494,3 +494,20 @@ def test_score_with_fdr_flags_by_benjamini_hochberg_over_the_whole_file(tag, lab
     result = runner.invoke(app, ["score", tag, str(labelled_csv), "--output", str(out),
                                  "--fdr", "0"])
     assert result.exit_code == 2 and "--fdr" in result.output
+
+
+def test_train_says_which_columns_it_put_on_a_grid(tmp_path):
+    """One line names the columns whose values between grid points score as off the grid
+    (three or more levels on one step: a grid; two levels are not)."""
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"x": rng.normal(size=400), "count": rng.poisson(3, 400),
+                          "halves": rng.integers(0, 6, 400) * 0.5, "pair": rng.choice([0, 2], 400)})
+    path = tmp_path / "train.csv"
+    frame.to_csv(path, index=False)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
+           "BENTOML_HOME": str(tmp_path / "home")}
+    result = subprocess.run([sys.executable, "-m", "pipelines.cli", "train", str(path),
+                             "--name", "cli-grid", "--max-epochs", "1", "--target-fpr", "0.05"],
+                            env=env, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "columns on a grid: count (step 1), halves (step 0.5)\n" in result.stderr
