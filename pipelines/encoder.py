@@ -913,7 +913,7 @@ class TabularEncoder(BaseEstimator):
         encoder.support_ = None
         if "off_support_mass_" in state:
             encoder.support_ = Support(encoder.on_grid_, state["support_levels_"],
-                                       state["off_support_mass_"], state["off_support_decay_"])
+                                       state["off_support_mass_"])
         encoder._finish()
         return encoder
 

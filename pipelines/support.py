@@ -11,24 +11,32 @@ midpoint of their unit cell (:class:`~pipelines.encoder.TabularEncoder`). Its *s
 * otherwise the codes of the levels seen in training (two levels, one, or levels on no common
   grid).
 
-A value farther than ``GRID_TOL`` steps from every support point is *off the support*. The model
-of a column's value, given the rest of the record: with probability ``1 - eps`` a support
-point, with the probability the flow gives its cell; with probability ``eps`` the nearest
-support point ``s`` moved by an offset ``u`` (in steps) whose density is Laplace,
-``exp(-|u| / OFF_SUPPORT_DECAY)``, restricted to the values nearer ``s`` than any other
-support point and normalised there (``Z(s)``). Per column and record, the log-density gains
+A value farther than ``GRID_TOL`` steps from every support point is *off the support*. Each
+support point ``s`` owns the values nearer to it than to any other (its *cell*: half a step
+either side on a grid; out to the midpoints to its neighbours among levels, unbounded beyond
+the outermost). The model of a column's value, given the rest of the record: with probability
+``1 - eps`` a support point, with the probability the flow gives it; with probability ``eps``
+the nearest support point ``s`` moved by an offset ``u`` (in steps) whose density on ``s``'s
+cell is Laplace, ``exp(-|u| / d) / Z(s)``, with ``d`` half the cell's half-width on that side
+(a quarter of a step on a grid; an unbounded side takes the other side's; a lone level a
+quarter step) and ``Z(s)`` its integral over the cell. Per column and record, the log-density
+gains
 
 * ``log(1 - eps)`` for a value on the support,
-* ``log(eps) - |u| / OFF_SUPPORT_DECAY - log Z(s)`` for one off it, scored at ``s``'s cell,
+* ``log(eps) - |u| / d - log Z(s)`` for one off it, scored at ``s``'s cell,
 
-and ``0`` for a missing value (the missing indicator models it). Summed over the support, the
-two parts give ``1 - eps`` and ``eps`` of every cell's probability: the extension adds no mass
-and loses none, so the record's density stays normalised (against counting measure on the
-support plus Lebesgue measure in steps off it), and a value off the support scores finite,
-worse than its nearest support point, and worse the farther it is. ``eps = 1 / (2 (n + 1))``
-for ``n`` observed training values: the Krichevsky-Trofimov (add one half) estimate of the
-probability of an outcome never seen in ``n`` draws. More rows on the support, more evidence,
-a larger penalty (``log(2 (n + 1))`` nats, 7 at 540 rows).
+and ``0`` for a missing value (the missing indicator models it). Over a cell the two parts give
+``1 - eps`` and ``eps`` of the point's probability: the extension adds no mass and loses none,
+so the record's density stays normalised (against counting measure on the support plus
+Lebesgue measure in steps off it), and a value off the support scores finite, worse than its
+nearest support point, worse the farther it is (2 nats more per half-cell).
+
+``eps``, the probability of a value off the support, is estimated from the training values:
+``1 / (2 (n + 1))`` for ``n`` of them on a grid (the Krichevsky-Trofimov estimate of an outcome
+never seen in ``n`` draws: 7 nats at 540 rows), and for levels the Good-Turing estimate of the
+mass of unseen values, ``(n1 + 1/2) / (n + 1)`` with ``n1`` the levels seen once, at most 1/2:
+a column of 15 levels in 80 rows, most of them seen once, is likely to take new values, one
+whose every level was seen often is not.
 
 Encoders saved before this rule (no ``off_support_mass``) keep theirs: a value between the
 grid points of a column with two or more levels on a grid has zero density (the encoder's
@@ -46,7 +54,10 @@ from numpy.typing import NDArray
 from pipelines.schema import GRID_TOL, ColumnSpec
 
 GRID_MIN_LEVELS = 3  # training levels on one lattice that show a grid (two gaps of the step)
-OFF_SUPPORT_DECAY = 0.25  # Laplace scale of the offset, in steps: 4 nats more per step away
+# The Laplace scale of the offset, as a share of the cell's half-width on its side: the
+# density falls by e^2 from a support point to its cell's edge.
+DECAY_SHARE = 0.5
+MAX_OFF_SUPPORT_MASS = 0.5  # eps: an unseen value is at most as likely as a seen one
 
 
 def grid_evidence(spec: ColumnSpec, codes: NDArray[np.float64]) -> bool:
@@ -62,19 +73,22 @@ def grid_evidence(spec: ColumnSpec, codes: NDArray[np.float64]) -> bool:
             and bool(np.all(np.abs(observed - np.rint(observed)) <= GRID_TOL)))
 
 
-def off_support_mass(n_observed: int) -> float:
-    """``eps``: the probability of a value off the support after ``n_observed`` training values
-    all on it (Krichevsky-Trofimov).
+def off_support_mass(counts: NDArray[np.int_], on_grid: bool) -> float:
+    """``eps``, the probability of a value off the support (see the module docstring).
 
     Arguments:
-        n_observed: the column's non-missing training values.
+        counts: how many training values each level holds.
+        on_grid: the support is the column's grid.
     """
-    return 1.0 / (2.0 * (n_observed + 1))
+    n = int(counts.sum())
+    if on_grid:
+        return 1.0 / (2.0 * (n + 1))
+    return min(MAX_OFF_SUPPORT_MASS, (int((counts == 1).sum()) + 0.5) / (n + 1))
 
 
 def nearest_support(codes: NDArray[np.float64], on_grid: bool, levels: NDArray[np.float64]
                     ) -> tuple[NDArray[np.float64], NDArray[np.intp]]:
-    """The nearest support point of each code, and its index in ``levels`` (-1 on a grid).
+    """The nearest support point of each code, and its index in ``levels`` (0 on a grid).
     Ties go to the lower point; NaN stays NaN.
 
     Arguments:
@@ -83,7 +97,7 @@ def nearest_support(codes: NDArray[np.float64], on_grid: bool, levels: NDArray[n
         levels: otherwise, the sorted codes of the training levels.
     """
     if on_grid:
-        return np.ceil(codes - 0.5), np.full(len(codes), -1)
+        return np.ceil(codes - 0.5), np.zeros(len(codes), dtype=np.intp)
     upper = np.clip(np.searchsorted(levels, codes), 1, max(1, len(levels) - 1))
     if len(levels) == 1:
         index = np.zeros(len(codes), dtype=np.intp)
@@ -94,21 +108,31 @@ def nearest_support(codes: NDArray[np.float64], on_grid: bool, levels: NDArray[n
     return np.where(np.isnan(codes), np.nan, nearest), index
 
 
-def log_normaliser(on_grid: bool, levels: NDArray[np.float64], decay: float) -> NDArray:
-    """``log Z`` per support point: the log of the Laplace kernel's integral over the values
-    nearer to it than to any other support point (one value on a grid).
+def cells(on_grid: bool, levels: NDArray[np.float64]
+          ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """Per support point (one for a grid): the Laplace scale below and above it, and ``log Z``,
+    the log of the kernel's integral over its cell (see the module docstring).
 
     Arguments:
         on_grid: the support is every integer code (cells of half a step either side).
         levels: otherwise, the sorted codes of the training levels.
-        decay: the kernel's scale, in steps.
     """
-    if on_grid:
-        return np.array([math.log(2.0 * decay * -math.expm1(-0.5 / decay))])
-    half_gaps = np.diff(levels) / 2.0
-    below = np.concatenate([[np.inf], half_gaps])  # the outermost levels' cells are unbounded
-    above = np.concatenate([half_gaps, [np.inf]])
-    return np.log(decay * (2.0 - np.exp(-below / decay) - np.exp(-above / decay)))
+    if on_grid or len(levels) == 1:  # a lone level's cell is unbounded: a grid's scale
+        below = above = np.array([0.5])
+        bounded_below = bounded_above = np.array([on_grid])
+    else:
+        half_gaps = np.diff(levels) / 2.0
+        below = np.concatenate([[np.inf], half_gaps])
+        above = np.concatenate([half_gaps, [np.inf]])
+        bounded_below, bounded_above = np.isfinite(below), np.isfinite(above)
+        below, above = np.where(bounded_below, below, above), np.where(bounded_above, above,
+                                                                       below)
+    decay_below, decay_above = DECAY_SHARE * below, DECAY_SHARE * above
+    # the integral of exp(-u / d) from 0 to the edge (d (1 - e^-2)), or to infinity (d)
+    edge = -math.expm1(-1.0 / DECAY_SHARE)
+    z = (decay_below * np.where(bounded_below, edge, 1.0)
+         + decay_above * np.where(bounded_above, edge, 1.0))
+    return decay_below, decay_above, np.log(z)
 
 
 class Support:
@@ -119,16 +143,14 @@ class Support:
         on_grid: per column, whether its support is its whole grid.
         levels: per column, the sorted codes of its training levels (empty on a grid).
         mass: per column, ``eps``.
-        decay: the Laplace scale of the offset, in steps.
     """
 
     def __init__(self, on_grid: NDArray[np.bool_], levels: Sequence[NDArray[np.float64]],
-                 mass: NDArray[np.float64], decay: float) -> None:
+                 mass: NDArray[np.float64]) -> None:
         self.on_grid = np.asarray(on_grid, dtype=bool)
         self.levels = [np.asarray(level, dtype=np.float64) for level in levels]
         self.mass = np.asarray(mass, dtype=np.float64)
-        self.decay = float(decay)
-        self.log_z = [log_normaliser(grid, level, self.decay)
+        self.cells = [cells(grid, level)
                       for grid, level in zip(self.on_grid, self.levels, strict=True)]
 
     @classmethod
@@ -140,12 +162,14 @@ class Support:
             codes: ``(n, len(specs))`` their codes on every row the schema was inferred from
                 (NaN where missing).
         """
-        on_grid = np.array([grid_evidence(spec, column)
-                            for spec, column in zip(specs, codes.T, strict=True)], dtype=bool)
-        levels = [np.empty(0) if grid else np.unique(column[~np.isnan(column)])
-                  for grid, column in zip(on_grid, codes.T, strict=True)]
-        mass = np.array([off_support_mass(int((~np.isnan(column)).sum())) for column in codes.T])
-        return cls(on_grid, levels, mass, OFF_SUPPORT_DECAY)
+        on_grid, levels, mass = [], [], []
+        for spec, column in zip(specs, codes.T, strict=True):
+            grid = grid_evidence(spec, column)
+            seen, counts = np.unique(column[~np.isnan(column)], return_counts=True)
+            on_grid.append(grid)
+            levels.append(np.empty(0) if grid else seen)
+            mass.append(off_support_mass(counts, grid))
+        return cls(np.array(on_grid, dtype=bool), levels, np.array(mass))
 
     def snap(self, codes: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray]:
         """Codes moved to their nearest support point where they are off the support, and the
@@ -162,12 +186,12 @@ class Support:
             offset = column - nearest
             with np.errstate(invalid="ignore"):  # NaN (missing) compares False
                 off = np.abs(offset) > GRID_TOL
-            observed = ~np.isnan(column)
-            factors[observed, j] = math.log1p(-self.mass[j])
+            factors[~np.isnan(column), j] = math.log1p(-self.mass[j])
             if off.any():
-                log_z = self.log_z[j][0] if self.on_grid[j] else self.log_z[j][index[off]]
-                factors[off, j] = (math.log(self.mass[j]) - np.abs(offset[off]) / self.decay
-                                   - log_z)
+                decay_below, decay_above, log_z = self.cells[j]
+                u, at = offset[off], index[off]
+                decay = np.where(u < 0, decay_below[at], decay_above[at])
+                factors[off, j] = math.log(self.mass[j]) - np.abs(u) / decay - log_z[at]
                 snapped[off, j] = nearest[off]
         return snapped, factors
 
@@ -185,9 +209,9 @@ class Support:
         return out
 
     def to_state(self) -> dict[str, object]:
-        """What an encoder saves (skops: arrays, lists, floats)."""
+        """What an encoder saves (skops: arrays and lists)."""
         return {"on_grid_": self.on_grid, "support_levels_": list(self.levels),
-                "off_support_mass_": self.mass, "off_support_decay_": self.decay}
+                "off_support_mass_": self.mass}
 
 
 def legacy_off_grid(codes: NDArray[np.float64], on_grid: NDArray[np.bool_]) -> NDArray[np.bool_]:

@@ -672,17 +672,25 @@ def grid_frame(n: int = 300, seed: int = 0) -> pd.DataFrame:
 def off_support_factor(enc: TabularEncoder, column: str, offset: float,
                        cell: tuple[float, float]) -> float:
     """The log-density factor of a value ``offset`` steps from its nearest support point,
-    whose cell spans ``cell`` steps below and above it, from the rule's definition
-    (pipelines.support): log(eps) minus the Laplace exponent minus the log of the kernel's
-    integral over the cell (numerical quadrature)."""
+    whose cell spans ``cell`` steps below and above it (inf: unbounded), from the rule's
+    definition (pipelines.support): log(eps) minus the Laplace exponent (scale: half the
+    cell's half-width on the offset's side, the other side's where unbounded) minus the log of
+    the kernel's integral over the cell (numerical quadrature). eps: these columns' levels were
+    each seen more than once, or lie on a grid: 1 / (2 (n + 1))."""
     from scipy.integrate import quad
 
     n = enc.schema_.n_rows - enc.schema_[column].n_missing_train
     eps = 1 / (2 * (n + 1))
     below, above = cell
-    z = (quad(lambda u: np.exp(-abs(u) / 0.25), -below, 0)[0]
-         + quad(lambda u: np.exp(-abs(u) / 0.25), 0, above)[0])
-    return float(np.log(eps) - abs(offset) / 0.25 - np.log(z))
+    if np.isinf(below) and np.isinf(above):  # a lone level: a grid's scale
+        scale_below = scale_above = 0.25
+    else:
+        scale_below = 0.5 * (below if np.isfinite(below) else above)
+        scale_above = 0.5 * (above if np.isfinite(above) else below)
+    z = (quad(lambda u: np.exp(u / scale_below), -below, 0)[0]
+         + quad(lambda u: np.exp(-u / scale_above), 0, above)[0])
+    scale = scale_below if offset < 0 else scale_above
+    return float(np.log(eps) - abs(offset) / scale - np.log(z))
 
 
 def test_a_value_off_the_support_scores_finite_and_worse_with_distance() -> None:
@@ -700,14 +708,14 @@ def test_a_value_off_the_support_scores_finite_and_worse_with_distance() -> None
     # row, column, value, (nearest value, offset in steps, its cell below / above in steps)
     cases = [
         (1, "count", count + 0.5, (count, 0.5, (0.5, 0.5))),  # a tie goes to the lower point
-        (2, "flag", 0.5, (0.0, 0.5, (np.inf, 0.5))),
+        (2, "flag", 0.5, (0.0, 0.5, (np.inf, 0.5))),  # a tie goes to the lower level
         (3, "halves", halves + 0.2, (halves, 0.4, (0.5, 0.5))),
         (4, "count", 40.0, None),  # far beyond training, but on the grid
         (5, "count", count + 1e-9, None),  # float noise: on the grid
         (6, "levels", 1.7, (1.0, 0.7, (0.5, 0.85))),  # levels 0, 1, 2.7 (step 1)
         (7, "flag", 2.0, (1.0, 1.0, (0.5, np.inf))),  # a third value of a 0/1 column
         (8, "constant", 7.3, (7.0, 0.3, (np.inf, np.inf))),
-        (9, "levels", -4.0, (0.0, 4.0, (np.inf, 0.5))),  # beyond the levels: 16 nats more
+        (9, "levels", -4.0, (0.0, -4.0, (np.inf, 0.5))),  # beyond the levels: 16 nats more
     ]
     for row, column, value, _ in cases:
         base.loc[row, column] = value
@@ -784,7 +792,7 @@ def test_encoders_saved_before_the_support_rule_keep_scoring_as_saved(tmp_path: 
     assert np.isfinite(loaded.transform(off)[1]).all()
     state = sio.load(tmp_path / "enc.skops", trusted=sio.get_untrusted_types(
         file=tmp_path / "enc.skops"))
-    for key in ("support_levels_", "off_support_mass_", "off_support_decay_"):
+    for key in ("support_levels_", "off_support_mass_"):
         del state[key]
     state["on_grid_"] = np.array([True, True, True, False, False])  # the rule of then
     sio.dump(state, tmp_path / "grid.skops")

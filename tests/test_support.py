@@ -134,3 +134,23 @@ def test_levels_off_any_grid_score_values_between_them_finite_and_worse(value):
     scores = detector.decision_function(pd.DataFrame({"x": [0.0, 0.0],
                                                       "level": [nearest, value]}))
     assert np.isfinite(scores).all() and scores[1] > scores[0] + 1.0
+
+
+def test_levels_seen_once_make_a_value_between_them_likelier():
+    """eps is the Good-Turing mass of unseen values for levels, (n1 + 1/2) / (n + 1) with n1
+    the levels seen once (at most 1/2), and Krichevsky-Trofimov's 1 / (2 (n + 1)) on a grid:
+    a column of 80 rows whose 15 levels are mostly singletons (a continuous measurement in a
+    small table) is likely to take new values; a 0/1 flag of 80 rows is not."""
+    rng = np.random.default_rng(3)
+    values = np.r_[np.round(rng.uniform(0, 10, 12), 2), np.full(68, 5.5)]
+    train = pd.DataFrame({"x": rng.normal(size=80), "reading": values,
+                          "flag": rng.integers(0, 2, 80), "count": rng.poisson(3, 80)})
+    encoder = TabularEncoder().fit(train)
+    specs = [spec.name for spec in encoder.schema_.of_kind("discrete", "binary")]
+    assert specs == ["reading", "flag", "count"] and encoder.on_grid_.tolist() == [
+        False, False, True]
+    levels, counts = np.unique(values, return_counts=True)
+    n1 = int((counts == 1).sum())
+    assert n1 >= 10
+    np.testing.assert_allclose(encoder.support_.mass, [(n1 + 0.5) / 81, 0.5 / 81, 0.5 / 81],
+                               rtol=1e-15)
