@@ -13,7 +13,9 @@ Column kinds:
   when the schema says so (``Schema.text_folding``; schemas saved before it compare text as
   given).
 * ``binary``: bool dtype, or a numeric column with exactly 2 distinct values.
-* ``discrete``: a numeric column with at most ``max_discrete_levels`` distinct values, or whose
+* ``discrete``: a numeric column with at most ``max_discrete_levels`` distinct values (off a
+  regular grid, only when its levels seen once hold at most ``SINGLETON_SHARE`` of its rows:
+  80 rows of a continuous column with an atom show ten values once and one 70 times), or whose
   distinct values lie on a regular grid (every ``(v - min) / step`` within ``GRID_TOL`` of an
   integer, ``step`` = smallest gap) with fewer distinct values than half its rows. The grid rule
   finds integer-valued columns even after standardisation (e.g. pixel values 0..255). A constant
@@ -51,6 +53,9 @@ from numpy.typing import NDArray
 KINDS = ("continuous", "discrete", "binary", "categorical")
 NUMERIC_KINDS = ("continuous", "discrete", "binary")
 GRID_TOL = 1e-6  # in units of the grid step
+# Most share of a column's rows its levels seen once may hold for a column of few levels off a
+# grid to be discrete (infer_schema).
+SINGLETON_SHARE = 0.05
 SCHEMA_VERSION = 1
 BOOL_DTYPES = ("bool", "boolean")  # ColumnSpec.dtype of columns trained as bool
 BOOLEAN_WORDS = {"true": 1.0, "false": 0.0}
@@ -444,7 +449,7 @@ def _reject_stray_text(frame: pd.DataFrame, name: str, series: pd.Series) -> Non
 def _numeric_spec(name: str, dtype: str, x: NDArray[np.float64], max_levels: int) -> ColumnSpec:
     """Kind and grid step of a numeric column (``x`` finite or NaN, not all NaN)."""
     observed = x[~np.isnan(x)]
-    levels = np.unique(observed)
+    levels, counts = np.unique(observed, return_counts=True)
     n_missing = len(x) - len(observed)
     common = dict(
         n_missing_train=n_missing,
@@ -463,7 +468,11 @@ def _numeric_spec(name: str, dtype: str, x: NDArray[np.float64], max_levels: int
     on_grid = bool(np.abs(codes - np.round(codes)).max() <= GRID_TOL)
     if len(levels) == 2:
         return ColumnSpec(name, "binary", dtype, step=span, **common)
-    if len(levels) <= max_levels or (on_grid and len(levels) < len(observed) / 2):
+    # Levels seen once are the mark of a continuous column a small sample shows few values of
+    # (Good-Turing: they estimate the probability of a value not seen yet).
+    repeated = (counts == 1).sum() <= SINGLETON_SHARE * len(observed)
+    if ((len(levels) <= max_levels and (on_grid or repeated))
+            or (on_grid and len(levels) < len(observed) / 2)):
         # Off the grid, the smallest gap keeps every level's unit code cell disjoint.
         return ColumnSpec(name, "discrete", dtype, step=grid if on_grid else gap, **common)
     return ColumnSpec(name, "continuous", dtype, **common)

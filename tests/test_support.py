@@ -138,19 +138,20 @@ def test_levels_off_any_grid_score_values_between_them_finite_and_worse(value):
 
 def test_levels_seen_once_make_a_value_between_them_likelier():
     """eps is the Good-Turing mass of unseen values for levels, (n1 + 1/2) / (n + 1) with n1
-    the levels seen once (at most 1/2), and Krichevsky-Trofimov's 1 / (2 (n + 1)) on a grid:
-    a column of 80 rows whose 15 levels are mostly singletons (a continuous measurement in a
-    small table) is likely to take new values; a 0/1 flag of 80 rows is not."""
+    the levels seen once, and Krichevsky-Trofimov's 1 / (2 (n + 1)) on a grid: a column whose
+    rare levels were seen once is likelier to take new values than a 0/1 flag. A column of few
+    values most of them seen once is no discrete column: 80 rows of a continuous reading with
+    an atom show 12 values once (it was put on its levels, and its new values flagged)."""
     rng = np.random.default_rng(3)
-    values = np.r_[np.round(rng.uniform(0, 10, 12), 2), np.full(68, 5.5)]
-    train = pd.DataFrame({"x": rng.normal(size=80), "reading": values,
-                          "flag": rng.integers(0, 2, 80), "count": rng.poisson(3, 80)})
+    codes = np.r_[[0.0, 0.7, 3.1], np.repeat([1.0, 1.5, 2.25, 4.0], 19)]
+    atom = np.r_[np.round(rng.uniform(0, 10, 12), 2), np.full(68, 5.5)]
+    train = pd.DataFrame({"x": rng.normal(size=79), "code": codes,
+                          "flag": rng.integers(0, 2, 79), "count": rng.poisson(3, 79),
+                          "reading": atom[:79]})
     encoder = TabularEncoder().fit(train)
-    specs = [spec.name for spec in encoder.schema_.of_kind("discrete", "binary")]
-    assert specs == ["reading", "flag", "count"] and encoder.on_grid_.tolist() == [
-        False, False, True]
-    levels, counts = np.unique(values, return_counts=True)
-    n1 = int((counts == 1).sum())
-    assert n1 >= 10
-    np.testing.assert_allclose(encoder.support_.mass, [(n1 + 0.5) / 81, 0.5 / 81, 0.5 / 81],
+    kinds = {spec.name: spec.kind for spec in encoder.schema_.columns}
+    assert kinds == {"x": "continuous", "code": "discrete", "flag": "binary",
+                     "count": "discrete", "reading": "continuous"}
+    assert encoder.on_grid_.tolist() == [False, False, True]  # code, flag, count
+    np.testing.assert_allclose(encoder.support_.mass, [3.5 / 80, 0.5 / 80, 0.5 / 80],
                                rtol=1e-15)
