@@ -25,7 +25,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 __all__ = ["Calibrator", "ContaminationCalibrator", "binomial_interval", "calibrator_from_dict",
-           "conformal_threshold", "min_calibration_rows", "p_values"]
+           "conformal_threshold", "min_calibration_rows", "p_values", "rule_change"]
 
 _FORMAT_VERSION = 1
 
@@ -308,3 +308,29 @@ def calibrator_from_dict(state: Mapping[str, Any]) -> Any:
     if method not in kinds:
         raise ValueError(f"unknown calibration method {method!r}: upgrade flowad to load it")
     return kinds[method].from_dict(state)
+
+
+def rule_change(calibrator: Any, target_fpr: float, contamination: float | None, *,
+                default_target_fpr: float) -> str | None:
+    """What a detector's parameters now say of its thresholding rule that its fitted
+    calibrator does not (``set_params`` after ``fit``), with what to do; None when they agree.
+
+    Arguments:
+        calibrator: the fitted calibrator, or None.
+        target_fpr: the detector's ``target_fpr`` parameter.
+        contamination: its ``contamination`` parameter.
+        default_target_fpr: ``target_fpr``'s default (the value it has beside contamination).
+    """
+    if calibrator is None:
+        return None
+    fitted = getattr(calibrator, "contamination", None)
+    if fitted is None and contamination is None and target_fpr == calibrator.target_fpr:
+        return None
+    if fitted is not None and contamination == fitted and target_fpr == default_target_fpr:
+        return None
+    was = (f"contamination {fitted:g}" if fitted is not None
+           else f"target FPR {calibrator.target_fpr:g}")
+    now = (f"contamination {contamination}" if contamination is not None
+           else f"target_fpr {target_fpr}")
+    return (f"the threshold was fitted at {was}, the parameters now say {now}: call "
+            f"recalibrate({target_fpr}) or refit to apply them")

@@ -40,7 +40,8 @@ from pipelines.calibration import conformal_threshold
 
 FOLDS = 5  # K: the folds of every row, and K times the members in the detector's mixture
 
-__all__ = ["FOLDS", "CrossConformalCalibrator", "fold_log_likelihoods", "fold_of_rows"]
+__all__ = ["FOLDS", "CrossConformalCalibrator", "fold_log_likelihoods", "fold_of_rows",
+           "fold_parts"]
 
 
 def fold_of_rows(n: int, folds: int, seed: int) -> NDArray[np.intp]:
@@ -56,6 +57,26 @@ def fold_of_rows(n: int, folds: int, seed: int) -> NDArray[np.intp]:
     for k, rows in enumerate(np.array_split(order, folds)):
         fold[rows] = k
     return fold
+
+
+def fold_parts(n: int, validation_fraction: float, seed: int
+               ) -> tuple[NDArray[np.intp], list[tuple[NDArray[np.intp], NDArray[np.intp]]]]:
+    """Each row's fold, and per fold the rows its model trains and validates on: the other
+    folds' rows, a seeded ``validation_fraction`` of them held out for early stopping.
+
+    Arguments:
+        n: rows.
+        validation_fraction: share of a fold model's rows held out for validation.
+        seed: the split's seed (fold ``k``'s validation split: ``seed + k``).
+    """
+    fold = fold_of_rows(n, FOLDS, seed)
+    parts = []
+    for k in range(FOLDS):
+        rest = np.flatnonzero(fold != k)
+        order = np.random.default_rng(seed + k).permutation(len(rest))
+        n_validation = round(validation_fraction * len(rest))
+        parts.append((rest[order[n_validation:]], rest[order[:n_validation]]))
+    return fold, parts
 
 
 def fold_log_likelihoods(per_component: NDArray[np.float64], members_per_fold: int

@@ -29,17 +29,18 @@ from pipelines.calibration import (
     ContaminationCalibrator,
     calibrator_from_dict,
     min_calibration_rows,
+    rule_change,
 )
 from pipelines.crossconformal import (
     FOLDS,
     CrossConformalCalibrator,
     fold_log_likelihoods,
-    fold_of_rows,
+    fold_parts,
 )
 from pipelines.encoder import TabularEncoder
 from pipelines.explain import N_SAMPLES, contributions, reference_values
 from pipelines.fastpath import SMALL_BATCH_ROWS, FastRealNVP, fast_log_prob
-from pipelines.pyod_api import PROBA_METHODS, anomaly_probability, prediction_confidence
+from pipelines.pyod_api import PyODMethods
 from pipelines.schema import Schema, SchemaError, UnscorableRecordError, shown
 from pipelines.training import (
     Parallel,
@@ -237,7 +238,7 @@ def split_rows(n: int, fractions: tuple[float, float], seed: int) -> tuple[np.nd
     return order[n_cal + n_val :], order[n_cal : n_cal + n_val], order[:n_cal]
 
 
-class Detector(OutlierMixin, BaseEstimator):
+class Detector(PyODMethods, OutlierMixin, BaseEstimator):
     """Anomaly detector scoring records by their exact log-likelihood under a normalizing flow.
 
     ``fit`` splits the rows into train / validation / calibration, fits a
@@ -439,14 +440,8 @@ class Detector(OutlierMixin, BaseEstimator):
                           f"(its columns: {list(map(str, data.columns))})", stacklevel=3)
         cross = self._cross_conformal(len(data), calibration_data)
         cal_rows: np.ndarray = np.empty(0, dtype=np.intp)
-        if cross:  # fold k's model trains on the other folds, split into train and validation
-            fold = fold_of_rows(len(data), FOLDS, seed)
-            parts = []
-            for k in range(FOLDS):
-                rest = np.flatnonzero(fold != k)
-                train_part, val_part, _ = split_rows(len(rest), (self.validation_fraction, 0.0),
-                                                     seed + k)
-                parts.append((rest[train_part], rest[val_part]))
+        if cross:
+            fold, parts = fold_parts(len(data), self.validation_fraction, seed)
             # a dozen rows: too few for folds, while a split still trains (and cannot flag)
             cross = (self.calibration == "cross"
                      or min(len(rows) for part in parts for rows in part) >= 2)
@@ -853,50 +848,6 @@ class Detector(OutlierMixin, BaseEstimator):
             return flagged.astype(np.int64), self._confidence(-log_likelihood, flagged)
         return flagged.astype(np.int64)
 
-    def predict_proba(self, X: pd.DataFrame | ArrayLike, method: str = "linear",
-                      return_confidence: bool = False
-                      ) -> NDArray[np.float64] | tuple[NDArray[np.float64], NDArray[np.float64]]:
-        """PyOD's two columns, (normal, anomaly): the anomaly column is the record's outlier
-        probability by ``method`` (:mod:`pipelines.pyod_api`): ``"linear"`` (PyOD's default),
-        ``"unify"``, or ``"conformal"``, one minus the p-value. None is a posterior
-        probability; :meth:`predict` is the verdict.
-
-        Arguments:
-            X: records, as :meth:`log_likelihood` takes them.
-            method: ``"linear"``, ``"unify"`` or ``"conformal"``.
-            return_confidence: also return :meth:`predict_confidence` (PyOD's signature).
-        """
-        if method not in PROBA_METHODS:
-            raise ValueError(f"method must be one of {PROBA_METHODS}, got {method!r}")
-        log_likelihood, judged = self._judged_frame(X)
-        calibrator = self.calibrator_
-        if method == "conformal":
-            p = calibrator.p_values(judged)
-            proba = np.column_stack([p, 1.0 - p])
-        else:  # PyOD's order of operations: the anomaly column, then 1 minus it
-            anomaly = anomaly_probability(-log_likelihood, calibrator.reference_scores_, method)
-            proba = np.column_stack([1.0 - anomaly, anomaly])
-        if return_confidence:
-            return proba, self._confidence(-log_likelihood, calibrator.predict(judged))
-        return proba
-
-    def predict_confidence(self, X: pd.DataFrame | ArrayLike) -> NDArray[np.float64]:
-        """PyOD's confidence in each verdict of :meth:`predict`: how likely it stays the same
-        under another draw of the calibration rows, in [0, 1] (:mod:`pipelines.pyod_api`).
-
-        Arguments:
-            X: records, as :meth:`log_likelihood` takes them.
-        """
-        log_likelihood, judged = self._judged_frame(X)
-        return self._confidence(-log_likelihood, self.calibrator_.predict(judged))
-
-    def _confidence(self, scores: np.ndarray, flagged: np.ndarray) -> np.ndarray:
-        """:func:`~pipelines.pyod_api.prediction_confidence` at the rate the threshold was
-        fitted to flag."""
-        calibrator = self.calibrator_
-        rate = getattr(calibrator, "contamination", None) or calibrator.target_fpr
-        return prediction_confidence(scores, calibrator.reference_scores_, rate, flagged)
-
     def verdict_columns(self, X: pd.DataFrame | ArrayLike) -> dict[str, np.ndarray]:
         """``score`` (anomaly score, :meth:`decision_function`), ``log_likelihood``,
         ``p_value`` and ``is_anomaly`` (bool) per record, as arrays (what the service answers
@@ -1006,26 +957,10 @@ class Detector(OutlierMixin, BaseEstimator):
     def rule_change(self) -> str | None:
         """What ``set_params`` changed of the thresholding rule since ``fit`` (or
         ``recalibrate``), which the threshold does not follow until one of them runs; None
-        when nothing did."""
+        when nothing did (:func:`~pipelines.calibration.rule_change`)."""
         check_is_fitted(self, "calibrator_")
-        calibrator = self.calibrator_
-        if calibrator is None:
-            return None
-        fitted = getattr(calibrator, "contamination", None)
-        if fitted is not None:
-            if self.contamination == fitted and self.target_fpr == DEFAULT_TARGET_FPR:
-                return None
-            now = (f"contamination {self.contamination}" if self.contamination is not None
-                   else f"target_fpr {self.target_fpr}")
-            return (f"the threshold was fitted at contamination {fitted:g}, the parameters now "
-                    f"say {now}: refit (or recalibrate(target_fpr)) to apply them")
-        if self.contamination is None and self.target_fpr == calibrator.target_fpr:
-            return None
-        now = (f"contamination {self.contamination}" if self.contamination is not None
-               else f"target_fpr {self.target_fpr}")
-        return (f"the threshold was fitted at target FPR {calibrator.target_fpr:g}, the "
-                f"parameters now say {now}: call recalibrate({self.target_fpr}) or refit to "
-                f"apply them")
+        return rule_change(self.calibrator_, self.target_fpr, self.contamination,
+                           default_target_fpr=DEFAULT_TARGET_FPR)
 
     def describe(self) -> dict[str, Any]:
         """What the detector is, as plain values: what ``GET /model`` and the model store's

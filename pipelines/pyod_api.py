@@ -1,5 +1,6 @@
 """PyOD's probability and confidence of an anomaly score, as ``pyod.models.base.BaseDetector``
-defines them (``predict_proba``, ``predict_confidence``), for :class:`~pipelines.Detector`.
+defines them (``predict_proba``, ``predict_confidence``): :class:`PyODMethods`, which
+:class:`~pipelines.Detector` inherits.
 
 PyOD computes both from the training scores (``decision_scores_``). Here the *reference* scores
 take their place: the calibration scores (held out of training; out-of-fold under
@@ -26,8 +27,10 @@ are left out of the scaling statistics; a score of +inf is then a probability of
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
 from scipy.special import erf
 from scipy.stats import binom
 from sklearn.preprocessing import MinMaxScaler
@@ -73,3 +76,55 @@ def prediction_confidence(scores: NDArray[np.float64], reference: NDArray[np.flo
     posterior = (1 + below) / (2 + n)
     confidence = 1 - binom.cdf(n - int(n * rate), n, posterior)
     return np.where(flagged, confidence, 1 - confidence)
+
+
+class PyODMethods:
+    """``predict_proba`` and ``predict_confidence`` of a fitted :class:`~pipelines.Detector`,
+    from its ``_judged_frame`` (log-likelihoods and what its calibrator judges) and its
+    calibrator (the reference scores and the rate its threshold flags)."""
+
+    calibrator_: Any
+
+    def predict_proba(self, X: ArrayLike, method: str = "linear", return_confidence: bool = False
+                      ) -> NDArray[np.float64] | tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """PyOD's two columns, (normal, anomaly): the anomaly column is the record's outlier
+        probability by ``method``: ``"linear"`` (PyOD's default), ``"unify"``, or
+        ``"conformal"``, one minus the p-value (the normal column is then the p-value). None is
+        a posterior probability; ``predict`` is the verdict.
+
+        Arguments:
+            X: records, as ``Detector.log_likelihood`` takes them.
+            method: ``"linear"``, ``"unify"`` or ``"conformal"``.
+            return_confidence: also return :meth:`predict_confidence` (PyOD's signature).
+        """
+        if method not in PROBA_METHODS:
+            raise ValueError(f"method must be one of {PROBA_METHODS}, got {method!r}")
+        log_likelihood, judged = self._judged_frame(X)  # type: ignore[attr-defined]
+        calibrator = self.calibrator_
+        if method == "conformal":
+            p = calibrator.p_values(judged)
+            proba = np.column_stack([p, 1.0 - p])
+        else:  # PyOD's order of operations: the anomaly column, then 1 minus it
+            anomaly = anomaly_probability(-log_likelihood, calibrator.reference_scores_, method)
+            proba = np.column_stack([1.0 - anomaly, anomaly])
+        if return_confidence:
+            return proba, self._confidence(-log_likelihood, calibrator.predict(judged))
+        return proba
+
+    def predict_confidence(self, X: ArrayLike) -> NDArray[np.float64]:
+        """PyOD's confidence in each verdict of ``predict``: how likely it stays the same under
+        another draw of the calibration rows, in [0, 1].
+
+        Arguments:
+            X: records, as ``Detector.log_likelihood`` takes them.
+        """
+        log_likelihood, judged = self._judged_frame(X)  # type: ignore[attr-defined]
+        return self._confidence(-log_likelihood, self.calibrator_.predict(judged))
+
+    def _confidence(self, scores: NDArray[np.float64], flagged: NDArray[np.bool_]
+                    ) -> NDArray[np.float64]:
+        """:func:`prediction_confidence` at the rate the threshold was fitted to flag (the
+        target FPR, or the contamination)."""
+        calibrator = self.calibrator_
+        rate = getattr(calibrator, "contamination", None) or calibrator.target_fpr
+        return prediction_confidence(scores, calibrator.reference_scores_, rate, flagged)
