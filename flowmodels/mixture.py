@@ -39,8 +39,17 @@ class FlowMixture(nn.Module):
 
     def log_prob(self, x: Tensor) -> Tensor:
         """Exact log-density of each row of ``x`` in nats, shape ``(n,)``."""
-        per_component = torch.stack([flow.log_prob(x) for flow in self.components])
-        return torch.logsumexp(per_component, dim=0) - math.log(len(self.components))
+        return self.combine(self.component_log_probs(x))
+
+    def component_log_probs(self, x: Tensor) -> Tensor:
+        """Each component's exact log-density of each row of ``x``, shape ``(K, n)``."""
+        return torch.stack([flow.log_prob(x) for flow in self.components])
+
+    @staticmethod
+    def combine(per_component: Tensor) -> Tensor:
+        """The equal-weight mixture's log-density from its components' ``(K, n)``:
+        ``log((p1 + ... + pK) / K)``, as :meth:`log_prob` computes it."""
+        return torch.logsumexp(per_component, dim=0) - math.log(len(per_component))
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:

@@ -8,9 +8,10 @@ and a score ``s`` is flagged when ``s > threshold``. The p-value of ``s`` is
 false-positive rate is at most ``alpha``, and ``s > threshold`` exactly when ``p(s) <= alpha``.
 
 The sorted calibration scores are kept as the reference distribution for drift monitoring.
-A score of ``+inf`` (a record of zero density: a value off its column's grid) is a score like
-any other here: it ranks above every finite one, and calibration rows hold such records as often
-as new ones do. NaN and ``-inf`` are errors.
+A score of ``+inf`` (zero density, under a model saved before values off a column's grid
+scored finite: :mod:`pipelines.support`) is a score like any other here: it ranks above every
+finite one, and calibration rows hold such records as often as new ones do. NaN and ``-inf``
+are errors.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from typing import Any, Self
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-__all__ = ["Calibrator", "binomial_interval", "conformal_threshold", "min_calibration_rows",
-           "p_values"]
+__all__ = ["Calibrator", "ContaminationCalibrator", "binomial_interval", "calibrator_from_dict",
+           "conformal_threshold", "min_calibration_rows", "p_values", "rule_change"]
 
 _FORMAT_VERSION = 1
 
@@ -144,6 +145,7 @@ class Calibrator:
     exact and ``to_dict`` / ``from_dict`` round-trips bit for bit.
     """
 
+    method = "conformal"
     threshold_: float
     reference_scores_: NDArray[np.float64]
     n_: int
@@ -175,12 +177,21 @@ class Calibrator:
         self._check_fitted()
         return _new_scores(scores) > self.threshold_
 
+    def recalibrated(self, target_fpr: float) -> Calibrator:
+        """A conformal calibrator of the same scores at another target FPR.
+
+        Arguments:
+            target_fpr: the new ``alpha``.
+        """
+        self._check_fitted()
+        return Calibrator(target_fpr).fit(self.reference_scores_)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe state (strict JSON: an infinite threshold is written as the string "inf")."""
         self._check_fitted()
         return {
             "format_version": _FORMAT_VERSION,
-            "method": "conformal",
+            "method": self.method,
             "target_fpr": float(self.target_fpr),
             "n": self.n_,
             "threshold": "inf" if math.isinf(self.threshold_) else self.threshold_,
@@ -210,3 +221,116 @@ class Calibrator:
     def __repr__(self) -> str:
         fitted = f", n_={self.n_}, threshold_={self.threshold_!r}" if hasattr(self, "n_") else ""
         return f"Calibrator(target_fpr={self.target_fpr!r}{fitted})"
+
+
+class ContaminationCalibrator(Calibrator):
+    """PyOD's thresholding rule: flag the scores above the ``(1 - contamination)`` quantile of
+    the training scores (``numpy.percentile``, as ``BaseDetector._process_decision_scores``).
+    No false-positive rate is guaranteed: the training scores are in-sample and may hold
+    anomalies, so the share of normal records flagged is whatever it turns out to be. The
+    p-values stay conformal, against the calibration scores (``p <= contamination`` is not
+    this rule's verdict).
+
+    Arguments:
+        contamination: the share of training rows to flag, in (0, 0.5] as in PyOD.
+    """
+
+    method = "contamination"
+
+    def __init__(self, contamination: float = 0.1) -> None:
+        super().__init__(target_fpr=None)  # type: ignore[arg-type]
+        self.contamination = contamination
+
+    def fit(self, cal_scores: ArrayLike, training_scores: ArrayLike | None = None) -> Self:
+        """Keeps the calibration scores (p-values) and thresholds the training scores.
+
+        Arguments:
+            cal_scores: the calibration rows' anomaly scores.
+            training_scores: the anomaly scores of every row given to fit.
+        """
+        if not 0.0 < self.contamination <= 0.5:
+            raise ValueError(f"contamination must be in (0, 0.5], got {self.contamination!r}")
+        self.reference_scores_ = np.sort(_calibration_scores(cal_scores))
+        self.n_ = int(self.reference_scores_.size)
+        training = _calibration_scores(training_scores)
+        self.threshold_ = float(np.percentile(training, 100 * (1 - self.contamination)))
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe state; the threshold is stored (the training scores are not)."""
+        self._check_fitted()
+        return {
+            "format_version": _FORMAT_VERSION,
+            "method": self.method,
+            "contamination": float(self.contamination),
+            "n": self.n_,
+            "threshold": self.threshold_ if math.isfinite(self.threshold_) else "inf",
+            "reference_scores": [s if math.isfinite(s) else "inf"
+                                 for s in self.reference_scores_.tolist()],
+        }
+
+    @classmethod
+    def from_dict(cls, state: Mapping[str, Any]) -> ContaminationCalibrator:
+        """Rebuilds a fitted calibrator from :meth:`to_dict`.
+
+        Arguments:
+            state: what :meth:`to_dict` wrote.
+        """
+        if state.get("format_version") != _FORMAT_VERSION or state.get("method") != cls.method:
+            raise ValueError(f"not a contamination calibrator state: {state.get('method')!r}")
+        calibrator = cls(state["contamination"])
+        calibrator.reference_scores_ = np.sort(_calibration_scores(
+            [float(s) for s in state["reference_scores"]]))
+        calibrator.n_ = int(calibrator.reference_scores_.size)
+        calibrator.threshold_ = float(state["threshold"])
+        if calibrator.n_ != state["n"]:
+            raise ValueError(f"inconsistent calibrator state: stored n={state['n']}, "
+                             f"recomputed n={calibrator.n_}")
+        return calibrator
+
+    def __repr__(self) -> str:
+        fitted = f", n_={self.n_}, threshold_={self.threshold_!r}" if hasattr(self, "n_") else ""
+        return f"ContaminationCalibrator(contamination={self.contamination!r}{fitted})"
+
+
+def calibrator_from_dict(state: Mapping[str, Any]) -> Any:
+    """The calibrator a saved state describes, by its ``method``: "conformal" (split),
+    "cross-conformal" (:mod:`pipelines.crossconformal`) or "contamination".
+
+    Arguments:
+        state: what a calibrator's ``to_dict`` wrote.
+    """
+    from pipelines.crossconformal import CrossConformalCalibrator
+
+    kinds = {"conformal": Calibrator, "contamination": ContaminationCalibrator,
+             "cross-conformal": CrossConformalCalibrator}
+    method = state.get("method", "conformal")
+    if method not in kinds:
+        raise ValueError(f"unknown calibration method {method!r}: upgrade flowad to load it")
+    return kinds[method].from_dict(state)
+
+
+def rule_change(calibrator: Any, target_fpr: float, contamination: float | None, *,
+                default_target_fpr: float) -> str | None:
+    """What a detector's parameters now say of its thresholding rule that its fitted
+    calibrator does not (``set_params`` after ``fit``), with what to do; None when they agree.
+
+    Arguments:
+        calibrator: the fitted calibrator, or None.
+        target_fpr: the detector's ``target_fpr`` parameter.
+        contamination: its ``contamination`` parameter.
+        default_target_fpr: ``target_fpr``'s default (the value it has beside contamination).
+    """
+    if calibrator is None:
+        return None
+    fitted = getattr(calibrator, "contamination", None)
+    if fitted is None and contamination is None and target_fpr == calibrator.target_fpr:
+        return None
+    if fitted is not None and contamination == fitted and target_fpr == default_target_fpr:
+        return None
+    was = (f"contamination {fitted:g}" if fitted is not None
+           else f"target FPR {calibrator.target_fpr:g}")
+    now = (f"contamination {contamination}" if contamination is not None
+           else f"target_fpr {target_fpr}")
+    return (f"the threshold was fitted at {was}, the parameters now say {now}: call "
+            f"recalibrate({target_fpr}) or refit to apply them")

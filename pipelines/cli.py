@@ -295,6 +295,8 @@ def train(
         f"threshold {detector.threshold_:.4f} at target FPR {target_fpr}",
         err=True,
     )
+    grids = ", ".join(f"{c} (step {s:g})" for c, s in detector.describe()["grid_columns"].items())
+    typer.echo(f"columns on a grid: {grids or 'none'}", err=True)
     typer.echo(tag)
 
 

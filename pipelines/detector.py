@@ -24,11 +24,24 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from flowmodels import Flow, FlowMixture, build_flow
-from pipelines.calibration import Calibrator, min_calibration_rows
+from pipelines.calibration import (
+    Calibrator,
+    ContaminationCalibrator,
+    calibrator_from_dict,
+    min_calibration_rows,
+    rule_change,
+)
+from pipelines.crossconformal import (
+    FOLDS,
+    CrossConformalCalibrator,
+    fold_log_likelihoods,
+    fold_parts,
+)
 from pipelines.encoder import TabularEncoder
 from pipelines.explain import N_SAMPLES, contributions, reference_values
-from pipelines.fastpath import SMALL_BATCH_ROWS, fast_log_prob
-from pipelines.schema import Schema, SchemaError, UnscorableRecordError
+from pipelines.fastpath import SMALL_BATCH_ROWS, FastRealNVP, fast_log_prob
+from pipelines.pyod_api import PyODMethods
+from pipelines.schema import Schema, SchemaError, UnscorableRecordError, shown
 from pipelines.training import (
     Parallel,
     TrainResult,
@@ -41,10 +54,14 @@ from pipelines.training import (
 # stay in cache; on 32_shuttle's 12.6k test rows 4096 scored 420-460k rows/s, 8192 230-370k.
 SCORE_BATCH_ROWS = 4096
 REFERENCE_ROWS = 64  # calibration records kept to prove a loaded model scores as when saved
+DEFAULT_TARGET_FPR = 0.01
+CALIBRATIONS = ("auto", "split", "cross")
 # Version of the files :meth:`Detector.save` writes. 1: entries saved before it was recorded
 # (same files; scores were already -log p, so they load unchanged). 2: adds
-# ``feature_names_in``.
-FORMAT_VERSION = 2
+# ``feature_names_in``. 3: the encoder's support of discrete columns (pipelines.support) and
+# folded category text (Schema.text_folding), which an older flowad would ignore, scoring
+# otherwise: it refuses the format by name instead.
+FORMAT_VERSION = 3
 
 
 class SmallCalibrationWarning(UserWarning):
@@ -84,7 +101,8 @@ def as_frame(X: ArrayLike | pd.DataFrame, names: Sequence[str] | None = None) ->
 
     Raises:
         TypeError: a sparse matrix.
-        ValueError: not 2-D, complex numbers, duplicate names, or a width other than ``names``'.
+        ValueError: not 2-D, duplicate names, or a width other than ``names``'.
+        SchemaError: complex numbers, naming the column and row.
     """
     if isinstance(X, pd.DataFrame):
         if all(isinstance(c, str) for c in X.columns):
@@ -100,8 +118,6 @@ def as_frame(X: ArrayLike | pd.DataFrame, names: Sequence[str] | None = None) ->
     if array.ndim != 2:
         raise ValueError(f"expected a DataFrame or a 2-D array, got shape {array.shape}. "
                          "Reshape your data: array.reshape(1, -1) for a single record")
-    if np.iscomplexobj(array):
-        raise ValueError("Complex data not supported")
     if array.shape[1] == 0:
         raise ValueError(f"0 feature(s) (shape={array.shape}) while a minimum of 1 is required.")
     if names is None:
@@ -109,18 +125,42 @@ def as_frame(X: ArrayLike | pd.DataFrame, names: Sequence[str] | None = None) ->
     elif len(names) != array.shape[1]:
         raise ValueError(f"X has {array.shape[1]} features, but Detector is expecting "
                          f"{len(names)} features as input (its feature_names_in_)")
+    if np.iscomplexobj(array):
+        raise _complex_array_error(array, list(names))
     return pd.DataFrame(array, columns=list(names))
 
 
-def small_calibration_message(n: int, target_fpr: float) -> str:
+def _complex_array_error(array: np.ndarray, names: list[str]) -> SchemaError:
+    """The error for a complex array: the first cell with an imaginary part, named as a cell
+    of a frame is (with scikit-learn's words, which its estimator checks look for).
+
+    Arguments:
+        array: the 2-D complex array.
+        names: its column names.
+    """
+    cells = np.argwhere(array.imag != 0)
+    row, column = (int(cells[0][0]), int(cells[0][1])) if len(cells) else (0, 0)
+    problem = (f"complex number {shown(array[row, column].item())} is not supported: flowad "
+               "models real values (Complex data not supported)")
+    return SchemaError(f"column {shown(names[column])}, row {row}: {problem}",
+                       column=names[column], row=row, problem=problem)
+
+
+def small_calibration_message(n: int, target_fpr: float, *, cross: bool = False) -> str:
     """Why a detector with ``n`` calibration rows cannot flag anything at ``target_fpr``, and
     what to do.
 
     Arguments:
         n: calibration rows.
         target_fpr: the target false-positive rate.
+        cross: cross-conformal calibration, on every training row.
     """
     need = min_calibration_rows(target_fpr)
+    if cross:
+        return (f"only {n} rows, every one of them calibrating (cross-conformal): a target FPR "
+                f"of {target_fpr:g} needs at least {need} (ceil(1/alpha) - 1), so no record is "
+                f"ever flagged. Fit on {need} or more rows, or use a target FPR of at least "
+                f"{1 / (n + 1):.3g} (1/(n+1))")
     return (f"only {n} calibration rows: a conformal threshold at target FPR {target_fpr:g} "
             f"needs at least {need} (ceil(1/alpha) - 1), so the threshold is +inf and no record "
             f"is ever flagged. Fit on more rows (or pass calibration_data with {need} or more, "
@@ -198,25 +238,36 @@ def split_rows(n: int, fractions: tuple[float, float], seed: int) -> tuple[np.nd
     return order[n_cal + n_val :], order[n_cal : n_cal + n_val], order[:n_cal]
 
 
-class Detector(OutlierMixin, BaseEstimator):
+class Detector(PyODMethods, OutlierMixin, BaseEstimator):
     """Anomaly detector scoring records by their exact log-likelihood under a normalizing flow.
 
     ``fit`` splits the rows into train / validation / calibration, fits a
     :class:`~pipelines.encoder.TabularEncoder` on train, trains a flow by maximum likelihood
     (keeping the weights of the best validation epoch; by default RealNVP is an equal-weight
     mixture of two small flows, see :func:`default_flow_options`) and calibrates a conformal
-    threshold on the calibration rows.
+    threshold on the calibration rows. When the calibration split is too small for
+    ``target_fpr`` it calibrates cross-conformally instead, with every row
+    (:mod:`pipelines.crossconformal`): ``FOLDS`` fold models, whose equal-weight mixture is
+    the flow.
 
     The conventions of scikit-learn and PyOD, one meaning per name:
     ``score_samples(X)`` is ``log p(record)`` (higher = more normal, like ``KernelDensity``);
     ``decision_function(X)`` is the anomaly score ``-log p(record)`` (higher = more anomalous,
     like PyOD), in the units of the raw data; ``predict(X)`` is 1 for an anomaly, 0 otherwise
-    (PyOD); ``predict_proba(X)`` is ``[p, 1 - p]`` with ``p`` the conformal p-value.
-    :meth:`verdicts` gives all of them at once.
+    (PyOD); ``predict_proba(X)`` is PyOD's (``method="linear"``, ``"unify"``, or flowad's
+    ``"conformal"``, :mod:`pipelines.pyod_api`). :meth:`verdicts` gives them at once.
 
     Arguments:
         model: ``"realnvp"`` or ``"ffjord"``.
         target_fpr: the false-positive rate the threshold guarantees on exchangeable data.
+        contamination: PyOD's thresholding rule instead: flag the scores above the
+            ``(1 - contamination)`` quantile of the training scores, in (0, 0.5]. No
+            false-positive rate is guaranteed; refused with a ``target_fpr`` other than its
+            default. p-values stay conformal.
+        calibration: ``"split"`` (conformal, on a held-out calibration split), ``"cross"``
+            (cross-conformal, every row; ``FOLDS`` times the training and scoring cost) or
+            ``"auto"``: cross-conformal when the split has fewer than ``ceil(1/target_fpr) -
+            1`` rows, the fewest that can flag (99 at 1%).
         scaling: continuous-column scaling of the encoder (standard, robust or quantile).
         exclude: columns to ignore (ids, timestamps, labels).
         atom_share: continuous values held by at least this share of the training rows are
@@ -241,10 +292,14 @@ class Detector(OutlierMixin, BaseEstimator):
         n_features_in_, feature_names_in_: the columns ``fit`` was given (an array's are named
             ``x0 .. x{d-1}``), excluded ones included.
         n_encoded_features_: the width of the encoded records the flow models.
-        threshold_: the conformal threshold on the anomaly score (+inf: never flags; NaN
-            without calibration).
-        calibration_scores_: the calibration rows' anomaly scores, sorted (``threshold_`` and
-            the p-values come from them); None without calibration.
+        threshold_: the threshold on the anomaly score, at the rate the detector was fitted
+            (or recalibrated) at, whatever ``set_params`` changed since (+inf: never flags;
+            NaN without calibration): the conformal threshold; PyOD's under
+            ``contamination``; under cross-conformal calibration the split-conformal threshold
+            of the out-of-fold scores, which ``predict`` does not apply (it needs every fold's
+            score: :mod:`pipelines.crossconformal`).
+        calibration_scores_: the calibration rows' anomaly scores, sorted (out-of-fold ones
+            under cross-conformal calibration); None without calibration.
         decision_scores_, labels_: PyOD's: the anomaly scores and 0/1 labels of the rows
             ``fit`` was given, in their order (``labels_`` is None without calibration). Not
             saved with the model: they describe the training table.
@@ -259,7 +314,9 @@ class Detector(OutlierMixin, BaseEstimator):
         self,
         model: str = "realnvp",
         *,
-        target_fpr: float = 0.01,
+        target_fpr: float = DEFAULT_TARGET_FPR,
+        contamination: float | None = None,
+        calibration: str = "auto",
         scaling: str = "standard",
         exclude: tuple[str, ...] | list[str] = (),
         atom_share: float | None = 0.01,
@@ -274,6 +331,8 @@ class Detector(OutlierMixin, BaseEstimator):
     ) -> None:
         self.model = model
         self.target_fpr = target_fpr
+        self.contamination = contamination
+        self.calibration = calibration
         self.scaling = scaling
         self.exclude = exclude
         self.atom_share = atom_share
@@ -330,6 +389,18 @@ class Detector(OutlierMixin, BaseEstimator):
              f"model must be 'realnvp' or 'ffjord', got {self.model!r}")
         need(isinstance(self.target_fpr, int | float) and 0 < self.target_fpr < 1,
              f"target_fpr must be in (0, 1), got {self.target_fpr!r}")
+        need(self.calibration in CALIBRATIONS,
+             f"calibration must be one of {CALIBRATIONS}, got {self.calibration!r}")
+        if self.contamination is not None:
+            need(isinstance(self.contamination, int | float) and 0 < self.contamination <= 0.5,
+                 f"contamination must be in (0, 0.5] (PyOD's range), got {self.contamination!r}")
+            need(self.target_fpr == DEFAULT_TARGET_FPR,
+                 f"contamination={self.contamination!r} and target_fpr={self.target_fpr!r} are "
+                 "two thresholding rules: pass one (contamination thresholds the training "
+                 "scores, with no false-positive guarantee; target_fpr is conformal)")
+            need(self.calibration != "cross",
+                 "contamination thresholds the training scores: calibration='cross' (a "
+                 "target FPR's rule) does not apply; leave calibration='auto'")
         need(0 < self.validation_fraction < 1,
              f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}")
         need(0 <= self.calibration_fraction < 1
@@ -367,83 +438,107 @@ class Detector(OutlierMixin, BaseEstimator):
         if absent:  # a typo would leave the column it meant in the model
             warnings.warn(f"exclude names column(s) {absent} that the data does not have "
                           f"(its columns: {list(map(str, data.columns))})", stacklevel=3)
-        cal_fraction = 0.0 if calibration_data is not None else self.calibration_fraction
-        train_rows, val_rows, cal_rows = split_rows(
-            len(data), (self.validation_fraction, cal_fraction), seed
-        )
-        if min(len(train_rows), len(val_rows)) < 2:
+        cross = self._cross_conformal(len(data), calibration_data)
+        cal_rows: np.ndarray = np.empty(0, dtype=np.intp)
+        if cross:
+            fold, parts = fold_parts(len(data), self.validation_fraction, seed)
+            # a dozen rows: too few for folds, while a split still trains (and cannot flag)
+            cross = (self.calibration == "cross"
+                     or min(len(rows) for part in parts for rows in part) >= 2)
+        if not cross:
+            cal_fraction = 0.0 if calibration_data is not None else self.calibration_fraction
+            train_rows, val_rows, cal_rows = split_rows(
+                len(data), (self.validation_fraction, cal_fraction), seed
+            )
+            parts = [(train_rows, val_rows)]
+        if min(len(rows) for part in parts for rows in part) < 2:
             raise ValueError(f"too few rows to train and validate: n_samples = {len(data)}")
-        train, val = data.iloc[train_rows], data.iloc[val_rows]
         calibration = (data.iloc[cal_rows] if calibration_data is None
                        else as_frame(calibration_data, list(data.columns)))
-        if len(calibration) == 0 and self.calibration_fraction > 0:
+        if not cross and len(calibration) == 0 and self.calibration_fraction > 0:
             raise ValueError("no calibration rows: pass more data or calibration_data")
 
         self.feature_names_in_ = np.array(data.columns, dtype=object)
         self.n_features_in_ = len(self.feature_names_in_)
         self.device_ = device
+        # One encoder for every member (their mixture is one density): under cross-conformal
+        # calibration it is fitted on every row.
         self.encoder_ = TabularEncoder(
             scaling=self.scaling, exclude=tuple(self.exclude), atom_share=self.atom_share
-        ).fit(train, schema_rows=given)
+        ).fit(data if cross else data.iloc[parts[0][0]], schema_rows=given)
         # Every row is checked before any training, named as the caller knows it (position and
         # index label): the validation and calibration rows are scored later, and an error
         # there would name a row of a random split of the caller's data.
         self.encoder_.validate(given)
         self.n_encoded_features_ = self.encoder_.n_features_out_
-        self.flow_options_ = {
-            **default_flow_options(self.model, len(train)),
-            **(self.flow_options or {}),
-        }
+        n_train = len(parts[0][0])
+        self.flow_options_ = {**default_flow_options(self.model, n_train),
+                              **(self.flow_options or {})}
+        members_per_part = self.flow_options_.get("members", 1)
+        if cross:  # the fold models' members, fold-major, in one mixture
+            self.flow_options_["members"] = members_per_part * FOLDS
         # A generator of its own: fitting must not reseed, or draw from, the caller's RNG.
         generator = torch.Generator().manual_seed(seed)
         self.flow_ = build_flow(self.model, self.n_encoded_features_, generator=generator,
                                 **self.flow_options_)
         self.flow_.to(self.device_)
-
-        train_lower, train_log_jacobian = self.encoder_.transform(train, offset=0.0)
-        val_x, val_log_jacobian = self.encoder_.transform(val)
         config = default_train_config(
-            len(train), seed=seed, progress=self.progress,
+            n_train, seed=seed, progress=self.progress,
             **{**default_train_options(self.model), **(self.train_options or {})},
         )
         self.train_config_ = asdict(config)
         members = self.flow_.components if isinstance(self.flow_, FlowMixture) else [self.flow_]
-        train_t = self._tensor(train_lower)
-        width = self.encoder_.dequantization_width_
-        if any(len(atoms) for atoms in self.encoder_.atoms_):  # widths differ between rows
-            width = self.encoder_.cell_widths(train)
-        width_t = self._tensor(width)
-        val_t, val_jacobian_t = self._tensor(val_x), self._tensor(val_log_jacobian)
-        results: list[TrainResult] = [  # independent fits, each with its own seed and noise
-            train_flow(member, train_t, width_t, val_t, val_jacobian_t,
-                       replace(config, seed=config.seed + k),
-                       train_log_jacobian_mean=float(np.mean(train_log_jacobian)),
-                       parallel=parallel)
-            for k, member in enumerate(members)
-        ]
+        results: list[TrainResult] = []
+        val_nll = []
+        for p, (train_rows, val_rows) in enumerate(parts):
+            part_members = members[p * members_per_part : (p + 1) * members_per_part]
+            train_t, width_t, val_t, val_jacobian_t, train_jacobian_mean = self._training_tensors(
+                data.iloc[train_rows], data.iloc[val_rows])
+            results += [  # independent fits, each with its own seed and noise
+                train_flow(member, train_t, width_t, val_t, val_jacobian_t,
+                           replace(config, seed=config.seed + len(results) + k),
+                           train_log_jacobian_mean=train_jacobian_mean, parallel=parallel)
+                for k, member in enumerate(part_members)
+            ]
+            part_flow = part_members[0] if len(part_members) == 1 else FlowMixture(part_members)
+            val_nll.append(estimate_nll(self.flow_ if not cross else part_flow, val_t,
+                                        val_jacobian_t, trim=config.effective_validation_trim))
         self.flow_.eval()
         self.history_ = [
             {**epoch, "member": k} for k, result in enumerate(results) for epoch in result.history
         ]
-        self.decision_scores_ = self.decision_function(data)
         calibrator, self.reference_records_, self.reference_scores_ = None, None, None
-        if len(calibration):
-            calibration_scores = (self.decision_scores_[cal_rows] if calibration_data is None
-                                  else self.decision_function(calibration))
-            calibrator = Calibrator(target_fpr=self.target_fpr).fit(calibration_scores)
+        if cross:  # each row's out-of-fold score, under the model of its fold
+            log_likelihood, fold_ll = self._fold_log_likelihoods(
+                *self.encoder_.transform(data), members_per_part)
+            self.decision_scores_, training_evidence = -log_likelihood, -fold_ll
+            calibrator = CrossConformalCalibrator(self.target_fpr, members_per_part).fit(
+                [-fold_ll[fold == k, k] for k in range(FOLDS)])
             self.reference_records_, self.reference_scores_ = self._reference_sample(
-                calibration, calibration_scores)
-        self._set_calibrator(calibrator)
+                data, self.decision_scores_)
+        else:
+            self.decision_scores_ = training_evidence = self.decision_function(data)
+            if len(calibration):
+                calibration_scores = (self.decision_scores_[cal_rows] if calibration_data is None
+                                      else self.decision_function(calibration))
+                calibrator = (
+                    Calibrator(target_fpr=self.target_fpr).fit(calibration_scores)
+                    if self.contamination is None
+                    else ContaminationCalibrator(self.contamination).fit(
+                        calibration_scores, self.decision_scores_))
+                self.reference_records_, self.reference_scores_ = self._reference_sample(
+                    calibration, calibration_scores)
+        self._set_calibrator(calibrator, training_evidence)
         self.metrics_ = {
-            "n_train": len(train),
-            "n_validation": len(val),
-            "n_calibration": len(calibration),
+            "n_train": n_train,
+            "n_validation": len(parts[0][1]),
+            "n_calibration": len(data) if cross else len(calibration),
+            "calibration": None if calibrator is None else calibrator.method,
             "members": len(results),
             "best_epoch": [r.best_epoch for r in results] if len(results) > 1
             else results[0].best_epoch,
             "epochs": sum(len(r.history) for r in results),
-            "val_nll": estimate_nll(self.flow_, val_t, val_jacobian_t,
-                                   trim=config.effective_validation_trim),
+            "val_nll": float(np.mean(val_nll)),
             "recovered_nonfinite": sum(r.recovered_nonfinite for r in results),
             "seed": seed,
             "fit_seconds": time.perf_counter() - start,
@@ -451,14 +546,51 @@ class Detector(OutlierMixin, BaseEstimator):
         self._warn_if_it_cannot_flag(stacklevel=4)  # user -> fit -> _fit -> here
         return self
 
+    def _cross_conformal(self, n: int, calibration_data: Any) -> bool:
+        """Whether ``fit`` calibrates cross-conformally: asked for, or (``calibration="auto"``)
+        when a calibration split of ``n`` rows is too small for ``target_fpr`` (and no
+        ``calibration_data``, ``contamination`` or ``calibration_fraction=0`` says otherwise).
+
+        Arguments:
+            n: the rows given to ``fit``.
+            calibration_data: the separate calibration records, or None.
+        """
+        if calibration_data is not None or self.contamination is not None:
+            return False
+        if self.calibration == "cross":
+            return True
+        split_rows_ = round(self.calibration_fraction * n)
+        return (self.calibration == "auto" and self.calibration_fraction > 0
+                and split_rows_ < min_calibration_rows(self.target_fpr))
+
+    def _training_tensors(self, train: pd.DataFrame, val: pd.DataFrame
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float]:
+        """What :func:`~pipelines.training.train_flow` takes of a train / validation split:
+        the training rows at their cells' lower corners, the cell widths, the validation rows
+        and their log-Jacobians, and the training rows' mean log-Jacobian.
+
+        Arguments:
+            train: the training rows.
+            val: the validation rows.
+        """
+        train_lower, train_log_jacobian = self.encoder_.transform(train, offset=0.0)
+        val_x, val_log_jacobian = self.encoder_.transform(val)
+        width = self.encoder_.dequantization_width_
+        if any(len(atoms) for atoms in self.encoder_.atoms_):  # widths differ between rows
+            width = self.encoder_.cell_widths(train)
+        return (self._tensor(train_lower), self._tensor(width), self._tensor(val_x),
+                self._tensor(val_log_jacobian), float(np.mean(train_log_jacobian)))
+
     def recalibrate(self, target_fpr: float) -> Detector:
         """Moves the threshold to a new target false-positive rate, from the stored calibration
         scores (no retraining, no data needed); returns ``self``.
 
         ``target_fpr`` is set as ``set_params`` would set it (a refit or a retrain keeps it),
-        and ``threshold_``, ``labels_`` and the p-value reference follow. A detector loaded
-        from the store stops being that saved version (its ``tag_`` is dropped): save it to
-        keep it (``flowad recalibrate`` does).
+        and ``threshold_``, ``labels_`` and the p-value reference follow; a detector fitted
+        with ``contamination`` becomes a conformal one (``contamination`` is set to None). A
+        cross-conformal detector keeps its folds. A detector loaded from the store stops being
+        that saved version (its ``tag_`` is dropped): save it to keep it (``flowad
+        recalibrate`` does).
 
         Arguments:
             target_fpr: the new target false-positive rate, in (0, 1).
@@ -466,28 +598,33 @@ class Detector(OutlierMixin, BaseEstimator):
         Warns:
             SmallCalibrationWarning: as :meth:`fit`.
         """
-        calibrator = self._calibrator()
-        new = Calibrator(target_fpr=target_fpr).fit(calibrator.reference_scores_)
-        self.set_params(target_fpr=target_fpr)
+        new = self._calibrator().recalibrated(target_fpr)
+        self.set_params(target_fpr=target_fpr, contamination=None)
         self._set_calibrator(new)
         self.__dict__.pop("tag_", None)
         self._warn_if_it_cannot_flag()
         return self
 
-    def _set_calibrator(self, calibrator: Calibrator | None) -> None:
+    def _set_calibrator(self, calibrator: Calibrator | CrossConformalCalibrator | None,
+                        training_evidence: np.ndarray | None = None) -> None:
         """Sets ``calibrator_`` and the attributes that follow from it.
 
         Arguments:
             calibrator: fitted on the calibration scores; None: no calibration.
+            training_evidence: what the calibrator's ``predict`` takes of the rows ``fit`` was
+                given (their scores; under cross-conformal calibration every fold's), kept for
+                ``labels_`` (None: the one kept before, if any; a loaded detector has none).
         """
+        if training_evidence is not None:
+            self._training_evidence = training_evidence
         self.calibrator_ = calibrator
         if calibrator is None:
             self.threshold_, self.calibration_scores_, self.labels_ = math.nan, None, None
             return
         self.threshold_ = calibrator.threshold_
         self.calibration_scores_ = calibrator.reference_scores_
-        scores = getattr(self, "decision_scores_", None)  # a loaded detector has none
-        self.labels_ = None if scores is None else calibrator.predict(scores).astype(np.int64)
+        evidence = getattr(self, "_training_evidence", None)
+        self.labels_ = None if evidence is None else calibrator.predict(evidence).astype(np.int64)
 
     def _warn_if_it_cannot_flag(self, stacklevel: int = 3) -> None:
         message = self.calibration_warning
@@ -497,27 +634,47 @@ class Detector(OutlierMixin, BaseEstimator):
     def _reference_sample(
         self, records: pd.DataFrame, scores: np.ndarray
     ) -> tuple[pd.DataFrame, np.ndarray]:
-        """Up to ``REFERENCE_ROWS`` calibration records (raw input columns, excluded ones
-        dropped) with finite scores, and those scores: saved with the model so that a loaded
-        copy can prove it scores the same (``pipelines.store.verify_detector``).
+        """Up to ``REFERENCE_ROWS`` calibration records with finite scores, and those scores:
+        saved with the model so that a loaded copy can prove it scores the same
+        (``pipelines.store.verify_detector``). The records hold the input columns as the
+        schema reads them (floats, and text or None), which Parquet stores whatever the
+        caller's dtypes were (an object column of ints and strings is text to the model, and
+        Arrow refuses to write it as given).
 
         Arguments:
             records: the calibration records, in the order of ``scores``.
             scores: their anomaly scores.
         """
         keep = np.flatnonzero(np.isfinite(scores))[:REFERENCE_ROWS]
-        excluded = set(self.exclude)
-        columns = [c for c in records.columns if c not in excluded]
-        sample = records.iloc[keep][columns].reset_index(drop=True)
+        if not len(keep):
+            return records.iloc[:0][self.input_columns], scores[keep].astype(np.float64)
+        values = self.schema.check(records.iloc[keep])
+        sample = pd.DataFrame({name: values[name] for name in self.input_columns})
         return sample, scores[keep].astype(np.float64)
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.asarray(array), dtype=torch.float32, device=self.device_)
 
     def _frame(self, X: pd.DataFrame | ArrayLike) -> pd.DataFrame:
-        """``X`` as the encoder takes it: an array's columns are ``feature_names_in_``."""
+        """``X`` as the encoder takes it: an array's columns are ``feature_names_in_``.
+
+        Raises:
+            SchemaError: a DataFrame without the columns ``x0 .. x{d-1}`` that a detector
+                fitted on an array has, saying so.
+        """
         check_is_fitted(self, "flow_")
-        return as_frame(X, list(self.feature_names_in_))
+        names = list(self.feature_names_in_)
+        frame = as_frame(X, names)
+        if isinstance(X, pd.DataFrame) and names == [f"x{j}" for j in range(len(names))]:
+            missing = [name for name in self.input_columns if name not in set(frame.columns)]
+            if missing:
+                raise SchemaError(
+                    f"missing column(s): {', '.join(map(repr, missing[:5]))}"
+                    f"{' ...' if len(missing) > 5 else ''}: this detector was fitted on an array, "
+                    f"whose columns are named x0 .. x{len(names) - 1}; pass an array with the "
+                    f"columns in their training order, or a DataFrame with those names",
+                    column=missing[0])
+        return frame
 
     # ------------------------------------------------------------------ scoring
     def log_likelihood(self, X: pd.DataFrame | ArrayLike) -> NDArray[np.float64]:
@@ -542,21 +699,56 @@ class Detector(OutlierMixin, BaseEstimator):
             x: the encoded records.
             log_jacobian: their encoding's log-Jacobian.
         """
+        out = self._flow_log_prob(x)[0] + log_jacobian
+        _reject_nan(out)
+        return out
+
+    def _fold_log_likelihoods(self, x: np.ndarray, log_jacobian: np.ndarray,
+                              members_per_fold: int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`_log_likelihood` of encoded records, bit for bit, and ``(n, K)`` each fold
+        model's log-likelihood (:func:`~pipelines.crossconformal.fold_log_likelihoods`), from
+        one evaluation of the mixture's components.
+
+        Arguments:
+            x: the encoded records.
+            log_jacobian: their encoding's log-Jacobian.
+            members_per_fold: the flows of each fold model.
+        """
+        mixture, components = self._flow_log_prob(x, per_component=True)
+        out = mixture + log_jacobian
+        _reject_nan(out)
+        return out, fold_log_likelihoods(components, members_per_fold) + log_jacobian[:, None]
+
+    def _flow_log_prob(self, x: np.ndarray, per_component: bool = False
+                       ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The flow's log-density of encoded records, and with ``per_component`` its mixture
+        components' ``(K, n)`` (the mixture's from them, as its ``log_prob`` computes it).
+
+        Arguments:
+            x: the encoded records.
+            per_component: also give each component's log-density.
+        """
         flow: Flow | FlowMixture = self.flow_
         if flow.training:  # eval() walks every submodule: 0.2 ms a call, so only when needed
             flow.eval()
-        out = None
         if len(x) <= SMALL_BATCH_ROWS:  # pipelines.fastpath: 4-10x faster for a record
-            out, self._fast_flow = fast_log_prob(flow, x, getattr(self, "_fast_flow", None))
-        if out is None:
-            out = np.empty(len(x), dtype=np.float64)
-            with torch.inference_mode():
-                for start in range(0, len(x), SCORE_BATCH_ROWS):
-                    batch = self._tensor(x[start : start + SCORE_BATCH_ROWS])
-                    out[start : start + len(batch)] = flow.log_prob(batch).double().cpu().numpy()
-        out += log_jacobian
-        _reject_nan(out)
-        return out
+            fast, self._fast_flow = fast_log_prob(flow, x, getattr(self, "_fast_flow", None),
+                                                  per_component=per_component)
+            if fast is not None:
+                return (FastRealNVP.mixture(fast), fast) if per_component else (fast, None)
+        out = np.empty(len(x), dtype=np.float64)
+        components = np.empty((len(flow.components), len(x))) if per_component else None
+        with torch.inference_mode():
+            for start in range(0, len(x), SCORE_BATCH_ROWS):
+                batch = self._tensor(x[start : start + SCORE_BATCH_ROWS])
+                rows = slice(start, start + len(batch))
+                if per_component:
+                    each = flow.component_log_probs(batch)
+                    components[:, rows] = each.double().cpu().numpy()
+                    out[rows] = FlowMixture.combine(each).double().cpu().numpy()
+                else:
+                    out[rows] = flow.log_prob(batch).double().cpu().numpy()
+        return out, components
 
     def __getstate__(self) -> dict[str, Any]:
         # The fast path's evaluator is a cache of the weights, rebuilt on demand: a pickled or
@@ -603,41 +795,58 @@ class Detector(OutlierMixin, BaseEstimator):
         check_is_fitted(self, "encoder_")
         return reference_values(self.encoder_)
 
-    def _calibrator(self) -> Calibrator:
+    def _calibrator(self) -> Calibrator | CrossConformalCalibrator:
         check_is_fitted(self, "calibrator_")
         if self.calibrator_ is None:
             raise ValueError("this detector was fitted with calibration_fraction=0")
         return self.calibrator_
 
+    def _judged(self, x: np.ndarray, log_jacobian: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """Encoded records' log-likelihoods, and what the calibrator judges them by: their
+        anomaly scores, or under cross-conformal calibration each fold model's ``(n, K)``.
+
+        Arguments:
+            x: the encoded records.
+            log_jacobian: their encoding's log-Jacobian.
+        """
+        calibrator = self._calibrator()
+        if isinstance(calibrator, CrossConformalCalibrator):
+            log_likelihood, fold_ll = self._fold_log_likelihoods(
+                x, log_jacobian, calibrator.members_per_fold)
+            return log_likelihood, -fold_ll
+        log_likelihood = self._log_likelihood(x, log_jacobian)
+        return log_likelihood, -log_likelihood
+
+    def _judged_frame(self, X: pd.DataFrame | ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`_judged` of records as :meth:`log_likelihood` takes them."""
+        self._calibrator()  # first: a detector without calibration says so
+        return self._judged(*self.encoder_.transform(self._frame(X)))
+
     def p_values(self, X: pd.DataFrame | ArrayLike) -> NDArray[np.float64]:
-        """Conformal p-values against the calibration scores, in (0, 1]: the share of normal
-        records at least as anomalous (small = anomalous).
+        """Conformal p-values, in (0, 1]: the share of normal records at least as anomalous
+        (small = anomalous); cross-conformal ones under cross-conformal calibration.
 
         Arguments:
             X: records, as :meth:`log_likelihood` takes them.
         """
-        return self._calibrator().p_values(self.decision_function(X))
+        return self._calibrator().p_values(self._judged_frame(X)[1])
 
-    def predict(self, X: pd.DataFrame | ArrayLike) -> NDArray[np.int64]:
-        """1 where a record is an anomaly (anomaly score above ``threshold_``, equivalently
-        p-value <= ``target_fpr``), else 0: PyOD's labels, not scikit-learn's -1/+1.
-
-        Arguments:
-            X: records, as :meth:`log_likelihood` takes them.
-        """
-        return self._calibrator().predict(self.decision_function(X)).astype(np.int64)
-
-    def predict_proba(self, X: pd.DataFrame | ArrayLike) -> NDArray[np.float64]:
-        """PyOD's two columns, (normal, anomaly), from the conformal p-value ``p``:
-        ``[p, 1 - p]``. ``1 - p`` is the share of calibration records scoring below the record
-        (up to the conformal ``+1``s): not a posterior probability, but ``1 - p >= 1 -
-        target_fpr`` exactly when :meth:`predict` says 1.
+    def predict(self, X: pd.DataFrame | ArrayLike, return_confidence: bool = False
+                ) -> NDArray[np.int64] | tuple[NDArray[np.int64], NDArray[np.float64]]:
+        """1 where a record is an anomaly, else 0 (PyOD's labels, not scikit-learn's -1/+1):
+        its p-value is at most the target FPR (split-conformal: equivalently its anomaly score
+        is above ``threshold_``); under ``contamination``, its score is above ``threshold_``.
 
         Arguments:
             X: records, as :meth:`log_likelihood` takes them.
+            return_confidence: also return :meth:`predict_confidence` (PyOD's signature).
         """
-        p = self.p_values(X)
-        return np.column_stack([p, 1.0 - p])
+        log_likelihood, judged = self._judged_frame(X)
+        flagged = self.calibrator_.predict(judged)
+        if return_confidence:
+            return flagged.astype(np.int64), self._confidence(-log_likelihood, flagged)
+        return flagged.astype(np.int64)
 
     def verdict_columns(self, X: pd.DataFrame | ArrayLike) -> dict[str, np.ndarray]:
         """``score`` (anomaly score, :meth:`decision_function`), ``log_likelihood``,
@@ -647,8 +856,7 @@ class Detector(OutlierMixin, BaseEstimator):
         Arguments:
             X: records, as :meth:`log_likelihood` takes them.
         """
-        calibrator = self._calibrator()
-        return self._verdict_columns(calibrator, self.log_likelihood(X))
+        return self._verdict_columns(*self._judged_frame(X))
 
     def record_verdicts(
         self, records: Sequence[Mapping[str, Any]]
@@ -664,22 +872,19 @@ class Detector(OutlierMixin, BaseEstimator):
         Raises:
             SchemaError: as :meth:`log_likelihood`.
         """
-        calibrator = self._calibrator()
+        self._calibrator()
         check_is_fitted(self, "flow_")
         x, log_jacobian, unknown = self.encoder_.transform_records(records)
-        return self._verdict_columns(calibrator, self._log_likelihood(x, log_jacobian)), unknown
+        return self._verdict_columns(*self._judged(x, log_jacobian)), unknown
 
-    @staticmethod
-    def _verdict_columns(
-        calibrator: Calibrator, log_likelihood: np.ndarray
-    ) -> dict[str, np.ndarray]:
-        """The verdict columns of records with these log-likelihoods."""
-        scores = -log_likelihood
+    def _verdict_columns(self, log_likelihood: np.ndarray, judged: np.ndarray
+                         ) -> dict[str, np.ndarray]:
+        """The verdict columns of records with these log-likelihoods and :meth:`_judged`."""
         return {
-            "score": scores,
+            "score": -log_likelihood,
             "log_likelihood": log_likelihood,
-            "p_value": calibrator.p_values(scores),
-            "is_anomaly": calibrator.predict(scores),
+            "p_value": self.calibrator_.p_values(judged),
+            "is_anomaly": self.calibrator_.predict(judged),
         }
 
     def verdicts(self, X: pd.DataFrame | ArrayLike) -> pd.DataFrame:
@@ -738,37 +943,56 @@ class Detector(OutlierMixin, BaseEstimator):
         check_is_fitted(self, "calibrator_")
         if self.calibrator_ is None or math.isfinite(self.threshold_):
             return None
-        n = self.calibrator_.n_
-        if n < min_calibration_rows(self.target_fpr):
-            return small_calibration_message(n, self.target_fpr)
+        n, alpha = self.calibrator_.n_, self.calibrator_.target_fpr
+        if alpha is not None and n < min_calibration_rows(alpha):
+            return small_calibration_message(
+                n, alpha, cross=isinstance(self.calibrator_, CrossConformalCalibrator))
         impossible = int(np.isposinf(self.calibrator_.reference_scores_).sum())
         return (f"{impossible} of {n} calibration rows have zero density (a value between the "
-                f"grid points of a column that training saw only on a grid), at least the "
-                f"target FPR {self.target_fpr:g} of them, so the threshold is +inf and no record "
-                f"is ever flagged. Train on rows that show the values such columns take, or "
-                f"exclude those columns")
+                f"grid points of a column that training saw only on a grid, under a model "
+                f"saved before such values scored finite), at least the target FPR {alpha:g} of "
+                f"them, so the threshold is +inf and no record is ever flagged. Retrain it")
+
+    @property
+    def rule_change(self) -> str | None:
+        """What ``set_params`` changed of the thresholding rule since ``fit`` (or
+        ``recalibrate``), which the threshold does not follow until one of them runs; None
+        when nothing did (:func:`~pipelines.calibration.rule_change`)."""
+        check_is_fitted(self, "calibrator_")
+        return rule_change(self.calibrator_, self.target_fpr, self.contamination,
+                           default_target_fpr=DEFAULT_TARGET_FPR)
 
     def describe(self) -> dict[str, Any]:
         """What the detector is, as plain values: what ``GET /model`` and the model store's
-        metadata show (the threshold is a float, +inf when it can never flag)."""
+        metadata show. ``target_fpr`` (or ``contamination``) and ``threshold`` are what the
+        threshold was fitted at, whatever ``set_params`` changed since (``warnings`` says so);
+        the threshold is a float, +inf when it can never flag."""
         check_is_fitted(self, "flow_")
-        n_calibration = 0 if self.calibrator_ is None else self.calibrator_.n_
-        warning = self.calibration_warning
+        calibrator = self.calibrator_
+        alpha = None if calibrator is None else calibrator.target_fpr
+        warnings_ = [self.calibration_warning, self.rule_change]
+        calibration: dict[str, Any] = {
+            "method": None if calibrator is None else calibrator.method,
+            "n": 0 if calibrator is None else calibrator.n_,
+            "min_rows_for_target_fpr": None if alpha is None else min_calibration_rows(alpha),
+            "can_flag": math.isfinite(self.threshold_),
+        }
+        if isinstance(calibrator, CrossConformalCalibrator):
+            calibration["folds"] = calibrator.folds
         return {
             "model_kind": self.model,
-            "target_fpr": self.target_fpr,
+            "target_fpr": alpha,
+            "contamination": getattr(calibrator, "contamination", None),
             "threshold": self.threshold_,
             "n_features_in": self.n_features_in_,
             "n_encoded_features": self.n_encoded_features_,
             "schema": self.schema.to_dict(),
+            # values between these columns' grid points score as off their support
+            "grid_columns": self.encoder_.grid_columns,
             "flow_options": self.flow_options_,
             "metrics": self.metrics_,
-            "calibration": {
-                "n": n_calibration,
-                "min_rows_for_target_fpr": min_calibration_rows(self.target_fpr),
-                "can_flag": math.isfinite(self.threshold_),
-            },
-            "warnings": [warning] if warning else [],
+            "calibration": calibration,
+            "warnings": [warning for warning in warnings_ if warning],
         }
 
     # ------------------------------------------------------------------ files
@@ -785,6 +1009,11 @@ class Detector(OutlierMixin, BaseEstimator):
 
         Arguments:
             folder: an existing folder.
+
+        Raises:
+            ValueError: no calibration, or ``set_params`` changed the thresholding rule since
+                ``fit`` (:attr:`rule_change`): the saved parameters would say one rule and
+                the threshold another.
         """
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -792,6 +1021,8 @@ class Detector(OutlierMixin, BaseEstimator):
         check_is_fitted(self, "flow_")
         if self.calibrator_ is None:
             raise ValueError("only a calibrated detector can be saved (calibration_fraction=0)")
+        if self.rule_change:
+            raise ValueError(f"not saved: {self.rule_change}")
         folder = Path(folder)
         # Extra state (e.g. FFJORD's solver options) is a plain dict, not a tensor.
         cpu_state = {k: v.detach().cpu() if torch.is_tensor(v) else v
@@ -833,11 +1064,12 @@ class Detector(OutlierMixin, BaseEstimator):
         folder = Path(folder)
         state = json.loads((folder / "detector.json").read_text())
         version = state.get("format_version", 1)
-        if version not in (1, FORMAT_VERSION):
+        if version not in range(1, FORMAT_VERSION + 1):
             raise ValueError(f"saved in detector format {version!r}; this flowad reads formats "
                              f"1 to {FORMAT_VERSION}: upgrade flowad to load it")
         # progress is a display choice, not part of the model (format 1 saved it as True);
-        # atom_share None: saved before atoms existed.
+        # atom_share None: saved before atoms existed (contamination and calibration take
+        # their defaults when saved before them).
         params = {"atom_share": None, **state["params"], "device": device, "progress": False}
         detector = cls(**params)
         detector.device_ = resolve_device(device)
@@ -854,7 +1086,7 @@ class Detector(OutlierMixin, BaseEstimator):
         detector.flow_.load_state_dict(weights)
         detector.flow_.to(detector.device_).eval()
         calibration = json.loads((folder / "calibration.json").read_text())
-        detector._set_calibrator(Calibrator.from_dict(calibration))
+        detector._set_calibrator(calibrator_from_dict(calibration))
         detector.train_config_ = state["train_config"]
         detector.history_ = state["history"]
         detector.metrics_ = state["metrics"]

@@ -41,18 +41,14 @@ is ``-log p`` of the record in raw units, where for discrete parts the "raw unit
 
 Policies:
 
-* A value between two grid points of a discrete or binary column whose training levels lie on
-  a grid (``2.5`` children, ``0.5`` for a 0/1 flag) is in no cell: its probability, and the
-  record's, is zero, so :meth:`transform` gives the record a log-Jacobian of ``-inf`` (score
-  ``+inf``: flagged, with the smallest p-value) instead of the density at a cell boundary,
-  which scored such values as *more* normal than the real levels around them. A value within
-  ``GRID_TOL`` steps of a grid point is on it; one beyond the training range but on the grid
-  keeps its cell and is scored by the flow's tails (:meth:`off_grid_rows`). Real data has
-  such values: 3.4% of `6_cardio`'s anomalies, and among inliers a half-year age (one of
-  `38_thyroid`'s 3,679 inliers, off the grid learnt from the detector's training split in 2 of
-  5 splits; none in the other 13 datasets; 4 of `2_annthyroid`'s 6,666 when the grid was learnt
-  from a 10% sample). Such an inlier is flagged; the conformal guarantee still holds, as
-  calibration records are off the grid as often as new ones.
+* A value of a discrete or binary column off its support (between the points of a grid, ``2.5``
+  children; between or beyond the levels seen of a column on no grid, ``0.5`` for a 0/1 flag)
+  is scored at its nearest support point's cell with a finite penalty that grows with its
+  distance, the density staying normalised (:mod:`pipelines.support`, ``support_``); the
+  log-Jacobian carries the penalty. A value beyond the training range but on a grid keeps its
+  cell and is scored by the flow's tails. Encoders saved before keep their rule (zero density
+  between grid points: ``-inf``). Real data has such values: 3.4% of `6_cardio`'s anomalies,
+  and among inliers a half-year age (one of `38_thyroid`'s 3,679 inliers).
 * Unseen categories are scored, not rejected: they go to the column's "<unknown>" one-hot slot
   (a slot never seen in training, so they score as unlikely). When a column has more than
   ``max_categories`` levels, the rarest levels and the unknown slot share OneHotEncoder's
@@ -107,7 +103,6 @@ from sklearn.preprocessing import (
 from sklearn.utils.validation import check_is_fitted
 
 from pipelines.schema import (
-    GRID_TOL,
     NUMERIC_KINDS,
     ColumnSpec,
     Schema,
@@ -116,6 +111,7 @@ from pipelines.schema import (
     infer_schema,
     shown,
 )
+from pipelines.support import Support, legacy_off_grid
 
 Scaling = Literal["standard", "robust", "quantile"]
 MISSING = "<missing>"
@@ -238,16 +234,12 @@ class TabularEncoder(BaseEstimator):
             self._check_scalable(cont)
         self.atoms_, self.atom_width_ = self._find_atoms(cont)
 
+        # Every row the schema saw shows the support (the levels a column takes).
+        self.support_ = Support.fit(
+            schema.of_kind("discrete", "binary"),
+            self._raw_codes(values if schema_rows is None else schema.check(schema_rows)))
+        self.on_grid_ = self.support_.on_grid
         discrete = self._discrete_codes(values)
-        # Columns whose training levels (two or more: a constant column's unit step is a
-        # convention, not a grid) all sit on their grid: there a value between two grid points
-        # is one no cell holds (off_grid_rows).
-        self.on_grid_ = np.array([
-            spec.n_unique >= 2
-            and bool(np.all(np.abs(column - np.round(column))[~np.isnan(column)] <= GRID_TOL))
-            for spec, column in zip(self.schema_.of_kind("discrete", "binary"), discrete.T,
-                                    strict=True)
-        ], dtype=bool)
         self.code_imputer_ = None
         if discrete.shape[1]:
             self.code_imputer_ = SimpleImputer(strategy="most_frequent").fit(discrete)
@@ -525,8 +517,7 @@ class TabularEncoder(BaseEstimator):
             offset: position inside each code cell (see :meth:`transform`).
             sklearn: go through the scikit-learn transformers (the reference path).
         """
-        log_jac = np.zeros(_n_rows(values))
-        log_jac[self.off_grid_rows(values).any(axis=1)] = -np.inf
+        log_jac = self._support_factors(values).sum(axis=1)
         blocks = []
         if self.cont_scaler_ is not None:
             cont = self._continuous(values)
@@ -612,7 +603,7 @@ class TabularEncoder(BaseEstimator):
         check_is_fitted(self)
         counts = {}
         for spec in self.schema_.of_kind("categorical"):
-            text = as_text(df[spec.name])
+            text = as_text(df[spec.name], fold=self.schema_.text_folding)
             known = _seen(text, spec) | pd.isna(text)
             counts[spec.name] = int((~known).sum())
         return counts
@@ -659,11 +650,11 @@ class TabularEncoder(BaseEstimator):
         by_column = np.zeros((self.n_features_out_, self.n_features_in_))
         by_column[np.arange(self.n_features_out_), self.feature_sources()] = 1.0
         per_column = per_feature @ by_column
-        # After the product: -inf times the zeros of other columns would be NaN.
+        # After the product: -inf (an old encoder's zero density) times the zeros of other
+        # columns would be NaN.
         position = {name: j for j, name in enumerate(self.schema_.names)}
         code_columns = [position[spec.name] for spec in self.schema_.of_kind("discrete", "binary")]
-        rows, codes = np.nonzero(self.off_grid_rows(values))
-        per_column[rows, np.asarray(code_columns, dtype=int)[codes]] = -np.inf
+        per_column[:, code_columns] += self._support_factors(values)
         return per_column
 
     def _count_unknown(self, values: dict[str, NDArray[Any]]) -> dict[str, int]:
@@ -714,31 +705,54 @@ class TabularEncoder(BaseEstimator):
             return np.empty((_n_rows(values), 0))
         return np.column_stack([values[spec.name] for spec in specs])
 
-    def off_grid_rows(self, values: dict[str, NDArray[Any]]) -> NDArray[np.bool_]:
-        """``(n, n_code_columns)``: where a discrete or binary column whose training levels (two
-        or more) lie on a grid holds a value between two grid points (``flag = 0.5`` of a 0/1
-        column, ``children = 2.5``). No cell holds it, so its probability, and the record's,
-        is zero: :meth:`transform` gives it a log-Jacobian of ``-inf`` (score ``+inf``, flagged). A
-        value beyond the training range but on the grid keeps its cell, as does one within
-        ``GRID_TOL`` steps of a grid point (float noise).
+    def off_support(self, values: dict[str, NDArray[Any]]) -> NDArray[np.bool_]:
+        """``(n, n_code_columns)``: where a discrete or binary column's value is off its support
+        (:mod:`pipelines.support`; an encoder saved before it: between the points of a grid).
+        Missing values are not.
 
         Arguments:
             values: checked values (:meth:`Schema.check`).
         """
-        specs = self.schema_.of_kind("discrete", "binary")
-        out = np.zeros((_n_rows(values), len(specs)), dtype=bool)
-        with np.errstate(invalid="ignore"):  # NaN (missing) compares False: not off the grid
-            for j in np.flatnonzero(self.on_grid_):  # column by column: ~2 us each per record
-                code = (values[specs[j].name] - specs[j].min) / specs[j].step
-                out[:, j] = np.abs(code - np.rint(code)) > GRID_TOL
-        return out
+        raw = self._raw_codes(values)
+        if getattr(self, "support_", None) is None:
+            return legacy_off_grid(raw, self.on_grid_)
+        return self.support_.off(raw)
 
-    def _discrete_codes(self, values: dict[str, NDArray[Any]]) -> NDArray[np.float64]:
+    def _support_factors(self, values: dict[str, NDArray[Any]]) -> NDArray[np.float64]:
+        """``(n, n_code_columns)``: each discrete and binary value's factor of the record's
+        log-density (:mod:`pipelines.support`; an encoder saved before it: ``-inf`` between the
+        points of a grid, else 0).
+
+        Arguments:
+            values: checked values (:meth:`Schema.check`).
+        """
+        raw = self._raw_codes(values)
+        if getattr(self, "support_", None) is None:
+            return np.where(legacy_off_grid(raw, self.on_grid_), -np.inf, 0.0)
+        return self.support_.snap(raw)[1]
+
+    @property
+    def grid_columns(self) -> dict[str, float]:
+        """The discrete and binary columns fit put on a grid, with their steps (raw units)."""
+        check_is_fitted(self)
+        specs = self.schema_.of_kind("discrete", "binary")
+        return {spec.name: spec.step for spec, grid in zip(specs, self.on_grid_, strict=True)
+                if grid}
+
+    def _raw_codes(self, values: dict[str, NDArray[Any]]) -> NDArray[np.float64]:
         """Codes ``(x - min) / step`` of discrete and binary columns (NaN where missing)."""
         specs = self.schema_.of_kind("discrete", "binary")
         if not specs:
             return np.empty((_n_rows(values), 0))
         return np.column_stack([(values[spec.name] - spec.min) / spec.step for spec in specs])
+
+    def _discrete_codes(self, values: dict[str, NDArray[Any]]) -> NDArray[np.float64]:
+        """The codes the flow sees: :meth:`_raw_codes`, a value off its column's support moved
+        to its nearest support point (its penalty is in :meth:`_support_factors`)."""
+        raw = self._raw_codes(values)
+        if getattr(self, "support_", None) is None or not raw.shape[1]:
+            return raw
+        return self.support_.snap(raw)[0]
 
     def _tokens(self, values: dict[str, NDArray[Any]]) -> NDArray[np.object_]:
         """Categorical values as OneHotEncoder input: missing and unseen ones as tokens."""
@@ -859,6 +873,7 @@ class TabularEncoder(BaseEstimator):
             "atoms_": self.atoms_,
             "atom_width_": self.atom_width_,
             "on_grid_": self.on_grid_,
+            **({} if getattr(self, "support_", None) is None else self.support_.to_state()),
         }
         sio.dump(state, path)
 
@@ -890,11 +905,15 @@ class TabularEncoder(BaseEstimator):
         # Encoders saved before atoms existed had none.
         encoder.atoms_ = list(state.get("atoms_", [np.empty(0)] * n_cont))
         encoder.atom_width_ = state.get("atom_width_", np.zeros(n_cont))
-        # Encoders saved before the off-grid rule scored off-grid values at a cell boundary;
-        # they keep doing so (a loaded model scores as it did when saved).
+        # Encoders saved before the support rule keep theirs (a loaded model scores as it did
+        # when saved): zero density between grid points, or before that none.
         n_codes = len(encoder.schema_.of_kind("discrete", "binary"))
         encoder.on_grid_ = np.asarray(state.get("on_grid_", np.zeros(n_codes, dtype=bool)),
                                       dtype=bool)
+        encoder.support_ = None
+        if "off_support_mass_" in state:
+            encoder.support_ = Support(encoder.on_grid_, state["support_levels_"],
+                                       state["off_support_mass_"])
         encoder._finish()
         return encoder
 

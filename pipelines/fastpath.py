@@ -122,7 +122,6 @@ class FastRealNVP:
         self.activation = config["activation"]
         self.bound = float(config["log_scale_bound"])
         self.k = len(members)
-        self.log_k = math.log(self.k)
         self._tensors = [t for m in members for t in (*m.parameters(), *m.buffers())]
         self._versions = [t._version for t in self._tensors]
         self.member_index = np.arange(self.k)[:, None]  # (k, 1): pairs with (k, n_features)
@@ -225,6 +224,27 @@ class FastRealNVP:
         Arguments:
             x: ``(n, dim)`` float32 records (as the torch path sees them).
         """
+        return self.mixture(self.component_log_probs(x))
+
+    @staticmethod
+    def mixture(per_member: NDArray[np.float64]) -> NDArray[np.float64]:
+        """The equal-weight mixture's log-density from its members' ``(k, n)``, as
+        :meth:`log_prob` computes it.
+
+        Arguments:
+            per_member: :meth:`component_log_probs`.
+        """
+        if len(per_member) == 1:
+            return per_member[0]
+        return _logsumexp(per_member) - math.log(len(per_member))
+
+    def component_log_probs(self, x: NDArray[np.float32]) -> NDArray[np.float64]:
+        """Each member's log-density of each row of ``x``, ``(members, n)``: what
+        ``component_log_probs`` of a mixture gives (a single flow: one row).
+
+        Arguments:
+            x: ``(n, dim)`` float32 records (as the torch path sees them).
+        """
         # (k, dim, n): each member's copy of the points, as columns
         z = np.broadcast_to(x.T.astype(np.float64), (self.k, *x.T.shape)).copy()
         log_det = np.broadcast_to(self.actnorm_log_det, (self.k, len(x))).copy()
@@ -248,10 +268,7 @@ class FastRealNVP:
             moved *= np.exp(log_scale)
             moved += out[:, n_u:]
             z[member, c.transformed] = moved
-        per_member = self._base_log_prob(z) + log_det  # (k, n)
-        if self.k == 1:
-            return per_member[0]
-        return _logsumexp(per_member) - self.log_k
+        return self._base_log_prob(z) + log_det  # (k, n)
 
     def _base_log_prob(self, z: NDArray[np.float64]) -> NDArray[np.float64]:
         """The base density of ``(k, dim, n)`` points, per member and point ``(k, n)``."""
@@ -270,14 +287,15 @@ def _logsumexp(a: NDArray[np.float64]) -> NDArray[np.float64]:
 
 
 def fast_log_prob(flow: torch.nn.Module, x: NDArray[np.float64],
-                  cached: FastRealNVP | None) -> tuple[NDArray[np.float64] | None,
-                                                        FastRealNVP | None]:
+                  cached: FastRealNVP | None, *, per_component: bool = False
+                  ) -> tuple[NDArray[np.float64] | None, FastRealNVP | None]:
     """``flow.log_prob`` of a small batch by :class:`FastRealNVP`, if it supports the flow.
 
     Arguments:
         flow: the detector's flow, in eval mode.
         x: ``(n, dim)`` encoded records, ``n <= SMALL_BATCH_ROWS``.
         cached: the evaluator this returned last time (None at first).
+        per_component: give each member's log-density, ``(members, n)``, instead.
 
     Returns:
         ``(log_prob, evaluator)``: log_prob is None where the flow is not supported (use
@@ -288,4 +306,7 @@ def fast_log_prob(flow: torch.nn.Module, x: NDArray[np.float64],
         evaluator = FastRealNVP.build(flow)
         if evaluator is None:
             return None, None
-    return evaluator.log_prob(x.astype(np.float32)), evaluator
+    x32 = x.astype(np.float32)
+    if per_component:
+        return evaluator.component_log_probs(x32), evaluator
+    return evaluator.log_prob(x32), evaluator

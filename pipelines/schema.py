@@ -8,9 +8,14 @@ building a frame and giving exactly what :meth:`Schema.check` of their frame giv
 
 Column kinds:
 
-* ``categorical``: object, string or category dtype. Values are compared as ``str(value)``.
+* ``categorical``: object, string or category dtype. Values are compared as ``str(value)``,
+  folded by :func:`fold_text` (NFC, invisible characters removed, outer white space stripped)
+  when the schema says so (``Schema.text_folding``; schemas saved before it compare text as
+  given).
 * ``binary``: bool dtype, or a numeric column with exactly 2 distinct values.
-* ``discrete``: a numeric column with at most ``max_discrete_levels`` distinct values, or whose
+* ``discrete``: a numeric column with at most ``max_discrete_levels`` distinct values (off a
+  regular grid, only when its levels seen once hold at most ``SINGLETON_SHARE`` of its rows:
+  80 rows of a continuous column with an atom show ten values once and one 70 times), or whose
   distinct values lie on a regular grid (every ``(v - min) / step`` within ``GRID_TOL`` of an
   integer, ``step`` = smallest gap) with fewer distinct values than half its rows. The grid rule
   finds integer-valued columns even after standardisation (e.g. pixel values 0..255). A constant
@@ -19,7 +24,8 @@ Column kinds:
 
 Dtype decides at fit time: a column of numeric strings is categorical. At check time a numeric
 column given as strings (e.g. from CSV or JSON) is accepted if every non-missing value parses as a
-number. Other dtypes (datetime, timedelta, ...) are rejected: exclude or convert them.
+number. Other dtypes (datetime, timedelta, complex, ...) are rejected: exclude or convert them;
+a complex number is rejected in any column, whatever the dtype that holds it.
 
 Values are checked, not only dtypes (a JSON record holding ``true`` turns a float column into
 object dtype): numeric columns reject booleans unless their levels are 0 and 1 (a bool column,
@@ -34,6 +40,7 @@ otherwise turn into an unseen category. Messages echo values through :func:`show
 from __future__ import annotations
 
 import reprlib
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import asdict, dataclass
@@ -46,6 +53,9 @@ from numpy.typing import NDArray
 KINDS = ("continuous", "discrete", "binary", "categorical")
 NUMERIC_KINDS = ("continuous", "discrete", "binary")
 GRID_TOL = 1e-6  # in units of the grid step
+# Most share of a column's rows its levels seen once may hold for a column of few levels off a
+# grid to be discrete (infer_schema).
+SINGLETON_SHARE = 0.05
 SCHEMA_VERSION = 1
 BOOL_DTYPES = ("bool", "boolean")  # ColumnSpec.dtype of columns trained as bool
 BOOLEAN_WORDS = {"true": 1.0, "false": 0.0}
@@ -65,6 +75,13 @@ _CONTAINER_REPR.maxlevel, _CONTAINER_REPR.maxother = 2, SHOWN_CHARS
 # (int64, uint64, float64, object) gives float(value).
 _PLAIN_NUMBERS = frozenset({float, int, bool, type(None)})
 EXACT_INT = 2**53
+# Characters that show as nothing and mean nothing in a category: zero width space, word
+# joiner, zero width no-break space (a byte order mark pasted in) and soft hyphen. The zero
+# width joiner and non-joiner are kept: they change how emoji and some scripts are written,
+# so two texts that differ by one can be two things.
+INVISIBLE_CHARACTERS = "\u200b\u2060\ufeff\u00ad"
+_DROP_INVISIBLE = dict.fromkeys(map(ord, INVISIBLE_CHARACTERS))
+COMPLEX_TYPES = (complex, np.complexfloating)
 
 
 class SchemaError(ValueError):
@@ -211,11 +228,15 @@ class Schema:
         columns: one spec per encoded column.
         exclude: names ignored at fit and check time (ids, timestamps, labels).
         n_rows: training rows.
+        text_folding: categorical text is folded by :func:`fold_text`, at training and
+            scoring alike (False: schemas saved before folding existed, which keep comparing
+            text as given, so that their models score as they did).
     """
 
     columns: tuple[ColumnSpec, ...]
     exclude: tuple[str, ...] = ()
     n_rows: int = 0
+    text_folding: bool = False
 
     @property
     def names(self) -> list[str]:
@@ -245,6 +266,7 @@ class Schema:
             "n_rows": self.n_rows,
             "exclude": list(self.exclude),
             "columns": columns,
+            "text_folding": self.text_folding,
         }
 
     @classmethod
@@ -262,7 +284,8 @@ class Schema:
             if entry.get("categories") is not None:
                 entry["categories"] = tuple(entry["categories"])
             columns.append(ColumnSpec(**entry))
-        return cls(tuple(columns), tuple(data["exclude"]), int(data["n_rows"]))
+        return cls(tuple(columns), tuple(data["exclude"]), int(data["n_rows"]),
+                   bool(data.get("text_folding", False)))
 
     def check(self, frame: pd.DataFrame) -> dict[str, NDArray[Any]]:
         """Verifies ``frame`` against the schema and returns its values per column.
@@ -296,7 +319,7 @@ class Schema:
         for spec in self.columns:
             series = frame[spec.name]
             if spec.kind == "categorical":
-                values[spec.name] = as_text(series)
+                values[spec.name] = as_text(series, fold=self.text_folding)
             else:
                 values[spec.name] = _numeric_values(frame, spec, series)
             if spec.n_missing_train == 0:
@@ -384,6 +407,8 @@ def infer_schema(
                     step=1.0,
                 )
             )
+        elif pd.api.types.is_complex_dtype(series.dtype):
+            _reject_complex(frame, name, series)
         elif pd.api.types.is_numeric_dtype(series.dtype):
             x = _as_float(frame, name, series)
             specs.append(_numeric_spec(name, str(series.dtype), x, max_discrete_levels))
@@ -394,7 +419,7 @@ def infer_schema(
             )
     if not specs:
         raise SchemaError("no columns to encode (all excluded)")
-    return Schema(tuple(specs), excluded, len(frame))
+    return Schema(tuple(specs), excluded, len(frame), text_folding=True)
 
 
 def _reject_stray_text(frame: pd.DataFrame, name: str, series: pd.Series) -> None:
@@ -424,7 +449,7 @@ def _reject_stray_text(frame: pd.DataFrame, name: str, series: pd.Series) -> Non
 def _numeric_spec(name: str, dtype: str, x: NDArray[np.float64], max_levels: int) -> ColumnSpec:
     """Kind and grid step of a numeric column (``x`` finite or NaN, not all NaN)."""
     observed = x[~np.isnan(x)]
-    levels = np.unique(observed)
+    levels, counts = np.unique(observed, return_counts=True)
     n_missing = len(x) - len(observed)
     common = dict(
         n_missing_train=n_missing,
@@ -443,7 +468,11 @@ def _numeric_spec(name: str, dtype: str, x: NDArray[np.float64], max_levels: int
     on_grid = bool(np.abs(codes - np.round(codes)).max() <= GRID_TOL)
     if len(levels) == 2:
         return ColumnSpec(name, "binary", dtype, step=span, **common)
-    if len(levels) <= max_levels or (on_grid and len(levels) < len(observed) / 2):
+    # Levels seen once are the mark of a continuous column a small sample shows few values of
+    # (Good-Turing: they estimate the probability of a value not seen yet).
+    repeated = (counts == 1).sum() <= SINGLETON_SHARE * len(observed)
+    if ((len(levels) <= max_levels and (on_grid or repeated))
+            or (on_grid and len(levels) < len(observed) / 2)):
         # Off the grid, the smallest gap keeps every level's unit code cell disjoint.
         return ColumnSpec(name, "discrete", dtype, step=grid if on_grid else gap, **common)
     return ColumnSpec(name, "continuous", dtype, **common)
@@ -451,7 +480,8 @@ def _numeric_spec(name: str, dtype: str, x: NDArray[np.float64], max_levels: int
 
 def _categorical_spec(name: str, series: pd.Series, n_missing: int) -> ColumnSpec:
     """Spec of an object / string / category column."""
-    categories = tuple(sorted({value for value in as_text(series) if value is not None}))
+    categories = tuple(sorted({value for value in as_text(series, fold=True)
+                               if value is not None}))
     return ColumnSpec(
         name,
         "categorical",
@@ -482,7 +512,7 @@ def _plain_values(
         except KeyError:  # a missing value (or a rejection): the frame decides
             return None
         if spec.kind == "categorical":
-            checked = _plain_text(spec, column)
+            checked = _plain_text(spec, column, schema.text_folding)
         else:
             checked = _plain_numbers(spec, column)
         if checked is None:
@@ -517,7 +547,7 @@ def _plain_numbers(spec: ColumnSpec, column: list[Any]) -> NDArray[np.float64] |
     return x
 
 
-def _plain_text(spec: ColumnSpec, column: list[Any]) -> NDArray[np.object_] | None:
+def _plain_text(spec: ColumnSpec, column: list[Any], fold: bool) -> NDArray[np.object_] | None:
     """A categorical column's values as :func:`as_text` gives them, or None unless every value
     is None or a str that UTF-8 can encode (pandas' Arrow-backed strings cannot hold a lone
     surrogate: building the frame raises, and so must this path), and missing values are
@@ -526,6 +556,7 @@ def _plain_text(spec: ColumnSpec, column: list[Any]) -> NDArray[np.object_] | No
     Arguments:
         spec: the column's training spec.
         column: its values, one per record.
+        fold: fold the text (:func:`fold_text`), as the schema does.
     """
     n_missing = 0
     for value in column:
@@ -535,6 +566,8 @@ def _plain_text(spec: ColumnSpec, column: list[Any]) -> NDArray[np.object_] | No
             return None
     if n_missing and spec.n_missing_train == 0:
         return None
+    if fold:
+        column = [None if value is None else fold_text(value) for value in column]
     return np.array(column, dtype=object)
 
 
@@ -586,7 +619,9 @@ def _booleans_from_text(frame: pd.DataFrame, name: str, series: pd.Series
                         | ((x != 0.0) & (x != 1.0) & ~np.isnan(x)))
     if len(bad):
         row = int(bad[0])
-        problem = f"expected true or false (or 1 or 0), got {shown(series.iloc[row])}"
+        value = series.iloc[row]
+        problem = (_complex_problem(value) if isinstance(value, COMPLEX_TYPES)
+                   else f"expected true or false (or 1 or 0), got {shown(value)}")
         raise SchemaError.at(frame, name, row, problem)
     return x
 
@@ -643,6 +678,8 @@ def _as_float(frame: pd.DataFrame, name: str, series: pd.Series) -> NDArray[np.f
     """A numeric column as float64 (NaN where missing); strings must parse as numbers."""
     if isinstance(series.dtype, pd.CategoricalDtype):
         series = series.astype(object)
+    if pd.api.types.is_complex_dtype(series.dtype):
+        _reject_complex(frame, name, series)
     if isinstance(series.dtype, np.dtype) and series.dtype.kind in "biuf":
         # NumPy-backed: no NA but NaN, so a plain cast gives what the general branch below
         # does, ~25 us faster for bool columns.
@@ -655,6 +692,8 @@ def _as_float(frame: pd.DataFrame, name: str, series: pd.Series) -> NDArray[np.f
         except OverflowError:  # a Python int beyond float64, e.g. a 400-digit JSON literal
             _reject_huge_int(frame, name, series)
             raise
+        if pd.api.types.is_complex_dtype(parsed.dtype):  # complex numbers among objects
+            _reject_complex(frame, name, series)
         bad = np.flatnonzero(parsed.isna().to_numpy() & series.notna().to_numpy())
         if len(bad):
             row = int(bad[0])
@@ -671,6 +710,29 @@ def _as_float(frame: pd.DataFrame, name: str, series: pd.Series) -> NDArray[np.f
         row = int(infinite[0])
         raise SchemaError.at(frame, name, row, f"infinite value {x[row]} is not allowed")
     return x
+
+
+def _complex_problem(value: Any) -> str:
+    return (f"complex number {shown(value)} is not supported: flowad models real values "
+            "(convert it, e.g. to its real and imaginary parts as two columns, or exclude it)")
+
+
+def _reject_complex(frame: pd.DataFrame, name: str, series: pd.Series) -> None:
+    """Raises for a column holding complex numbers (of complex dtype, or among objects):
+    numpy would cast them to float and discard their imaginary parts with only a warning.
+    The row named is the first whose value has an imaginary part (in a column of complex
+    dtype every value is complex, the real ones a record held too), else the first complex.
+
+    Arguments:
+        frame: the frame checked (for messages).
+        name: the column name.
+        series: the column.
+    """
+    values = series.to_numpy(dtype=object)
+    complex_rows = [row for row, value in enumerate(values) if isinstance(value, COMPLEX_TYPES)]
+    imaginary = [row for row in complex_rows if values[row].imag != 0]
+    row = (imaginary or complex_rows)[0]
+    raise SchemaError.at(frame, name, row, _complex_problem(values[row]))
 
 
 def _reject_huge_int(frame: pd.DataFrame, name: str, series: pd.Series) -> None:
@@ -690,30 +752,51 @@ def _reject_huge_int(frame: pd.DataFrame, name: str, series: pd.Series) -> None:
             raise SchemaError.at(frame, name, row, problem)
 
 
-def as_text(series: pd.Series) -> NDArray[np.object_]:
+def fold_text(text: str) -> str:
+    """One spelling per category: Unicode NFC (a macOS client's NFD ``'cafe\u0301'`` is
+    ``'café'``), ``INVISIBLE_CHARACTERS`` removed, outer white space stripped (as numbers
+    given as text are). Case and inner spaces are kept: they can tell categories apart.
+
+    Arguments:
+        text: a category as given.
+    """
+    if text.isascii():  # NFC and the invisible characters are not ASCII
+        return text.strip()
+    return unicodedata.normalize("NFC", text.translate(_DROP_INVISIBLE)).strip()
+
+
+def as_text(series: pd.Series, *, fold: bool) -> NDArray[np.object_]:
     """A categorical column as an object array of ``str`` (None where missing).
 
     Arguments:
         series: the column; numbers and other scalars become ``str(value)``.
+        fold: fold the text (:func:`fold_text`), as the schema does (``Schema.text_folding``).
 
     Raises:
-        SchemaError: a container (dict, list, set, tuple, array) in the column.
+        SchemaError: a container (dict, list, set, tuple, array), a complex number or an
+            infinite number in the column.
     """
     text = series.to_numpy(dtype=object, na_value=None, copy=True)
     missing = pd.isna(text)
     text[missing] = None
     present = text[~missing]
-    if not all(type(value) is str for value in present):  # skip the copy when all are str
+    plain = all(type(value) is str for value in present)
+    if not plain:
         _reject_non_scalars(series, present, np.flatnonzero(~missing))
-        text[~missing] = [str(value) for value in present]
+        present = [str(value) for value in present]
+    if fold:
+        present = [fold_text(value) for value in present]
+    if fold or not plain:  # all str and not folded: nothing to write back
+        text[~missing] = present
     return text
 
 
 def _reject_non_scalars(
     series: pd.Series, present: NDArray[np.object_], rows: NDArray[np.intp]
 ) -> None:
-    """Raises for the first container or infinite number among a categorical column's
-    non-missing values (inf is rejected in every column, not made the category "inf").
+    """Raises for the first container, infinite or complex number among a categorical
+    column's non-missing values (inf and complex numbers are rejected in every column, not
+    made the categories "inf" and "(1+2j)").
 
     Arguments:
         series: the column (for its name and index).
@@ -727,6 +810,8 @@ def _reject_non_scalars(
         if isinstance(value, float | np.floating) and np.isinf(value):
             raise SchemaError.at(series, str(series.name), int(row),
                                  f"infinite value {value} is not allowed")
+        if isinstance(value, COMPLEX_TYPES):
+            raise SchemaError.at(series, str(series.name), int(row), _complex_problem(value))
 
 
 def _is_text(dtype: Any) -> bool:

@@ -299,7 +299,8 @@ def list_detectors(name: str | None = None) -> list[dict[str, Any]]:
         }
         # From the threshold, not the saved warnings: entries saved before those existed.
         if meta.get("threshold") == "inf" and metrics.get("n_calibration") is not None:
-            row["warning"] = small_calibration_message(metrics["n_calibration"],
-                                                       meta["target_fpr"])
+            row["warning"] = small_calibration_message(
+                metrics["n_calibration"], meta["target_fpr"],
+                cross=metrics.get("calibration") == "cross-conformal")
         rows.append(row)
     return sorted(rows, key=lambda row: row["created"], reverse=True)

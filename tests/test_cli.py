@@ -437,18 +437,21 @@ def test_choices_are_checked_before_the_data_is_read(option, value, tmp_path):
 
 
 def test_train_and_models_warn_when_the_table_is_too_small(tmp_path):
+    """60 rows: too few for a split (12 rows) and for cross-conformal calibration on all of
+    them (99 needed at 1%)."""
     path = tmp_path / "small.csv"
-    mixed_frame(130, seed=0).to_csv(path, index=False)
+    mixed_frame(60, seed=0).to_csv(path, index=False)
     result = runner.invoke(app, ["train", str(path), "--name", "cli-small", "--exclude", "id",
                                  "--max-epochs", "1", "--members", "1"])
     assert result.exit_code == 0, result.output
-    assert "warning: only 26 calibration rows" in result.stderr
+    assert "warning: only 60 rows, every one of them calibrating (cross-conformal)" in (
+        result.stderr)
     assert "at least 99" in result.stderr and "threshold inf" in result.stderr
     small = result.stdout.strip().splitlines()[-1]
     listed = runner.invoke(app, ["models", "cli-small", "--json"])
     assert "at least 99" in json.loads(listed.stdout)[0]["warning"]
     listed = runner.invoke(app, ["models", "cli-small"], env={"COLUMNS": "250"})
-    assert f"warning: {small}: only 26 calibration rows" in listed.stderr
+    assert f"warning: {small}: only 60 rows, every one of them calibrating" in listed.stderr
 
 
 def test_recalibrate_saves_a_new_version_and_promotes_only_when_asked(tag):
@@ -494,3 +497,20 @@ def test_score_with_fdr_flags_by_benjamini_hochberg_over_the_whole_file(tag, lab
     result = runner.invoke(app, ["score", tag, str(labelled_csv), "--output", str(out),
                                  "--fdr", "0"])
     assert result.exit_code == 2 and "--fdr" in result.output
+
+
+def test_train_says_which_columns_it_put_on_a_grid(tmp_path):
+    """One line names the columns whose values between grid points score as off the grid
+    (three or more levels on one step: a grid; two levels are not)."""
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"x": rng.normal(size=400), "count": rng.poisson(3, 400),
+                          "halves": rng.integers(0, 6, 400) * 0.5, "pair": rng.choice([0, 2], 400)})
+    path = tmp_path / "train.csv"
+    frame.to_csv(path, index=False)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
+           "BENTOML_HOME": str(tmp_path / "home")}
+    result = subprocess.run([sys.executable, "-m", "pipelines.cli", "train", str(path),
+                             "--name", "cli-grid", "--max-epochs", "1", "--target-fpr", "0.05"],
+                            env=env, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "columns on a grid: count (step 1), halves (step 0.5)\n" in result.stderr

@@ -13,8 +13,8 @@ from conftest import mixed_frame
 from sklearn.base import clone, is_outlier_detector
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from pipelines import Detector
-from pipelines.calibration import conformal_threshold, min_calibration_rows
+from pipelines import Detector, SchemaError
+from pipelines.calibration import Calibrator, conformal_threshold, min_calibration_rows
 from pipelines.detector import SmallCalibrationWarning
 
 # Tiny flows, a few steps: these tests are about the interface, not the fit.
@@ -44,7 +44,8 @@ NOT_APPLICABLE = {
                                        "of other sizes: a score equal to a calibration score "
                                        "moves by up to 1e-5 nats between the NumPy path (<= 16 "
                                        "rows) and torch (the determinism contract), enough to "
-                                       "flip that exact tie and so the p-value of predict_proba",
+                                       "flip that exact tie and so predict (it passes when no "
+                                       "re-scored row lands on the threshold)",
     "check_dtype_object": "object columns are categorical text: a dict in one is rejected as a "
                           "container with a SchemaError (a ValueError naming the column and row), "
                           "not with the TypeError the check expects",
@@ -85,7 +86,7 @@ def test_signs_labels_and_probabilities(fitted):
     labels = detector.predict(pd.concat([frame, odd]))
     assert labels.dtype.kind == "i" and set(np.unique(labels)) <= {0, 1}
     assert labels[len(frame):].mean() > 0.9 and labels[: len(frame)].mean() < 0.2
-    proba = detector.predict_proba(frame)
+    proba = detector.predict_proba(frame, method="conformal")
     p = detector.p_values(frame)
     np.testing.assert_array_equal(proba, np.column_stack([p, 1 - p]))
     np.testing.assert_array_equal(detector.predict(frame), (p <= detector.target_fpr).astype(int))
@@ -196,12 +197,13 @@ def test_a_small_calibration_split_warns_with_the_minimum_rows():
     frame = mixed_frame(130, seed=4)  # 26 calibration rows, as in the issue's wine example
     with pytest.warns(SmallCalibrationWarning, match=r"only 26 calibration rows.*at least 99"
                       ) as caught:
-        detector = tiny(exclude=["id"], target_fpr=0.01).fit(frame)
+        detector = tiny(exclude=["id"], target_fpr=0.01, calibration="split").fit(frame)
     assert caught[0].filename == __file__  # points at the caller's line, not flowad's
     assert min_calibration_rows(0.01) == 99
     assert math.isinf(detector.threshold_) and detector.predict(frame).sum() == 0
     about = detector.describe()
-    assert about["calibration"] == {"n": 26, "min_rows_for_target_fpr": 99, "can_flag": False}
+    assert about["calibration"] == {"method": "conformal", "n": 26,
+                                    "min_rows_for_target_fpr": 99, "can_flag": False}
     assert "at least 99" in about["warnings"][0]
     with warnings.catch_warnings():
         warnings.simplefilter("error", SmallCalibrationWarning)  # enough rows: no warning
@@ -254,3 +256,138 @@ def test_pyod_tutorial_lines_run_unchanged_but_the_class():
     np.testing.assert_allclose(y_test_proba.sum(axis=1), 1.0)
     assert roc_auc_score(y_test, y_test_scores) > 0.9
     assert roc_auc_score(y_train, y_train_scores) > 0.9
+
+
+# --------------------------------------------------------------------------- PyOD parity
+class PyODOf:
+    """PyOD's own BaseDetector methods (predict_proba, predict_confidence) run on a flowad
+    detector's scores, with the calibration scores in the place of PyOD's training scores
+    (what flowad documents it does): the reference its parity is checked against."""
+
+    def __new__(cls, detector: Detector, contamination: float):
+        from pyod.models.base import BaseDetector
+
+        class Scores(BaseDetector):
+            def __init__(self, contamination: float) -> None:
+                super().__init__(contamination=contamination)
+
+            def fit(self, X, y=None):
+                return self
+
+            def decision_function(self, X):
+                return detector.decision_function(X)
+
+        pyod = Scores(contamination=contamination)
+        pyod.decision_scores_ = detector.calibration_scores_
+        pyod.threshold_ = detector.threshold_
+        pyod.labels_ = (pyod.decision_scores_ > pyod.threshold_).astype(int)
+        pyod._mu, pyod._sigma = pyod.decision_scores_.mean(), pyod.decision_scores_.std()
+        pyod._classes = 2  # what PyOD's fit sets (_set_n_classes without labels)
+        return pyod
+
+
+def test_predict_proba_and_confidence_are_pyods(fitted):
+    """linear (PyOD's default), unify, and the confidence of predict, as PyOD computes them;
+    the conformal version is a named method. On normal data the linear anomaly probability
+    rarely passes 0.5 (1 - p-value, the old default, averaged 0.5 and flagged half)."""
+    detector, _ = fitted
+    frame = pd.concat([mixed_frame(300, seed=2),
+                       mixed_frame(20, seed=3).assign(amount=lambda f: f["amount"] * 30)])
+    pyod = PyODOf(detector, contamination=detector.target_fpr)
+    for method in ("linear", "unify"):
+        np.testing.assert_allclose(detector.predict_proba(frame, method=method),
+                                   pyod.predict_proba(frame, method=method), rtol=1e-12)
+    np.testing.assert_array_equal(detector.predict_proba(frame),
+                                  detector.predict_proba(frame, method="linear"))
+    np.testing.assert_allclose(detector.predict_confidence(frame),
+                               pyod.predict_confidence(frame), rtol=1e-12)
+    labels, confidence = detector.predict(frame, return_confidence=True)
+    np.testing.assert_array_equal(labels, pyod.predict(frame))
+    np.testing.assert_array_equal(confidence, detector.predict_confidence(frame))
+    proba, confidence = detector.predict_proba(frame, return_confidence=True)
+    np.testing.assert_array_equal(proba, detector.predict_proba(frame))
+    np.testing.assert_array_equal(confidence, detector.predict_confidence(frame))
+    assert (detector.predict_proba(frame[:300])[:, 1] > 0.5).mean() < 0.1
+    assert (detector.predict_proba(frame[:300], method="conformal")[:, 1] > 0.5).mean() > 0.3
+    with pytest.raises(ValueError, match="method must be one of"):
+        detector.predict_proba(frame, method="softmax")
+
+
+def test_contamination_is_pyods_thresholding_rule():
+    """The (1 - contamination) quantile of the training scores, as PyOD thresholds: labels_,
+    predict and the confidence follow it; p-values stay conformal; describe() says which rule
+    the threshold is (no target FPR); it saves and loads."""
+    from pipelines.store import load_verified, save_detector
+
+    frame = mixed_frame(600, seed=6)
+    detector = tiny(exclude=["id"], contamination=0.1).fit(frame)
+    assert detector.threshold_ == np.percentile(detector.decision_scores_, 90)
+    np.testing.assert_array_equal(detector.labels_,
+                                  detector.decision_scores_ > detector.threshold_)
+    assert detector.labels_.mean() == pytest.approx(0.1, abs=0.002)
+    new = mixed_frame(200, seed=7)
+    scores = detector.decision_function(new)
+    np.testing.assert_array_equal(detector.predict(new), scores > detector.threshold_)
+    np.testing.assert_array_equal(detector.p_values(new), Calibrator(0.1).fit(
+        detector.calibration_scores_).p_values(scores))
+    np.testing.assert_allclose(detector.predict_confidence(new),
+                               PyODOf(detector, 0.1).predict_confidence(new), rtol=1e-12)
+    about = detector.describe()
+    assert about["target_fpr"] is None and about["contamination"] == 0.1
+    assert about["calibration"]["method"] == "contamination"
+    loaded = load_verified(save_detector(detector, "contaminated"))
+    assert loaded.threshold_ == detector.threshold_ and loaded.contamination == 0.1
+    np.testing.assert_array_equal(loaded.predict(new), detector.predict(new))
+    loaded.recalibrate(0.05)  # back to a conformal threshold
+    assert loaded.contamination is None and loaded.describe()["target_fpr"] == 0.05
+    assert loaded.threshold_ == conformal_threshold(loaded.calibration_scores_, 0.05)
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"contamination": 0.1, "target_fpr": 0.05},
+     r"contamination=0.1 and target_fpr=0.05 are two thresholding rules: pass one"),
+    ({"contamination": 0.7}, r"contamination must be in \(0, 0.5\]"),
+    ({"contamination": 0.1, "calibration": "cross"}, "calibration='cross'"),
+    ({"calibration": "jackknife"}, "calibration must be one of"),
+])
+def test_bad_thresholding_parameters_fail_before_training(monkeypatch, params, message):
+    import pipelines.detector
+
+    trained = []
+    monkeypatch.setattr(pipelines.detector, "train_flow", lambda *a, **k: trained.append(a))
+    with pytest.raises(ValueError, match=message):
+        tiny(**params).fit(mixed_frame(300, seed=3))
+    assert not trained
+
+
+def test_set_params_after_fit_leaves_describe_and_threshold_agreeing(fitted, tmp_path):
+    """describe() reports the FPR the threshold was fitted at, and says that the parameter
+    now differs; saving refuses until recalibrate (or a refit) applies it."""
+    detector = copy.deepcopy(fitted[0])
+    threshold = detector.threshold_
+    detector.set_params(target_fpr=0.2)
+    about = detector.describe()
+    assert about["target_fpr"] == 0.05 and about["threshold"] == threshold
+    assert detector.threshold_ == conformal_threshold(detector.calibration_scores_, 0.05)
+    assert any("fitted at target FPR 0.05, the parameters now say target_fpr 0.2" in warning
+               for warning in about["warnings"])
+    with pytest.raises(ValueError, match=r"not saved: the threshold was fitted at target FPR "
+                                         r"0.05.*recalibrate\(0.2\)"):
+        detector.save(tmp_path)
+    detector.recalibrate(0.2)
+    assert detector.describe()["target_fpr"] == 0.2 and detector.describe()["warnings"] == []
+    detector.save(tmp_path)
+
+
+def test_a_frame_without_an_array_fitted_detectors_columns_says_why():
+    X = np.random.default_rng(0).normal(size=(600, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SmallCalibrationWarning)
+        detector = tiny().fit(X)
+    frame = pd.DataFrame(X, columns=["a", "b", "c"])
+    with pytest.raises(SchemaError, match=r"missing column\(s\): 'x0', 'x1', 'x2': this "
+                                          r"detector was fitted on an array, whose columns are "
+                                          r"named x0 \.\. x2"):
+        detector.decision_function(frame)
+    np.testing.assert_array_equal(detector.decision_function(frame.to_numpy()),
+                                  detector.decision_function(X))

@@ -63,6 +63,17 @@ def code_log_scale(df: pd.DataFrame) -> float:
     return float(np.log(np.sqrt(independent_codes(df).var(axis=0) + 1 / 12)).sum())
 
 
+def on_support_log_mass(train: pd.DataFrame, records: pd.DataFrame) -> np.ndarray:
+    """Per record, the sum over its observed discrete and binary values (rooms, owner) of
+    log(1 - eps), eps = 1 / (2 (n + 1)) for a column's n observed training values: the share
+    of a level's probability its own value keeps (pipelines.support)."""
+    total = np.zeros(len(records))
+    for name in ("rooms", "owner"):
+        eps = 1 / (2 * (train[name].notna().sum() + 1))
+        total += np.where(records[name].notna(), np.log1p(-eps), 0.0)
+    return total
+
+
 # ----------------------------------------------------------------------------- layout
 def test_layout_names_and_widths() -> None:
     enc = TabularEncoder(exclude=("id",)).fit(train_frame())
@@ -111,7 +122,8 @@ def test_standard_log_jacobian_and_values_match_independent_computation() -> Non
     enc = TabularEncoder(exclude=("id",)).fit(df)
     X, log_jac = enc.transform(df)
     cont = df[["age", "income"]].to_numpy()
-    expected = -np.log(np.nanstd(cont, axis=0)).sum() - code_log_scale(df)
+    expected = (-np.log(np.nanstd(cont, axis=0)).sum() - code_log_scale(df)
+                + on_support_log_mass(df, df))
     np.testing.assert_allclose(log_jac, expected, rtol=1e-12)
     imputed = np.where(np.isnan(cont), np.nanmedian(cont, axis=0), cont)
     np.testing.assert_allclose(
@@ -128,7 +140,8 @@ def test_robust_log_jacobian_uses_the_iqr() -> None:
     _, log_jac = TabularEncoder(scaling="robust", exclude=("id",)).fit(df).transform(df)
     cont = df[["age", "income"]].to_numpy()
     iqr = np.subtract(*np.nanpercentile(cont, [75, 25], axis=0))
-    np.testing.assert_allclose(log_jac, -np.log(iqr).sum() - code_log_scale(df), rtol=1e-12)
+    np.testing.assert_allclose(log_jac, -np.log(iqr).sum() - code_log_scale(df)
+                               + on_support_log_mass(df, df), rtol=1e-12)
 
 
 def test_quantile_log_jacobian_is_the_derivative_and_extrapolates() -> None:
@@ -155,7 +168,8 @@ def test_quantile_log_jacobian_is_the_derivative_and_extrapolates() -> None:
         down[name] -= h
         slope = (enc.transform(up)[0][:, j] - enc.transform(down)[0][:, j]) / (2 * h)
         derivative_logs += np.log(slope)
-    np.testing.assert_allclose(log_jac, derivative_logs - code_log_scale(df), atol=1e-5)
+    np.testing.assert_allclose(
+        log_jac, derivative_logs - code_log_scale(df) + on_support_log_mass(df, probe), atol=1e-5)
 
     # Not clipped: further out encodes further out, beyond the encoding of the training max.
     edge = probe.iloc[[0, 0, 0]].reset_index(drop=True)
@@ -479,11 +493,10 @@ def test_benchmark_data_raw_and_standardized(name: str) -> None:
             enc = TabularEncoder(scaling=scaling).fit(frame[y == 0])  # type: ignore[arg-type]
             encoded, log_jac = enc.transform(frame)  # anomalies included
             assert np.all(np.isfinite(encoded)), (variant, scaling)
-            # Zero probability only where a value is off its column's grid (a few `6_cardio`
-            # anomalies), never for an inlier.
-            off = enc.off_grid_rows(enc.schema_.check(frame)).any(axis=1)
-            assert np.array_equal(log_jac == -np.inf, off), (variant, scaling)
-            assert np.all(np.isfinite(log_jac[~off])) and not off[y == 0].any(), (variant, scaling)
+            # Finite everywhere: an anomaly off its column's support (a few of `6_cardio`'s)
+            # scores at the nearest level with a penalty; no inlier is off the support.
+            off = enc.off_support(enc.schema_.check(frame)).any(axis=1)
+            assert np.all(np.isfinite(log_jac)) and not off[y == 0].any(), (variant, scaling)
         kinds[variant] = [spec.kind for spec in enc.schema_.columns]
         n_codes = sum(kind != "continuous" for kind in kinds[variant])
         assert np.count_nonzero(enc.dequantization_width_) == n_codes
@@ -656,50 +669,146 @@ def grid_frame(n: int = 300, seed: int = 0) -> pd.DataFrame:
     })
 
 
-def test_a_value_between_grid_points_has_zero_probability() -> None:
+def off_support_factor(enc: TabularEncoder, column: str, offset: float,
+                       cell: tuple[float, float]) -> float:
+    """The log-density factor of a value ``offset`` steps from its nearest support point,
+    whose cell spans ``cell`` steps below and above it (inf: unbounded), from the rule's
+    definition (pipelines.support): log(eps) minus the Laplace exponent (scale: half the
+    cell's half-width on the offset's side, the other side's where unbounded) minus the log of
+    the kernel's integral over the cell (numerical quadrature). eps: these columns' levels were
+    each seen more than once, or lie on a grid: 1 / (2 (n + 1))."""
+    from scipy.integrate import quad
+
+    n = enc.schema_.n_rows - enc.schema_[column].n_missing_train
+    eps = 1 / (2 * (n + 1))
+    below, above = cell
+    if np.isinf(below) and np.isinf(above):  # a lone level: a grid's scale
+        scale_below = scale_above = 0.25
+    else:
+        scale_below = 0.5 * (below if np.isfinite(below) else above)
+        scale_above = 0.5 * (above if np.isfinite(above) else below)
+    z = (quad(lambda u: np.exp(u / scale_below), -below, 0)[0]
+         + quad(lambda u: np.exp(-u / scale_above), 0, above)[0])
+    scale = scale_below if offset < 0 else scale_above
+    return float(np.log(eps) - abs(offset) / scale - np.log(z))
+
+
+def test_a_value_off_the_support_scores_finite_and_worse_with_distance() -> None:
+    """A grid needs three levels on it (count, halves): there a value between two grid points
+    is off the support. Elsewhere (a 0/1 flag, levels on no grid, a constant) the support is
+    the levels seen. Off the support a value is scored at its nearest support point with the
+    factor eps * Laplace(offset) / Z instead of 1 - eps: finite, and worse farther away."""
     df = grid_frame()
     enc = TabularEncoder().fit(df)
     # count, flag, halves, levels, constant
-    assert enc.on_grid_.tolist() == [True, True, True, False, False]
-    base = df.iloc[[0] * 9].reset_index(drop=True).astype({"count": float, "flag": float})
-    base.loc[1, "count"] += 0.5            # between two counts
-    base.loc[2, "flag"] = 0.5              # neither 0 nor 1
-    base.loc[3, "halves"] += 0.25          # between two half-steps
-    base.loc[4, "count"] = 40.0            # far beyond training, but on the grid
-    base.loc[5, "count"] += 1e-9           # float noise: on the grid
-    base.loc[6, "levels"] = 1.7            # a column without a grid: scored, not zero
-    base.loc[7, "flag"] = 2.0              # a third level of a 0/1 column: on the grid
-    base.loc[8, "constant"] = 7.3          # another value of a constant column: scored
+    assert enc.on_grid_.tolist() == [True, False, True, False, False]
+    assert enc.grid_columns == {"count": 1.0, "halves": 0.5}
+    base = df.iloc[[0] * 10].reset_index(drop=True).astype({"count": float, "flag": float})
+    count, halves = base.loc[0, "count"], base.loc[0, "halves"]
+    # row, column, value, (nearest value, offset in steps, its cell below / above in steps)
+    cases = [
+        (1, "count", count + 0.5, (count, 0.5, (0.5, 0.5))),  # a tie goes to the lower point
+        (2, "flag", 0.5, (0.0, 0.5, (np.inf, 0.5))),  # a tie goes to the lower level
+        (3, "halves", halves + 0.2, (halves, 0.4, (0.5, 0.5))),
+        (4, "count", 40.0, None),  # far beyond training, but on the grid
+        (5, "count", count + 1e-9, None),  # float noise: on the grid
+        (6, "levels", 1.7, (1.0, 0.7, (0.5, 0.85))),  # levels 0, 1, 2.7 (step 1)
+        (7, "flag", 2.0, (1.0, 1.0, (0.5, np.inf))),  # a third value of a 0/1 column
+        (8, "constant", 7.3, (7.0, 0.3, (np.inf, np.inf))),
+        (9, "levels", -4.0, (0.0, -4.0, (np.inf, 0.5))),  # beyond the levels: 16 nats more
+    ]
+    for row, column, value, _ in cases:
+        base.loc[row, column] = value
     x, log_jac = enc.transform(base)
-    expected_off = [False, True, True, True, False, False, False, False, False]
-    assert (log_jac == -np.inf).tolist() == expected_off
-    assert np.isfinite(log_jac[~np.array(expected_off)]).all() and np.isfinite(x).all()
-    assert log_jac[5] == log_jac[0]
-    # the records path (no frame) and the per-column split agree with it
-    records = json.loads(base.to_json(orient="records"))
-    assert np.array_equal(enc.transform_records(records)[1], log_jac)
-    per_column = enc.column_log_jacobians(base)
-    assert np.array_equal(per_column.sum(axis=1), log_jac)
+    assert np.isfinite(log_jac).all() and np.isfinite(x).all()
+    assert enc.off_support(enc.schema_.check(base)).any(axis=1).tolist() == [
+        False, True, True, True, False, False, True, True, True, True]
     names = list(enc.schema_.names)
-    for row, column in ((1, "count"), (2, "flag"), (3, "halves")):
-        assert per_column[row, names.index(column)] == -np.inf
-        others = np.delete(per_column[row], names.index(column))
-        assert np.isfinite(others).all()
+    on_support = np.log1p(-1 / (2 * (enc.schema_.n_rows + 1)))
+    for row, column, _, off in cases:
+        if off is None:
+            continue
+        nearest, offset, cell = off
+        snapped = base.iloc[[row]].assign(**{column: nearest})
+        x_snapped, log_jac_snapped = enc.transform(snapped)
+        np.testing.assert_array_equal(x[row], x_snapped[0])  # scored at the nearest cell
+        expected = log_jac_snapped[0] - on_support + off_support_factor(enc, column, offset, cell)
+        assert log_jac[row] == pytest.approx(expected, abs=1e-9), (row, column)
+        assert log_jac[row] < log_jac_snapped[0] - 1.0  # worse than its nearest level
+        per_column = enc.column_log_jacobians(base.iloc[[row]])[0]
+        assert per_column.sum() == pytest.approx(log_jac[row], abs=1e-9)
+        assert per_column[names.index(column)] < per_column[names.index("x")] - 1.0
+    assert log_jac[4] == log_jac[5] == log_jac[0]
+    # farther from the grid, lower density: 0.1 .. 0.5 steps from a count
+    between = base.iloc[[0] * 5].assign(count=count + np.linspace(0.1, 0.5, 5))
+    assert np.all(np.diff(enc.transform(between)[1]) < 0)
+    # the records path (no frame) agrees with the frame path
+    records = base.to_dict(orient="records")
+    assert np.array_equal(enc.transform_records(records)[1], log_jac)
 
 
-def test_encoders_saved_before_the_grid_rule_keep_scoring_as_saved(tmp_path: Path) -> None:
+def test_the_off_support_penalty_keeps_each_level_its_probability() -> None:
+    """Over one support point's cell, the factors integrate to 1: (1 - eps) at the point plus
+    eps * Laplace / Z off it, per step. So the extension adds no mass and loses none."""
+    from scipy.integrate import quad
+
+    df = grid_frame()
+    enc = TabularEncoder().fit(df)
+    specs = enc.schema_.of_kind("discrete", "binary")
+    for j, spec in enumerate(specs):
+        levels = np.unique(df[spec.name])
+        for level in levels[:3]:
+            if enc.on_grid_[j]:
+                below = above = 0.5 * spec.step
+            else:
+                lower, higher = levels[levels < level], levels[levels > level]
+                below = (level - lower.max()) / 2 if len(lower) else np.inf
+                above = (higher.min() - level) / 2 if len(higher) else np.inf
+            density = np.vectorize(lambda value, name=spec.name: np.exp(
+                _factor_at(enc, df, name, value)))
+            off_mass = (quad(density, level - below, level)[0]
+                        + quad(density, level, level + above)[0]) / spec.step
+            on_mass = np.exp(_factor_at(enc, df, spec.name, level))
+            assert on_mass + off_mass == pytest.approx(1.0, abs=1e-7), (spec.name, level)
+
+
+def _factor_at(enc: TabularEncoder, df: pd.DataFrame, column: str, value: float) -> float:
+    """One value's log-density factor in its column (pipelines.support), via the encoder."""
+    record = df.iloc[[0]].astype({column: float}).assign(**{column: value})
+    codes = [spec.name for spec in enc.schema_.of_kind("discrete", "binary")]
+    return float(enc._support_factors(enc.schema_.check(record))[0, codes.index(column)])
+
+
+def test_encoders_saved_before_the_support_rule_keep_scoring_as_saved(tmp_path: Path) -> None:
+    """Two older rules: zero density between the grid points of a column with two or more
+    levels on a grid (on_grid_ saved, no support), and before that none (no on_grid_)."""
     df = grid_frame()
     enc = TabularEncoder().fit(df)
     enc.save(tmp_path / "enc.skops")
-    assert TabularEncoder.load(tmp_path / "enc.skops").on_grid_.tolist() == enc.on_grid_.tolist()
+    loaded = TabularEncoder.load(tmp_path / "enc.skops")
+    assert loaded.on_grid_.tolist() == enc.on_grid_.tolist()
+    off = df.iloc[[0]].astype({"count": float}).assign(count=2.5)
+    np.testing.assert_array_equal(loaded.transform(off)[1], enc.transform(off)[1])
+    assert np.isfinite(loaded.transform(off)[1]).all()
     state = sio.load(tmp_path / "enc.skops", trusted=sio.get_untrusted_types(
         file=tmp_path / "enc.skops"))
+    for key in ("support_levels_", "off_support_mass_"):
+        del state[key]
+    state["on_grid_"] = np.array([True, True, True, False, False])  # the rule of then
+    sio.dump(state, tmp_path / "grid.skops")
+    grid = TabularEncoder.load(tmp_path / "grid.skops")
+    assert grid.support_ is None
+    assert grid.transform(off)[1].tolist() == [-np.inf]
+    assert grid.transform(df.iloc[[0]].astype({"flag": float}).assign(flag=0.5))[1].tolist() == [
+        -np.inf]
+    # no log(1 - eps) on the support: the scores of then, bit for bit
+    constant = -np.log(enc.cont_scaler_.scale_).sum() - np.log(enc.code_scaler_.scale_).sum()
+    np.testing.assert_array_equal(grid.transform(df)[1], np.full(len(df), constant))
     del state["on_grid_"]
     sio.dump(state, tmp_path / "old.skops")
     old = TabularEncoder.load(tmp_path / "old.skops")
-    off = df.iloc[[0]].astype({"count": float}).assign(count=2.5)
     assert not old.on_grid_.any() and np.isfinite(old.transform(off)[1]).all()
-    assert np.array_equal(old.transform(df)[1], enc.transform(df)[1])
+    np.testing.assert_array_equal(old.transform(df)[1], grid.transform(df)[1])
 
 
 @pytest.mark.parametrize(("scaling", "magnitude"), [
@@ -719,3 +828,31 @@ def test_a_column_whose_spread_float64_cannot_scale_is_refused(scaling, magnitud
     for fine in (1e-12, 1e150):
         encoded, _ = TabularEncoder(scaling=scaling).fit(frame(fine)).transform(frame(fine))
         assert np.isfinite(encoded).all() and np.ptp(encoded[:, 0]) > 1
+
+
+def test_category_spellings_encode_as_their_category() -> None:
+    """NFD, a trailing space and a zero width space spell a training category: the encoding,
+    the log-Jacobian and the unseen-category counts are those of the category itself, on the
+    frame path and the records path."""
+    df = train_frame().assign(color=lambda f: f["color"].map({"red": "rouge", "green": "vert",
+                                                              "blue": "bleu ciel"}))
+    df.loc[df.index[:40], "color"] = "café"
+    enc = TabularEncoder(exclude=("id",)).fit(df)
+    canonical = df.drop(columns="id").iloc[[0] * 4].reset_index(drop=True).astype(
+        {"color": object})
+    canonical["color"] = ["café", "café", "vert", "bleu ciel"]
+    spelt = canonical.assign(color=["cafe\u0301", "café ", "vert\u200b", "\ufeffbleu ciel\u00a0"])
+    x, log_jac = enc.transform(canonical)
+    spelt_x, spelt_jac = enc.transform(spelt)
+    np.testing.assert_array_equal(spelt_x, x)
+    np.testing.assert_array_equal(spelt_jac, log_jac)
+    assert enc.unknown_counts(spelt) == {"color": 0}
+    records = json.loads(canonical.to_json(orient="records"))
+    spelt_records = [{**record, "color": color} for record, color in zip(
+        records, spelt["color"], strict=True)]
+    x, log_jac, unknown = enc.transform_records(records)
+    spelt_x, spelt_jac, spelt_unknown = enc.transform_records(spelt_records)
+    np.testing.assert_array_equal(spelt_x, x)
+    np.testing.assert_array_equal(spelt_jac, log_jac)
+    assert unknown == spelt_unknown == {"color": 0}
+    assert enc.unknown_counts(spelt.assign(color="Vert")) == {"color": 4}

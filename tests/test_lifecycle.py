@@ -182,9 +182,15 @@ def test_retrain_options_default_to_the_gate_rules():
 
 
 def test_the_retrain_report_is_strict_json_when_rows_have_zero_density(production, tmp_path):
-    """Half-counts in the new data are off production's grid: production's mean NLL of the
-    held-out rows is +inf, written as "inf", and the report parses as strict JSON."""
-    name, _ = production
+    """Half-counts in the new data are off production's grid, and production was saved before
+    such values scored finite: its mean NLL of the held-out rows is +inf, written as "inf",
+    and the report parses as strict JSON."""
+    name, tag = production
+    legacy = load_detector(tag)
+    legacy.encoder_.support_ = None  # saved before pipelines.support: zero density off the grid
+    legacy.encoder_.on_grid_ = np.ones_like(legacy.encoder_.on_grid_)
+    legacy.reference_scores_ = legacy.decision_function(legacy.reference_records_)
+    registry.promote(save_detector(legacy, name), reason="test setup")
     fresh = mixed_frame(3000, seed=12).astype({"count": float})
     fresh.loc[fresh.index[::10], "count"] += 0.5
     fresh.to_csv(tmp_path / "fresh.csv", index=False)

@@ -287,6 +287,96 @@ def test_integers_beyond_float64_are_out_of_range(
     assert schema.check(json_frame([{**good, "color": huge}], names))["color"][0] == str(huge)
 
 
+# ----------------------------------------------------------------------- complex numbers
+@pytest.mark.parametrize("column", ["height", "code", "bin01", "flag", "color", "size"])
+@pytest.mark.parametrize("value", [1 + 2j, np.complex64(0.5 - 1j), 3 + 0j])
+def test_a_complex_number_is_a_schema_error_naming_the_column_and_row(
+    typed: tuple[Schema, list[str], dict[str, object]], column: str, value: complex
+) -> None:
+    """numpy casts a complex number to float with only a warning, dropping its imaginary
+    part; as text it became the category "(1+2j)". Every column rejects it, on the frame path
+    and the records path alike (a record's complex value makes its column complex or object)."""
+    schema, names, good = typed
+    records = [good, {**good, column: value}]
+    if value.imag:
+        message = check_error(schema, json_frame(records, names), column, 1)
+        assert f"complex number {shown(value)} is not supported" in message
+    for check in (lambda: schema.check(json_frame(records, names)),
+                  lambda: schema.check_records(records)):
+        with pytest.raises(SchemaError, match=rf"column '{column}', row \d: complex number"):
+            check()
+
+
+def test_a_complex_training_column_is_refused_by_name() -> None:
+    frame = pd.DataFrame({"x": np.arange(40.0), "z": np.arange(40) * (1 + 1j)})
+    with pytest.raises(SchemaError, match=r"column 'z', row 1: complex number \(1\+1j\)"):
+        infer_schema(frame)
+    text = pd.DataFrame({"x": np.arange(40.0), "t": ["a", 2 + 1j] * 20})
+    with pytest.raises(SchemaError, match=r"column 't', row 1: complex number \(2\+1j\)"):
+        infer_schema(text)
+
+
+def test_a_complex_array_names_its_column_and_row() -> None:
+    from pipelines.detector import Detector, as_frame
+
+    array = np.zeros((5, 3), dtype=complex)
+    array[2, 1] = 1j
+    with pytest.raises(SchemaError, match=r"column 'x1', row 2: complex number 1j .*Complex data "
+                                          r"not supported") as info:
+        as_frame(array)
+    assert (info.value.column, info.value.row) == ("x1", 2)
+    with pytest.raises(SchemaError, match=r"column 'b', row 2: complex number 1j"):
+        as_frame(array, ["a", "b", "c"])
+    with pytest.raises(SchemaError, match="column 'x1', row 2"):
+        Detector().fit(array)
+
+
+# ------------------------------------------------------------------------ category text
+SPELLINGS = {  # how a client may send each training category
+    "café": ["cafe\u0301", "café ", " café", "caf\u00e9\u200b", "\ufeffcafé", "café\u00a0"],
+    "web": ["web\u200b", "web ", "\tweb\n", "w\u00adeb", "web\u2060"],
+    "Ångström": ["A\u030angstro\u0308m", "\u212bngström"],  # NFD; the Angstrom sign
+}
+
+
+def test_category_text_is_folded_alike_at_training_and_scoring() -> None:
+    """NFC, invisible characters removed, outer white space stripped: a macOS client's NFD,
+    a trailing space or a pasted zero width space is the category it spells. Case, inner
+    spaces and the zero width joiner (emoji, scripts) still tell categories apart."""
+    levels = [*SPELLINGS, "Web", "we b", "👩\u200d💻"]
+    # trained on other spellings of the same levels: they are one level each
+    place = [*levels, *[s[0] for s in SPELLINGS.values()]] * 6
+    train = pd.DataFrame({"x": np.arange(float(len(place))), "place": place})
+    schema = infer_schema(train)
+    assert schema.text_folding and schema["place"].categories == tuple(sorted(levels))
+    names = ["x", "place"]
+    records = [{"x": 1.0, "place": spelling}
+               for spellings in SPELLINGS.values() for spelling in spellings]
+    expected = [level for level, spellings in SPELLINGS.items() for _ in spellings]
+    assert list(schema.check(json_frame(records, names))["place"]) == expected
+    assert list(schema.check_records(records)["place"]) == expected
+    for other in ("WEB", "w eb", "👩💻", "👩\u200c💻"):
+        assert schema.check_records([{"x": 1.0, "place": other}])["place"][0] not in levels
+    for records_ in ([{"x": 1.0, "place": s}] for spellings in SPELLINGS.values()
+                     for s in spellings):
+        assert_same_outcome(schema, records_)
+
+
+def test_schemas_saved_before_folding_compare_text_as_given() -> None:
+    """A model saved before folding existed may hold 'café ' and 'café' as two levels (and
+    its reference records hold them as given): it keeps scoring as it did."""
+    schema = infer_schema(pd.DataFrame({"x": np.arange(4.0), "c": ["café ", "café"] * 2}))
+    saved = schema.to_dict()
+    del saved["text_folding"]
+    old = Schema.from_dict({**saved, "columns": [
+        saved["columns"][0], {**saved["columns"][1], "categories": ["café", "café "]}]})
+    assert not old.text_folding
+    records = [{"x": 1.0, "c": "café "}, {"x": 1.0, "c": "cafe\u0301"}]
+    assert list(old.check_records(records)["c"]) == ["café ", "cafe\u0301"]
+    assert list(old.check(json_frame(records, ["x", "c"]))["c"]) == ["café ", "cafe\u0301"]
+    assert Schema.from_dict(json.loads(json.dumps(schema.to_dict()))).text_folding
+
+
 # ------------------------------------------ the records path: check_records == check(frame)
 def outcome(call: Callable[[], dict[str, np.ndarray]]) -> tuple[object, ...]:
     """What a check gives: its values, or its exception's type, message, column, row, problem.
@@ -327,6 +417,7 @@ HOSTILE_VALUES = [
     10**400, "1.5", "7", " 3 ", "", "abc", "nan", "inf", "1e999", "true", "red", "S",
     "<unknown>", "<missing>", "é", "日本", "\ud800", "a\x00b", "x" * 5000, [], [1, 2], {},
     {"a": 1}, (1,), {1}, np.float64(1.5), np.int64(3), np.bool_(True), np.nan,
+    1 + 2j, np.complex128(3), "cafe\u0301", " red ", "red\u200b", "\u00a0S", "\ufeff",
 ]
 
 

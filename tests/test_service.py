@@ -172,24 +172,27 @@ def test_unseen_category_is_scored_and_reported(client):
 
 
 
-def test_a_value_between_grid_points_is_flagged_with_zero_density(client):
-    """``count`` took whole numbers in training: 2.5 lies in no cell, so the record has
-    probability zero; its score (+inf) is written as null, and it is flagged, explained too."""
+def test_a_value_between_grid_points_scores_finite_and_worse(client):
+    """``count`` took whole numbers in training: 2.5 is off its grid, scored at the nearest
+    count with a finite penalty (it had zero density, +inf, written as null): no record of
+    zero density, and ``count`` explains the difference."""
     body = records(3)
     body[1]["count"] = 2.5
     before = _zero_density(client)
     response = client.post("/score?explain=true&top=2", json=body)
     assert response.status_code == 200, response.text
-    assert _zero_density(client) == before + 1  # flowad_zero_density_records_total
+    assert _zero_density(client) == before  # flowad_zero_density_records_total
     results = response.json()["results"]
-    assert response.json()["zero_density"] == 1
-    assert results[1]["score"] is None and results[1]["is_anomaly"] is True
-    n_calibration = len(client.detector.calibration_scores_)
-    assert results[1]["p_value"] == pytest.approx(1 / (n_calibration + 1))
+    assert response.json()["zero_density"] == 0
+    frame = mixed_frame(3, seed=1).drop(columns=["id"]).astype({"count": float})
+    rounded = client.detector.decision_function(frame.assign(count=[frame["count"][0], 2.0,
+                                                                    frame["count"][2]]))
+    assert results[1]["score"] > rounded[1] + 5
+    assert results[1]["score"] == pytest.approx(
+        client.detector.decision_function(frame.assign(count=[frame["count"][0], 2.5,
+                                                              frame["count"][2]]))[1], abs=1e-9)
     assert results[1]["contributions"][0]["column"] == "count"
-    assert results[1]["contributions"][0]["contribution"] is None  # +inf
-    assert results[1]["contributions"][1]["contribution"] is not None
-    frame = mixed_frame(3, seed=1).drop(columns=["id"])
+    assert results[1]["contributions"][0]["contribution"] > 5
     expected = client.detector.decision_function(frame)
     assert [results[i]["score"] for i in (0, 2)] == pytest.approx(expected[[0, 2]], abs=1e-9)
 
@@ -207,7 +210,8 @@ def test_model_endpoint(client):
     assert {c["name"] for c in info["schema"]["columns"]} >= {"amount", "channel"}
     assert "val_nll" in info["training_metrics"]
     # 300 calibration rows are enough for 5%: no warning (Detector.describe() is tested with one)
-    assert info["calibration"] == {"n": 300, "min_rows_for_target_fpr": 19, "can_flag": True}
+    assert info["calibration"] == {"method": "conformal", "n": 300, "min_rows_for_target_fpr": 19,
+                                   "can_flag": True}
     assert info["warnings"] == []
 
 
@@ -1002,3 +1006,30 @@ def test_score_file_reads_pandas_index_columns(client):
     expected = client.detector.decision_function(frame.drop(columns=["id"]))
     assert [r["score"] for r in response.json()["results"]] == pytest.approx(expected,
                                                                                 abs=1e-9)
+
+
+def test_a_cross_conformal_model_is_served_with_its_rule(client):
+    """A model of a small table (200 rows at target FPR 0.01: cross-conformal, 10 flows):
+    promoted and reloaded, /score answers with its cross-conformal p-values and verdicts (as
+    the detector's own), and GET /model names its calibration."""
+    detector = Detector(exclude=["id"], train_options={"max_epochs": 3},
+                        random_state=6).fit(mixed_frame(200, seed=6))
+    assert detector.calibrator_.method == "cross-conformal"
+    registry.promote(save_detector(detector, "service-test"))
+    try:
+        _reload(client)
+        body = records(8)
+        body[3]["amount"] *= 40
+        response = client.post("/score", json=body)
+        assert response.status_code == 200, response.text
+        results = response.json()["results"]
+        expected, _ = detector.record_verdicts(body)
+        assert [r["p_value"] for r in results] == pytest.approx(expected["p_value"].tolist())
+        assert [r["is_anomaly"] for r in results] == expected["is_anomaly"].tolist()
+        assert results[3]["is_anomaly"]
+        info = client.get("/model").json()
+        assert info["calibration"] == {"method": "cross-conformal", "n": 200, "folds": 5,
+                                       "min_rows_for_target_fpr": 99, "can_flag": True}
+    finally:
+        registry.promote(client.tag)
+        _reload(client)

@@ -349,3 +349,23 @@ def test_a_model_name_that_is_a_path_never_reads_a_file_outside_the_store(tmp_pa
         calls[resolve_by]()
     assert "secret-content-4711" not in str(caught.value)
     assert registry.is_model_name("Flowad-Detector.v2") and not registry.is_model_name("a/b")
+
+
+def test_a_column_of_mixed_ints_and_text_fits_saves_and_scores_the_same():
+    """An object column of ints and strings is a text column (its ints compared as "3"); its
+    reference records were written raw, and pyarrow refused the mix: the model was lost at
+    save. They are written as the schema reads them (text, floats), and score the same."""
+    frame = mixed_frame(600, seed=3)
+    codes = np.random.default_rng(3).choice([3, 17, "A7", "B", None], len(frame))
+    frame = frame.assign(code=pd.Series(codes, dtype=object))
+    detector = Detector(exclude=["id"], target_fpr=0.05, train_options={"max_epochs": 3})
+    detector.fit(frame)
+    assert detector.schema["code"].kind == "categorical"
+    assert set(detector.schema["code"].categories) == {"3", "17", "A7", "B"}
+    tag = save_detector(detector, "mixed-text")
+    loaded = load_verified(tag)
+    new = mixed_frame(300, seed=4).assign(code=pd.Series(codes[:300], dtype=object))
+    np.testing.assert_array_equal(loaded.decision_function(new), detector.decision_function(new))
+    as_text = new.assign(code=new["code"].map(lambda v: None if v is None else str(v)))
+    np.testing.assert_array_equal(loaded.decision_function(as_text),
+                                  detector.decision_function(new))
