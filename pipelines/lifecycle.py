@@ -4,7 +4,8 @@ The promotion gate (all rules must pass; thresholds are :class:`GateRules` field
 brackets, each a ``flowad retrain`` option):
 0. Schema: the candidate's schema accepts what production's clients send
    (:func:`schema_changes`: no column gone or new, none changed between text and numbers, none
-   newly on a grid or on a coarser one, none that may be missing in production and not in the
+   newly on a grid or on a coarser one (values between its points, which production scores as
+   ordinary, would then carry the off-grid penalty), none that may be missing in production and not in the
    candidate).
 1. Data quality: no column that varied in production's training data is constant in the new
    data, and no column's missing rate rises by more than ``max_missing_rate_increase`` [0.2].
@@ -28,11 +29,14 @@ brackets, each a ``flowad retrain`` option):
    ``calibration.can_flag`` is false: too few calibration rows for that FPR, or too many of
    zero density) is refused while production can flag. Rule 5 cannot catch it: such a
    candidate's realised FPR is 0, inside the interval [0, 0] of an infinite threshold.
-5. Calibration (a candidate that can flag): its realised FPR on held-out normal rows is within
-   the 99% interval that conformal calibration allows (beta-binomial, see
-   :func:`~pipelines.calibration.conformal_fpr_interval`). That interval starts at 0 when
-   there are few held-out rows for the target FPR, and then a realised FPR of 0 is a likely
-   outcome of a sound threshold, not a sign of a broken one.
+5. Calibration (a candidate that can flag): its realised FPR on held-out normal rows (its own
+   verdicts, ``predict``) is within the 99% interval that conformal calibration allows
+   (beta-binomial, see :func:`~pipelines.calibration.conformal_fpr_interval`). That interval
+   starts at 0 when there are few held-out rows for the target FPR, and then a realised FPR of
+   0 is a likely outcome of a sound threshold, not a sign of a broken one. For a
+   cross-conformal candidate (a small table) the split-conformal interval of as many
+   calibration rows is an approximation (its guarantee is looser, docs/design.md
+   "Calibration"); a candidate thresholded by ``contamination`` has no FPR to check.
 6. Detection (only with labels): candidate ROC-AUC >= production ROC-AUC - ``auc_tolerance``
    [0.01].
 
@@ -142,8 +146,15 @@ def _can_flag(production: Detector, candidate: Detector, checks: dict[str, Any])
             f"while production can: {candidate.calibration_warning}"]
 
 
+def _fitted_rate(detector: Detector) -> float:
+    """The rate a detector's threshold was fitted at: its target FPR, or its contamination."""
+    about = detector.describe()
+    return float(about["target_fpr"] if about["target_fpr"] is not None
+                 else about["contamination"])
+
+
 def schema_changes(production: Detector, candidate: Detector) -> list[str]:
-    """What in the candidate's schema would reject, or give zero density to, records production
+    """What in the candidate's schema would reject, or score as off its grid, records production
     scores: the clients of production send such records, so promoting it would break them (a
     feed's format or resolution changed: a text column now of codes, amounts now rounded).
 
@@ -169,7 +180,7 @@ def schema_changes(production: Detector, candidate: Detector) -> list[str]:
             before = "continuous" if was.kind == "continuous" else f"on a grid of step {was.step:g}"
             changes.append(f"column {name!r} is on a grid of step {now.step:g} in the candidate "
                            f"({before} in production): values between its points, which "
-                           "production scores, would have zero density")
+                           "production scores, would score as off the grid")
         if was.n_missing_train > 0 and now.n_missing_train == 0:
             changes.append(f"column {name!r} may be missing in production, not in the candidate: "
                            "records production scores would be rejected")
@@ -250,14 +261,16 @@ def compare(
 
     production_scores = production.decision_function(normal)  # -log p: NLL per record
     candidate_scores = candidate.decision_function(normal)
-    production_fpr = float(np.mean(production_scores > production.threshold_))
-    limit = rules.max_production_fpr_ratio * production.target_fpr
+    # The verdicts themselves: a cross-conformal model's rule is not "score > threshold_".
+    production_fpr = float(np.mean(production.predict(normal)))
+    production_rate = _fitted_rate(production)
+    limit = rules.max_production_fpr_ratio * production_rate
     checks["drift"] = {"production_fpr": production_fpr, "limit": limit,
                        "passed": production_fpr <= limit}
     if production_fpr > limit:
         reasons.append(
             f"production flags {production_fpr:.1%} of the new normal rows (target "
-            f"{production.target_fpr:.1%}, limit {limit:.1%}): the new data is unlike the old; "
+            f"{production_rate:.1%}, limit {limit:.1%}): the new data is unlike the old; "
             "review it and promote manually if it is right"
         )
 
@@ -275,11 +288,15 @@ def compare(
         )
 
     reasons += _can_flag(production, candidate, checks)
-    candidate_fpr = float(np.mean(candidate_scores > candidate.threshold_))
-    calibration = candidate.describe()["calibration"]
-    checks["calibration"] = {"candidate_fpr": candidate_fpr, "target": candidate.target_fpr}
-    if calibration["can_flag"]:
-        low, high = conformal_fpr_interval(len(normal), calibration["n"], candidate.target_fpr)
+    candidate_fpr = float(np.mean(candidate.predict(normal)))
+    about = candidate.describe()
+    calibration = about["calibration"]
+    checks["calibration"] = {"candidate_fpr": candidate_fpr, "target": about["target_fpr"],
+                             "method": calibration["method"]}
+    if about["target_fpr"] is None:  # contamination: a share of training rows, no guarantee
+        checks["calibration"] |= {"interval": None, "passed": True}
+    elif calibration["can_flag"]:
+        low, high = conformal_fpr_interval(len(normal), calibration["n"], about["target_fpr"])
         passed = low <= candidate_fpr <= high
         checks["calibration"] |= {"interval": [low, high], "passed": passed}
         if not passed:

@@ -309,3 +309,24 @@ def test_a_candidate_that_cannot_flag_may_replace_a_production_that_cannot_eithe
     decision = compare(production, candidate, mixed_frame(40, seed=2), None, GateRules())
     assert decision.checks["can_flag"]["passed"]
     assert not [r for r in decision.reasons if "can never flag" in r]
+
+
+def test_the_gate_judges_each_model_by_its_own_verdicts_and_rate():
+    """A production model thresholded by contamination (10% of its training rows flagged, by
+    design) is judged at that rate, not at the default target FPR it never used: its 10% of
+    new normal rows flagged is no drift. A cross-conformal candidate (a small table) is judged
+    by its verdicts (``predict``), whose rule is not ``score > threshold_``."""
+    production = Detector(exclude=["id"], contamination=0.1, train_options=FAST,
+                          random_state=1).fit(mixed_frame(2000, seed=1))
+    candidate = Detector(exclude=["id"], train_options=FAST,
+                         random_state=2).fit(mixed_frame(300, seed=2))
+    assert candidate.describe()["calibration"]["method"] == "cross-conformal"
+    holdout = mixed_frame(1500, seed=3)
+    decision = compare(production, candidate, holdout, None, GateRules())
+    drift = decision.checks["drift"]
+    assert drift["production_fpr"] == pytest.approx(production.predict(holdout).mean())
+    assert drift["production_fpr"] > 0.05  # 5 x the default target FPR: refused as drift before
+    assert drift["limit"] == pytest.approx(0.5) and drift["passed"], decision.reasons
+    calibration = decision.checks["calibration"]
+    assert calibration["candidate_fpr"] == pytest.approx(candidate.predict(holdout).mean())
+    assert calibration["method"] == "cross-conformal"
