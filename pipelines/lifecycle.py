@@ -5,8 +5,8 @@ brackets, each a ``flowad retrain`` option):
 0. Schema: the candidate's schema accepts what production's clients send
    (:func:`schema_changes`: no column gone or new, none changed between text and numbers, none
    newly on a grid or on a coarser one (values between its points, which production scores as
-   ordinary, would then carry the off-grid penalty), none that may be missing in production and not in the
-   candidate).
+   ordinary, would then carry the off-grid penalty), none that may be missing in production
+   and not in the candidate).
 1. Data quality: no column that varied in production's training data is constant in the new
    data, and no column's missing rate rises by more than ``max_missing_rate_increase`` [0.2].
 2. Drift sanity: production flags at most ``max_production_fpr_ratio`` [5] x its target FPR of
