@@ -1,0 +1,287 @@
+"""The levers of issue 28 on the development suite, and what each costs on ``6_cardio``.
+
+Candidates (fixed with the rule in ``dev_suite.py`` before any ran):
+
+* options of the detector (``CANDIDATES``): VSDE's variance penalty with K = 2 or 4 flows
+  (``TrainConfig.variance_penalty``; the members' random coupling masks differ, and the mixture
+  takes the log-mean-exp of their densities), K = 4 alone, spectral norm on the couplings
+  (``RealNVP(spectral_norm=True)``), a Student-t base, a peak learning rate of 1e-2, the epoch
+  chosen by the training NLL's separation (``TrainConfig.epoch_selection="separation"``, ODIM);
+* detectors built around the default one (``WRAPPED``): the flow + encoded-space KDE mixture
+  (w = 0.5, M and h by validation NLL: ``flow_kde_mixture.py`` as a protocol detector), the
+  product with a Ledoit-Wolf Gaussian (each log-density standardised by its median and IQR on
+  the fitted rows, then summed), the SRR refit (three folds; a row both out-of-fold flows score
+  in their top 10% is dropped, then the default is fitted on the rest); and the Ledoit-Wolf
+  Gaussian alone for reference (not a candidate).
+
+Run (one thread; results in ``results/dev/[unsupervised/]CANDIDATE/``)::
+
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/levers28.py run CANDIDATE \
+        [--protocol unsupervised] [--data DIR] [--out DIR]
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/levers28.py cost CANDIDATE [CANDIDATE ...]
+
+``cost`` fits and scores each candidate on ``6_cardio`` (one-class split, seed 0) interleaved
+with the default detector and ``IsolationForest(100)`` (3 rounds, medians, one thread) and
+prints fit seconds and scoring rows/s, each also as a ratio to IsolationForest's.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before numpy and torch load
+
+import math
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flow_kde_mixture import GRID_H, GRID_M, chunked_kde
+from sklearn.covariance import LedoitWolf
+from sklearn.ensemble import IsolationForest
+from sklearn.preprocessing import StandardScaler
+
+from pipelines import protocol
+from pipelines.benchmark import ProtocolDetector, _run
+from pipelines.detector import as_frame, split_rows
+
+DEV = Path(__file__).resolve().parent / "data" / "dev"
+ADBENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "adbench"  # 6_cardio
+RESULTS = Path(__file__).resolve().parent / "results" / "dev"
+
+CANDIDATES: dict[str, dict[str, Any]] = {
+    "default": {},
+    "vsde-l1-k2": {"train_options": {"variance_penalty": 1.0}},
+    "vsde-l3.3-k2": {"train_options": {"variance_penalty": 3.3}},
+    "vsde-l1-k4": {"flow_options": {"members": 4}, "train_options": {"variance_penalty": 1.0}},
+    "vsde-l3.3-k4": {"flow_options": {"members": 4},
+                     "train_options": {"variance_penalty": 3.3}},
+    "mix4": {"flow_options": {"members": 4}},
+    "spectral-norm": {"flow_options": {"spectral_norm": True}},
+    "student": {"flow_options": {"base": "student"}},
+    "lr-1e-2": {"train_options": {"learning_rate": 1e-2}},
+    "odim": {"train_options": {"epoch_selection": "separation"}},
+    "trim-0.1": {"train_options": {"trim_share": 0.1}},
+}
+
+
+def robust_standardised(scores: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """``(scores - median) / IQR`` of the reference scores (``+inf`` stays ``+inf``).
+
+    Arguments:
+        scores: anomaly scores to rescale.
+        reference: the fitted rows' scores, whose median and interquartile range are used.
+    """
+    low, median, high = np.quantile(reference, [0.25, 0.5, 0.75])
+    return (scores - median) / max(high - low, 1e-12)
+
+
+class GaussianScore:
+    """Half the squared Ledoit-Wolf Mahalanobis distance: a Gaussian's NLL up to a constant."""
+
+    def fit(self, X: np.ndarray) -> GaussianScore:
+        self.model_ = LedoitWolf().fit(X)
+        self.info_ = f"shrinkage={self.model_.shrinkage_:.3g}"
+        return self
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        return 0.5 * self.model_.mahalanobis(X)
+
+
+class GaussianProduct:
+    """The default flow's NLL plus a Ledoit-Wolf Gaussian's, each robustly standardised on the
+    fitted rows: a product of the two densities whose weights are the inverse spreads of their
+    scores (no labels).
+
+    Arguments:
+        seed: the protocol seed (the flow's ``random_state``).
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.flow = ProtocolDetector("realnvp", seed)
+        self.gaussian = GaussianScore()
+
+    def fit(self, X: np.ndarray) -> GaussianProduct:
+        self.flow.fit(X)
+        self.gaussian.fit(X)
+        self.flow_reference_ = self.flow.decision_function(X)
+        self.gaussian_reference_ = self.gaussian.decision_function(X)
+        self.info_ = f"{self.flow.info_} {self.gaussian.info_}"
+        return self
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        return (robust_standardised(self.flow.decision_function(X), self.flow_reference_)
+                + robust_standardised(self.gaussian.decision_function(X),
+                                      self.gaussian_reference_))
+
+
+class FoldVoteRefit:
+    """SRR (Yoon et al., "Self-supervise, refine, repeat", TMLR 2022) with flows: the default
+    detector on each of ``folds`` disjoint folds scores the rows outside its fold; a row that
+    every out-of-fold detector scores above its own ``1 - share`` quantile is dropped, and the
+    default detector is fitted on the rest.
+
+    Arguments:
+        seed: the protocol seed (folds and flows).
+        folds: the number of folds.
+        share: each detector's share of flagged rows.
+    """
+
+    def __init__(self, seed: int, folds: int = 3, share: float = 0.1) -> None:
+        self.seed, self.folds, self.share = seed, folds, share
+
+    def fit(self, X: np.ndarray) -> FoldVoteRefit:
+        fold_of = np.random.default_rng(self.seed).permutation(len(X)) % self.folds
+        flagged = np.ones(len(X), dtype=bool)
+        for k in range(self.folds):
+            inside = fold_of == k
+            scores = ProtocolDetector("realnvp", self.seed + k).fit(
+                X[inside]).decision_function(X[~inside])
+            flags = np.zeros(len(X), dtype=bool)
+            flags[~inside] = scores > np.quantile(scores, 1 - self.share)
+            flagged[~inside] &= flags[~inside]  # every out-of-fold detector must agree
+        self.final = ProtocolDetector("realnvp", self.seed).fit(X[~flagged])
+        self.info_ = f"dropped={int(flagged.sum())}/{len(X)} {self.final.info_}"
+        return self
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        return self.final.decision_function(X)
+
+
+class FlowKDE:
+    """``p = 0.5 p_flow + 0.5 KDE_h`` in the encoded space (``flow_kde_mixture.py``), the KDE
+    over ``M`` of the detector's dequantised training rows; ``M`` and ``h`` chosen by the mean
+    NLL of its validation rows.
+
+    Arguments:
+        seed: the protocol seed.
+        weight: the flow's weight ``w``.
+    """
+
+    def __init__(self, seed: int, weight: float = 0.5) -> None:
+        self.seed, self.weight = seed, weight
+        self.flow = ProtocolDetector("realnvp", seed)
+
+    def fit(self, X: np.ndarray) -> FlowKDE:
+        self.flow.fit(X)
+        detector = self.flow.detector
+        data = as_frame(X)
+        train_rows, val_rows, _ = split_rows(len(data), (detector.validation_fraction, 0.0),
+                                             self.seed)
+        rng = np.random.default_rng(self.seed)
+        train = torch.as_tensor(self._dequantised(data.iloc[train_rows], rng)[0])
+        val, val_jacobian = self._dequantised(data.iloc[val_rows], rng)
+        best = math.inf
+        for m in GRID_M:
+            if m > len(train) and m != GRID_M[0]:
+                continue
+            centres = train[np.random.default_rng(self.seed + m).permutation(len(train))[:m]]
+            for h in GRID_H:
+                self.centres_, self.bandwidth_ = centres, h
+                nll = -(self._log_density(val) + val_jacobian).mean()
+                if nll < best:
+                    best, chosen = nll, (centres, h)
+        self.centres_, self.bandwidth_ = chosen
+        self.info_ = f"{self.flow.info_} M={len(self.centres_)} h={self.bandwidth_}"
+        return self
+
+    def _dequantised(self, frame: Any, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Rows encoded as in training (uniform noise within each cell) and log-Jacobians."""
+        encoder = self.flow.detector.encoder_
+        lower, log_jacobian = encoder.transform(frame, offset=0.0)
+        width = (encoder.cell_widths(frame) if any(len(a) for a in encoder.atoms_)
+                 else np.broadcast_to(encoder.dequantization_width_, lower.shape))
+        return lower + rng.random(lower.shape) * width, log_jacobian
+
+    def _log_density(self, encoded: np.ndarray) -> np.ndarray:
+        x = torch.as_tensor(encoded, dtype=torch.float64)
+        with torch.inference_mode():
+            log_flow = self.flow.detector.flow_.log_prob(x.float()).double()
+            log_kde = chunked_kde(x, self.centres_, self.bandwidth_)
+            mixed = torch.logaddexp(log_flow + math.log(self.weight),
+                                    log_kde + math.log(1 - self.weight))
+        return mixed.numpy()
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        detector = self.flow.detector
+        encoded, log_jacobian = detector.encoder_.transform(
+            as_frame(X, list(detector.feature_names_in_)))
+        scores = -(self._log_density(encoded) + log_jacobian)
+        return np.nan_to_num(scores, posinf=np.finfo(np.float64).max)
+
+
+WRAPPED: dict[str, Callable[[int], protocol.AnomalyDetector]] = {
+    "flow-kde-0.5": FlowKDE,
+    "gauss-product": GaussianProduct,
+    "srr": FoldVoteRefit,
+    "lw-gaussian": lambda seed: GaussianScore(),
+}
+
+
+def make(candidate: str) -> Callable[[int], protocol.AnomalyDetector]:
+    """The protocol's ``make_detector(seed)`` of a candidate."""
+    if candidate in WRAPPED:
+        return WRAPPED[candidate]
+    options = CANDIDATES[candidate]
+    return lambda seed: ProtocolDetector("realnvp", seed, **options)
+
+
+def run(candidate: str, kind: str, data: Path, out: Path) -> None:
+    """Every dataset and seed of protocol ``kind`` for ``candidate``, resumable."""
+    torch.set_num_threads(1)
+    folder = out / candidate if kind == "one-class" else out / kind / candidate
+    stem = "flowad-realnvp" + ("" if kind == "one-class" else f"-{kind}")
+    _run(data, folder, stem, ["flowad-realnvp"], lambda _: make(candidate),
+         seeds=protocol.SEEDS, datasets=None, kind=kind, log=print)
+
+
+def cost(candidates: list[str], data: Path, rounds: int = 3) -> None:
+    """Fit seconds and scoring rows/s on ``6_cardio`` against the default and IsolationForest."""
+    torch.set_num_threads(1)
+    X, y = protocol.load_npz(data / "6_cardio.npz")
+    train, _, test, _ = protocol.split(y, 0)
+    scaler = StandardScaler().fit(X[train])
+    X_train, X_test = scaler.transform(X[train]), scaler.transform(X[test])
+    makers = {"IsolationForest(100)": lambda seed: IsolationForest(
+        n_estimators=100, n_jobs=1, random_state=seed)}
+    makers |= {c: make(c) for c in dict.fromkeys(["default", *candidates])}
+    fits: dict[str, list[float]] = {name: [] for name in makers}
+    speeds: dict[str, list[float]] = {name: [] for name in makers}
+    for _ in range(rounds):  # A B C A B C ...: load changes hit every side alike
+        for name, maker in makers.items():
+            detector = maker(0)
+            start = time.perf_counter()
+            detector.fit(X_train)
+            fits[name].append(time.perf_counter() - start)
+            score = (detector.score_samples if name.startswith("Isolation")
+                     else detector.decision_function)
+            calls, start = 0, time.perf_counter()
+            while (elapsed := time.perf_counter() - start) < 1.0 or calls == 0:
+                score(X_test)
+                calls += 1
+            speeds[name].append(calls * len(X_test) / elapsed)
+    forest_fit = float(np.median(fits["IsolationForest(100)"]))
+    forest_speed = float(np.median(speeds["IsolationForest(100)"]))
+    print(f"6_cardio, {len(X_train)} training rows, {len(X_test)} test rows, {rounds} rounds "
+          "(medians), one thread")
+    print("| detector | fit s | fit / IsolationForest | scoring rows/s | "
+          "scoring / IsolationForest |")
+    print("|---|---|---|---|---|")
+    for name in makers:
+        fit, speed = float(np.median(fits[name])), float(np.median(speeds[name]))
+        print(f"| {name} | {fit:.3f} | {fit / forest_fit:.1f}x | {speed:,.0f} | "
+              f"{speed / forest_speed:.2f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    command, *rest = sys.argv[1:]
+    data = Path(rest[rest.index("--data") + 1]) if "--data" in rest else None
+    if command == "run":
+        run(rest[0], rest[rest.index("--protocol") + 1] if "--protocol" in rest else "one-class",
+            data or DEV, Path(rest[rest.index("--out") + 1]) if "--out" in rest else RESULTS)
+    else:
+        cost([c for c in rest if not c.startswith("--") and c != str(data)], data or ADBENCH)
