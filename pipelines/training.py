@@ -75,8 +75,9 @@ class TrainConfig:
         variance_penalty: ``lambda`` of variance-stabilised density estimation (Rozner et al.,
             "Anomaly detection with variance stabilized density estimation", UAI 2024): the
             loss adds ``lambda * Var(log p(x))`` over each batch's (kept) rows, which flattens
-            the density over the normal data. 0: off (the plain loss bit for bit). Maximum
-            likelihood objective of RealNVP only.
+            the density over the normal data; the epoch kept is then the best by the same
+            objective on the (trimmed) validation rows. 0: off (the plain loss bit for bit).
+            Maximum likelihood objective of RealNVP only.
         epoch_selection: which epoch's weights are kept: ``"validation"`` (the lowest trimmed
             validation NLL) or ``"separation"`` (the largest label-free separation of the
             per-row training NLL, :func:`pipelines.separation.nll_separation`: the epoch at
@@ -406,8 +407,15 @@ def train_flow(
             {"epoch": epoch, "train_nll": train_nll, "val_nll": val_nll, "step": step}
         )
         bar.set_postfix(train_nll=f"{train_nll:.3f}", val_nll=f"{val_nll:.3f}")
-        # The criterion to minimise: the validation NLL, or minus the training NLL's separation.
+        # The criterion to minimise: the validation NLL (plus the variance penalty, so that
+        # the epoch kept is the best by the objective trained), or minus the training NLL's
+        # separation.
         criterion = val_nll
+        if config.variance_penalty > 0:
+            kept = trim1(per_row_nll(evaluated, val_x), config.effective_validation_trim,
+                         tail="right")
+            criterion += config.variance_penalty * float(np.var(kept, ddof=1))
+            result.history[-1]["val_variance"] = float(np.var(kept, ddof=1))
         if config.epoch_selection == "separation":
             criterion = -nll_separation(per_row_nll(evaluated, train_midpoints), config.seed)
             result.history[-1]["separation"] = -criterion
