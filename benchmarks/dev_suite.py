@@ -201,10 +201,111 @@ def decide(out: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+# ----------------------------------------------------------------------------- issue 28
+# Scoring at least 1.5x IsolationForest(100)'s rows/s and fitting within 30x its fit, 6_cardio.
+MIN_SCORING_RATIO, MAX_FIT_RATIO = 1.5, 30.0
+T_FLOOR = -2.0
+ISSUE19_FLOW_KDE = "flow-kde-0.5 (issue 19 runs)"
+
+
+def runs_28(candidate: str, out: Path, kind: str) -> pd.DataFrame:
+    """``dataset, seed, auc, ap`` of a candidate's runs under protocol ``kind`` (AP is NaN for
+    the issue-19 flow-KDE runs, which recorded ROC-AUC only)."""
+    if candidate == ISSUE19_FLOW_KDE:
+        return per_run_auc("flow-kde-0.5", out).assign(ap=np.nan)
+    folder = out / candidate if kind == "one-class" else out / kind / candidate
+    (path,) = folder.glob("flowad-realnvp*.csv")
+    frame = pd.DataFrame(protocol.read_rows(path))
+    return frame.assign(auc=frame.roc_auc.astype(float), ap=frame.ap.astype(float),
+                        seed=frame.seed.astype(int))[["dataset", "seed", "auc", "ap"]]
+
+
+def baseline_runs(out: Path, kind: str, metric: str = "roc_auc") -> pd.DataFrame:
+    """``(dataset, seed)`` x baseline table of one metric of the ten baselines' runs."""
+    rows = pd.DataFrame(protocol.read_rows(out / "baselines" / f"baselines-{kind}.csv"))
+    rows[metric] = pd.to_numeric(rows[metric], errors="coerce")
+    return rows.groupby(["dataset", "seed", "detector"])[metric].mean().unstack()[
+        list(protocol.BASELINE_DETECTORS)]
+
+
+def mean_rank(scores: pd.Series, baselines: pd.DataFrame) -> float:
+    """Mean rank (1 = best, ties averaged) of ``scores`` among the baselines' on the same
+    index; a failed baseline run (NaN) ranks last."""
+    table = baselines.loc[scores.index].fillna(-np.inf).assign(candidate=scores)
+    return float(table.rank(axis=1, ascending=False).mean()["candidate"])
+
+
+def evidence_28(candidate: str, default: pd.DataFrame, out: Path, kind: str
+                ) -> dict[str, Any]:
+    """The numbers rule 1 and 2 read, and AP beside them, for one candidate."""
+    runs = runs_28(candidate, out, kind)
+    auc = runs.groupby("dataset").auc.mean()
+    base = baseline_runs(out, kind)
+    base_means = base.groupby(level="dataset").mean()
+    diff = auc - default.groupby("dataset").auc.mean().loc[auc.index]
+    t = diff.mean() / (diff.std(ddof=1) / np.sqrt(len(diff))) if diff.std() > 0 else 0.0
+    seeds = {}
+    for seed, per_seed in runs.groupby("seed"):
+        index = pd.MultiIndex.from_arrays([per_seed.dataset, per_seed.seed])
+        seeds[seed] = mean_rank(pd.Series(per_seed.auc.to_numpy(), index=index), base)
+    ap = runs.groupby("dataset").ap.mean()
+    ap_base = baseline_runs(out, kind, "ap").groupby(level="dataset").mean()
+    return {"candidate": candidate, "datasets": len(auc), "auc": auc.mean(),
+            "diff": diff.mean(), "t": t, "better": int((diff > 0).sum()),
+            "rank": mean_rank(auc, base_means), "seed_ranks": seeds,
+            "ap": ap.mean(), "ap_rank": mean_rank(ap, ap_base) if ap.notna().all() else np.nan,
+            "per_dataset": auc}
+
+
+def decide_28(out: Path, kind: str, candidates: list[str], cost: dict[str, Any] | None
+              ) -> str:
+    """Rules 1-3 of the module docstring for protocol ``kind``: the table and the decision."""
+    default = runs_28("default", out, kind)
+    rows = [evidence_28(c, default, out, kind) for c in ["default", *candidates]]
+    reference = rows[0]
+    lines = [f"{kind} protocol, development suite (14 datasets x seeds 0-2):", "",
+             "| candidate | mean ROC-AUC | vs default | paired t | datasets better | "
+             "rank of 11 | rank per seed (0/1/2) | seeds better than default | mean AP | "
+             "AP rank of 11 | scoring / IForest | fit / IForest |", "|---" * 12 + "|"]
+    for r in rows:
+        wins = sum(r["seed_ranks"][s] < reference["seed_ranks"][s] for s in r["seed_ranks"])
+        r["seed_wins"] = wins
+        c = (cost or {}).get(r["candidate"], {})
+        r["cost_ok"] = (not c) or (c["scoring_ratio"] >= MIN_SCORING_RATIO
+                                   and c["fit_ratio"] <= MAX_FIT_RATIO)
+        vs = ("| | |" if r is reference
+              else f"{r['diff']:+.4f} | {r['t']:.2f} | {r['better']} of {r['datasets']} |")
+        lines.append(
+            f"| {r['candidate']} | {r['auc']:.4f} | {vs} {r['rank']:.2f} | "
+            + "/".join(f"{v:.2f}" for v in r["seed_ranks"].values())
+            + f" | {'' if r is reference else wins} | {r['ap']:.4f} | {r['ap_rank']:.2f} | "
+            + (f"{c['scoring_ratio']:.2f}x | {c['fit_ratio']:.1f}x |" if c else "| |"))
+    eligible = [r for r in rows[1:] if r["t"] >= T_FLOOR and r["datasets"] == 14]
+    order = sorted(eligible, key=lambda r: (round(r["rank"], 2), -r["auc"]))
+    beats = [r for r in order if r["rank"] < reference["rank"] and r["seed_wins"] >= 2]
+    decision, note = "default", "no eligible candidate ranks better on the mean and in 2 of 3 seeds"
+    if beats:
+        passing = [r for r in beats if r["cost_ok"]]
+        note = (f"lowest rank that beats the default: {beats[0]['candidate']}"
+                + ("" if beats[0]["cost_ok"] else " (fails the speed rows: Pareto plot)"))
+        decision = passing[0]["candidate"] if passing else "default"
+    lines += ["", f"eligible (t >= {T_FLOOR:g}): {', '.join(r['candidate'] for r in eligible)}",
+              note, f"decision ({kind}): {decision}", "",
+              pd.DataFrame({r["candidate"]: r["per_dataset"] for r in rows}).round(4)
+              .to_string(), ""]
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     command, *rest = sys.argv[1:]
     if command == "run":
         run(rest[0], Path(rest[1]), rest[rest.index("--protocol") + 1]
             if "--protocol" in rest else "one-class")
+    elif command == "decide28":
+        # decide28 OUT_DIR KIND CANDIDATE... [--cost COST.json]
+        costs = (json.loads(Path(rest[rest.index("--cost") + 1]).read_text())
+                 if "--cost" in rest else None)
+        names = [c for c in rest[2:] if c != "--cost" and not c.endswith(".json")]
+        print(decide_28(Path(rest[0]), rest[1], names, costs))
     else:
         print(decide(Path(rest[0])))
