@@ -19,10 +19,12 @@ Run (one thread; results in ``results/dev/[unsupervised/]CANDIDATE/``)::
     PYTHONPATH=$PWD .venv/bin/python benchmarks/levers28.py run CANDIDATE \
         [--protocol unsupervised] [--data DIR] [--out DIR]
     PYTHONPATH=$PWD .venv/bin/python benchmarks/levers28.py cost CANDIDATE [CANDIDATE ...]
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/levers28.py spikes
 
 ``cost`` fits and scores each candidate on ``6_cardio`` (one-class split, seed 0) interleaved
-with the default detector and ``IsolationForest(100)`` (3 rounds, medians, one thread) and
-prints fit seconds and scoring rows/s, each also as a ratio to IsolationForest's.
+with the default detector and ``IsolationForest(100)`` (3 rounds, medians, one thread), prints
+fit seconds and scoring rows/s, each also as a ratio to IsolationForest's, and adds them to
+``results/dev/cost.json`` (what ``dev_suite.py decide28 --cost`` reads).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before numpy and torch load
 
+import json
 import math
 import sys
 import time
@@ -52,6 +55,10 @@ from pipelines.detector import as_frame, split_rows
 DEV = Path(__file__).resolve().parent / "data" / "dev"
 ADBENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "adbench"  # 6_cardio
 RESULTS = Path(__file__).resolve().parent / "results" / "dev"
+FOREST = "IsolationForest(100)"
+# The development datasets with under 250 training rows, where the issue saw the spike.
+SMALL_DEV = ("14_glass", "15_Hepatitis", "18_Ionosphere", "21_Lymphography", "37_Stamps",
+             "39_vertebral", "45_wine")
 
 CANDIDATES: dict[str, dict[str, Any]] = {
     "default": {},
@@ -239,15 +246,16 @@ def run(candidate: str, kind: str, data: Path, out: Path) -> None:
          seeds=protocol.SEEDS, datasets=None, kind=kind, log=print)
 
 
-def cost(candidates: list[str], data: Path, rounds: int = 3) -> None:
-    """Fit seconds and scoring rows/s on ``6_cardio`` against the default and IsolationForest."""
+def cost(candidates: list[str], data: Path, rounds: int = 3) -> dict[str, dict[str, float]]:
+    """Fit seconds and scoring rows/s on ``6_cardio`` against the default and IsolationForest,
+    printed as a table; returns them per detector, with the ratios to IsolationForest's."""
     torch.set_num_threads(1)
     X, y = protocol.load_npz(data / "6_cardio.npz")
     train, _, test, _ = protocol.split(y, 0)
     scaler = StandardScaler().fit(X[train])
     X_train, X_test = scaler.transform(X[train]), scaler.transform(X[test])
-    makers = {"IsolationForest(100)": lambda seed: IsolationForest(
-        n_estimators=100, n_jobs=1, random_state=seed)}
+    makers = {FOREST: lambda seed: IsolationForest(n_estimators=100, n_jobs=1,
+                                                   random_state=seed)}
     makers |= {c: make(c) for c in dict.fromkeys(["default", *candidates])}
     fits: dict[str, list[float]] = {name: [] for name in makers}
     speeds: dict[str, list[float]] = {name: [] for name in makers}
@@ -257,31 +265,61 @@ def cost(candidates: list[str], data: Path, rounds: int = 3) -> None:
             start = time.perf_counter()
             detector.fit(X_train)
             fits[name].append(time.perf_counter() - start)
-            score = (detector.score_samples if name.startswith("Isolation")
-                     else detector.decision_function)
+            score = detector.score_samples if name == FOREST else detector.decision_function
             calls, start = 0, time.perf_counter()
             while (elapsed := time.perf_counter() - start) < 1.0 or calls == 0:
                 score(X_test)
                 calls += 1
             speeds[name].append(calls * len(X_test) / elapsed)
-    forest_fit = float(np.median(fits["IsolationForest(100)"]))
-    forest_speed = float(np.median(speeds["IsolationForest(100)"]))
+    forest_fit, forest_speed = np.median(fits[FOREST]), np.median(speeds[FOREST])
     print(f"6_cardio, {len(X_train)} training rows, {len(X_test)} test rows, {rounds} rounds "
           "(medians), one thread")
     print("| detector | fit s | fit / IsolationForest | scoring rows/s | "
           "scoring / IsolationForest |")
     print("|---|---|---|---|---|")
+    measured = {}
     for name in makers:
         fit, speed = float(np.median(fits[name])), float(np.median(speeds[name]))
+        measured[name] = {"fit_s": fit, "rows_per_s": speed, "fit_ratio": fit / forest_fit,
+                          "scoring_ratio": speed / forest_speed}
         print(f"| {name} | {fit:.3f} | {fit / forest_fit:.1f}x | {speed:,.0f} | "
               f"{speed / forest_speed:.2f}x |", flush=True)
+    return measured
+
+
+def spikes(data: Path, datasets: tuple[str, ...] = SMALL_DEV) -> None:
+    """Per small development dataset and peak learning rate: each member's largest rise of the
+    training NLL from one epoch to the next (nats), seeds 0-2 of the one-class protocol."""
+    torch.set_num_threads(1)
+    print("| dataset | training rows | peak learning rate | largest epoch-to-epoch rise of "
+          "the training NLL, per seed and member (nats) |\n|---|---|---|---|")
+    for name in datasets:
+        X, y = protocol.load_npz(data / f"{name}.npz")
+        for rate in (2e-2, 1e-2):
+            rises = []
+            for seed in protocol.SEEDS:
+                train = protocol.split(y, seed)[0]
+                rows = StandardScaler().fit_transform(X[train])
+                detector = ProtocolDetector("realnvp", seed, train_options={
+                    "learning_rate": rate}).fit(rows).detector
+                for member in range(detector.metrics_["members"]):
+                    nll = [e["train_nll"] for e in detector.history_ if e["member"] == member]
+                    rises.append(float(np.diff(nll).max()))
+            print(f"| {name} | {len(train)} | {rate:g} | "
+                  + " ".join(f"{r:.1f}" for r in rises) + " |", flush=True)
 
 
 if __name__ == "__main__":
     command, *rest = sys.argv[1:]
     data = Path(rest[rest.index("--data") + 1]) if "--data" in rest else None
-    if command == "run":
+    if command == "spikes":
+        spikes(data or DEV)
+    elif command == "run":
         run(rest[0], rest[rest.index("--protocol") + 1] if "--protocol" in rest else "one-class",
             data or DEV, Path(rest[rest.index("--out") + 1]) if "--out" in rest else RESULTS)
-    else:
-        cost([c for c in rest if not c.startswith("--") and c != str(data)], data or ADBENCH)
+    else:  # cost: measurements are added to (or replace those in) results/dev/cost.json
+        measured = cost([c for c in rest if not c.startswith("--") and c != str(data)],
+                        data or ADBENCH)
+        path = RESULTS / "cost.json"
+        previous = json.loads(path.read_text()) if path.exists() else {}
+        path.write_text(json.dumps(previous | measured, indent=1) + "\n")
