@@ -18,13 +18,15 @@ Run (one thread; results in ``results/dev/[unsupervised/]CANDIDATE/``)::
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/levers28.py run CANDIDATE \
         [--protocol unsupervised] [--data DIR] [--out DIR]
-    PYTHONPATH=$PWD .venv/bin/python benchmarks/levers28.py cost CANDIDATE [CANDIDATE ...]
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/levers28.py cost CANDIDATE [CANDIDATE ...] \
+        [--dataset 6_cardio]
     PYTHONPATH=$PWD .venv/bin/python benchmarks/levers28.py spikes
 
 ``cost`` fits and scores each candidate on ``6_cardio`` (one-class split, seed 0) interleaved
 with the default detector and ``IsolationForest(100)`` (3 rounds, medians, one thread), prints
 fit seconds and scoring rows/s, each also as a ratio to IsolationForest's, and adds them to
-``results/dev/cost.json`` (what ``dev_suite.py decide28 --cost`` reads).
+``results/dev/cost.json`` (what ``dev_suite.py decide28 --cost`` reads; another
+``--dataset``: ``cost-DATASET.json``).
 """
 
 from __future__ import annotations
@@ -246,11 +248,12 @@ def run(candidate: str, kind: str, data: Path, out: Path) -> None:
          seeds=protocol.SEEDS, datasets=None, kind=kind, log=print)
 
 
-def cost(candidates: list[str], data: Path, rounds: int = 3) -> dict[str, dict[str, float]]:
-    """Fit seconds and scoring rows/s on ``6_cardio`` against the default and IsolationForest,
+def cost(candidates: list[str], data: Path, dataset: str = "6_cardio",
+         rounds: int = 3) -> dict[str, dict[str, float]]:
+    """Fit seconds and scoring rows/s on ``dataset`` against the default and IsolationForest,
     printed as a table; returns them per detector, with the ratios to IsolationForest's."""
     torch.set_num_threads(1)
-    X, y = protocol.load_npz(data / "6_cardio.npz")
+    X, y = protocol.load_npz(data / f"{dataset}.npz")
     train, _, test, _ = protocol.split(y, 0)
     scaler = StandardScaler().fit(X[train])
     X_train, X_test = scaler.transform(X[train]), scaler.transform(X[test])
@@ -272,7 +275,7 @@ def cost(candidates: list[str], data: Path, rounds: int = 3) -> dict[str, dict[s
                 calls += 1
             speeds[name].append(calls * len(X_test) / elapsed)
     forest_fit, forest_speed = np.median(fits[FOREST]), np.median(speeds[FOREST])
-    print(f"6_cardio, {len(X_train)} training rows, {len(X_test)} test rows, {rounds} rounds "
+    print(f"{dataset}, {len(X_train)} training rows, {len(X_test)} test rows, {rounds} rounds "
           "(medians), one thread")
     print("| detector | fit s | fit / IsolationForest | scoring rows/s | "
           "scoring / IsolationForest |")
@@ -318,8 +321,10 @@ if __name__ == "__main__":
         run(rest[0], rest[rest.index("--protocol") + 1] if "--protocol" in rest else "one-class",
             data or DEV, Path(rest[rest.index("--out") + 1]) if "--out" in rest else RESULTS)
     else:  # cost: measurements are added to (or replace those in) results/dev/cost.json
-        measured = cost([c for c in rest if not c.startswith("--") and c != str(data)],
-                        data or ADBENCH)
-        path = RESULTS / "cost.json"
+        dataset = rest[rest.index("--dataset") + 1] if "--dataset" in rest else "6_cardio"
+        options = {str(data), dataset}
+        measured = cost([c for c in rest if not c.startswith("--") and c not in options],
+                        data or ADBENCH, dataset)
+        path = RESULTS / ("cost.json" if dataset == "6_cardio" else f"cost-{dataset}.json")
         previous = json.loads(path.read_text()) if path.exists() else {}
         path.write_text(json.dumps(previous | measured, indent=1) + "\n")
