@@ -228,11 +228,16 @@ def baseline_runs(out: Path, kind: str, metric: str = "roc_auc") -> pd.DataFrame
         list(protocol.BASELINE_DETECTORS)]
 
 
-def mean_rank(scores: pd.Series, baselines: pd.DataFrame) -> float:
-    """Mean rank (1 = best, ties averaged) of ``scores`` among the baselines' on the same
-    index; a failed baseline run (NaN) ranks last."""
+def mean_ranks(scores: pd.Series, baselines: pd.DataFrame) -> pd.Series:
+    """Mean rank (1 = best, ties averaged) of ``scores`` (``candidate``) and of each baseline
+    among the eleven, on the index of ``scores``; a failed baseline run (NaN) ranks last."""
     table = baselines.loc[scores.index].fillna(-np.inf).assign(candidate=scores)
-    return float(table.rank(axis=1, ascending=False).mean()["candidate"])
+    return table.rank(axis=1, ascending=False).mean()
+
+
+def mean_rank(scores: pd.Series, baselines: pd.DataFrame) -> float:
+    """:func:`mean_ranks` of the candidate alone."""
+    return float(mean_ranks(scores, baselines)["candidate"])
 
 
 def evidence_28(candidate: str, default: pd.DataFrame, out: Path, kind: str
@@ -250,9 +255,12 @@ def evidence_28(candidate: str, default: pd.DataFrame, out: Path, kind: str
         seeds[seed] = mean_rank(pd.Series(per_seed.auc.to_numpy(), index=index), base)
     ap = runs.groupby("dataset").ap.mean()
     ap_base = baseline_runs(out, kind, "ap").groupby(level="dataset").mean()
+    ranks = mean_ranks(auc, base_means)
+    best_baseline = ranks.drop("candidate").idxmin()
     return {"candidate": candidate, "datasets": len(auc), "auc": auc.mean(),
             "diff": diff.mean(), "t": t, "better": int((diff > 0).sum()),
-            "rank": mean_rank(auc, base_means), "seed_ranks": seeds,
+            "rank": ranks["candidate"], "seed_ranks": seeds,
+            "best_baseline": f"{best_baseline} {ranks[best_baseline]:.2f}",
             "ap": ap.mean(), "ap_rank": mean_rank(ap, ap_base) if ap.notna().all() else np.nan,
             "per_dataset": auc}
 
@@ -265,8 +273,9 @@ def decide_28(out: Path, kind: str, candidates: list[str], cost: dict[str, Any] 
     reference = rows[0]
     lines = [f"{kind} protocol, development suite (14 datasets x seeds 0-2):", "",
              "| candidate | mean ROC-AUC | vs default | paired t | datasets better | "
-             "rank of 11 | rank per seed (0/1/2) | seeds better than default | mean AP | "
-             "AP rank of 11 | scoring / IForest | fit / IForest |", "|---" * 12 + "|"]
+             "rank of 11 | best baseline's rank of 11 | rank per seed (0/1/2) | "
+             "seeds better than default | mean AP | AP rank of 11 | scoring / IForest | "
+             "fit / IForest |", "|---" * 13 + "|"]
     for r in rows:
         wins = sum(r["seed_ranks"][s] < reference["seed_ranks"][s] for s in r["seed_ranks"])
         r["seed_wins"] = wins
@@ -277,6 +286,7 @@ def decide_28(out: Path, kind: str, candidates: list[str], cost: dict[str, Any] 
               else f"{r['diff']:+.4f} | {r['t']:.2f} | {r['better']} of {r['datasets']} |")
         lines.append(
             f"| {r['candidate']} | {r['auc']:.4f} | {vs} {r['rank']:.2f} | "
+            f"{r['best_baseline']} | "
             + "/".join(f"{v:.2f}" for v in r["seed_ranks"].values())
             + f" | {'' if r is reference else wins} | {r['ap']:.4f} | {r['ap_rank']:.2f} | "
             + (f"{c['scoring_ratio']:.2f}x | {c['fit_ratio']:.1f}x |" if c else "| |"))
