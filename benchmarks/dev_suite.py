@@ -76,6 +76,13 @@ out-of-fold flows of a three-fold split score in their top 10% (SRR), and trimmi
 protocol is not combined with others there. The evaluation datasets then only *report* the
 decision (``flowad benchmark``, both protocols); choosing several times on one development
 suite favours a lucky candidate, which the evaluation suite shows or not.
+
+Addendum, written after the levers above ran and before this one did: ``flow-kde-0.5-m256``,
+the flow + KDE mixture with its centres capped at ``M = min(256, n)`` (``h`` still by validation
+NLL), because with ``M = 4096`` the mixture scored ``32_shuttle`` 25x slower than the default.
+It is defined after flow-kde-0.5's development results were seen, so it is reported as a
+post-hoc candidate: the same rule is applied to it, and a decision for it would be one made
+with more looks at the development suite than the rule above allowed for.
 """
 
 from __future__ import annotations
@@ -204,6 +211,10 @@ def decide(out: Path) -> str:
 # ----------------------------------------------------------------------------- issue 28
 # Scoring at least 1.5x IsolationForest(100)'s rows/s and fitting within 30x its fit, 6_cardio.
 MIN_SCORING_RATIO, MAX_FIT_RATIO = 1.5, 30.0
+# The default's fit ratio on a quiet machine (results/fast_default.txt): a loaded machine
+# inflates fit ratios (the default measured 35x beside other jobs), so a candidate's fit is
+# judged against the default's in the same run, scaled to this.
+QUIET_DEFAULT_FIT_RATIO = 22.4
 T_FLOOR = -2.0
 ISSUE19_FLOW_KDE = "flow-kde-0.5 (issue 19 runs)"
 
@@ -279,9 +290,11 @@ def decide_28(out: Path, kind: str, candidates: list[str], cost: dict[str, Any] 
     for r in rows:
         wins = sum(r["seed_ranks"][s] < reference["seed_ranks"][s] for s in r["seed_ranks"])
         r["seed_wins"] = wins
-        c = (cost or {}).get(r["candidate"], {})
+        c = (cost or {}).get(r["candidate"].removesuffix(" (issue 19 runs)"), {})
+        if c:
+            fit_scale = QUIET_DEFAULT_FIT_RATIO / cost["default"]["fit_ratio"]
         r["cost_ok"] = (not c) or (c["scoring_ratio"] >= MIN_SCORING_RATIO
-                                   and c["fit_ratio"] <= MAX_FIT_RATIO)
+                                   and c["fit_ratio"] * fit_scale <= MAX_FIT_RATIO)
         vs = ("| | |" if r is reference
               else f"{r['diff']:+.4f} | {r['t']:.2f} | {r['better']} of {r['datasets']} |")
         lines.append(
@@ -292,13 +305,21 @@ def decide_28(out: Path, kind: str, candidates: list[str], cost: dict[str, Any] 
             + (f"{c['scoring_ratio']:.2f}x | {c['fit_ratio']:.1f}x |" if c else "| |"))
     eligible = [r for r in rows[1:] if r["t"] >= T_FLOOR and r["datasets"] == 14]
     order = sorted(eligible, key=lambda r: (round(r["rank"], 2), -r["auc"]))
-    beats = [r for r in order if r["rank"] < reference["rank"] and r["seed_wins"] >= 2]
-    decision, note = "default", "no eligible candidate ranks better on the mean and in 2 of 3 seeds"
-    if beats:
-        passing = [r for r in beats if r["cost_ok"]]
-        note = (f"lowest rank that beats the default: {beats[0]['candidate']}"
-                + ("" if beats[0]["cost_ok"] else " (fails the speed rows: Pareto plot)"))
-        decision = passing[0]["candidate"] if passing else "default"
+    decision, note = "default", "no eligible candidate"
+    if order:
+        winner = order[0]  # rule 2: the lowest mean rank; it must beat the default twice over
+        beats = [r for r in order if r["rank"] < reference["rank"] and r["seed_wins"] >= 2]
+        note = (f"lowest mean rank: {winner['candidate']} ({winner['rank']:.2f}; "
+                f"{winner['seed_wins']} of 3 seeds better than the default)")
+        if winner is (beats or [None])[0]:
+            # rule 3: a winner too slow goes to the Pareto plot; the next one by rule 2 that
+            # keeps the speed rows is the decision
+            passing = [r for r in beats if r["cost_ok"]]
+            if not winner["cost_ok"]:
+                note += "; it fails the speed rows (Pareto plot)"
+            decision = passing[0]["candidate"] if passing else "default"
+        else:
+            note += "; it does not beat the default on the mean and in 2 of 3 seeds"
     lines += ["", f"eligible (t >= {T_FLOOR:g}): {', '.join(r['candidate'] for r in eligible)}",
               note, f"decision ({kind}): {decision}", "",
               pd.DataFrame({r["candidate"]: r["per_dataset"] for r in rows}).round(4)

@@ -169,10 +169,12 @@ class FlowKDE:
     Arguments:
         seed: the protocol seed.
         weight: the flow's weight ``w``.
+        sizes: the numbers of centres ``M`` tried (at most the training rows).
     """
 
-    def __init__(self, seed: int, weight: float = 0.5) -> None:
-        self.seed, self.weight = seed, weight
+    def __init__(self, seed: int, weight: float = 0.5,
+                 sizes: tuple[int, ...] = GRID_M) -> None:
+        self.seed, self.weight, self.sizes = seed, weight, sizes
         self.flow = ProtocolDetector("realnvp", seed)
 
     def fit(self, X: np.ndarray) -> FlowKDE:
@@ -185,8 +187,8 @@ class FlowKDE:
         train = torch.as_tensor(self._dequantised(data.iloc[train_rows], rng)[0])
         val, val_jacobian = self._dequantised(data.iloc[val_rows], rng)
         best = math.inf
-        for m in GRID_M:
-            if m > len(train) and m != GRID_M[0]:
+        for m in self.sizes:
+            if m > len(train) and m != self.sizes[0]:
                 continue
             centres = train[np.random.default_rng(self.seed + m).permutation(len(train))[:m]]
             for h in GRID_H:
@@ -234,6 +236,7 @@ class FlowKDE:
 
 WRAPPED: dict[str, Callable[[int], protocol.AnomalyDetector]] = {
     "flow-kde-0.5": FlowKDE,
+    "flow-kde-0.5-m256": lambda seed: FlowKDE(seed, sizes=(256,)),
     "gauss-product": GaussianProduct,
     "srr": FoldVoteRefit,
     "lw-gaussian": lambda seed: GaussianScore(),
