@@ -293,8 +293,10 @@ def decide_28(out: Path, kind: str, candidates: list[str], cost: dict[str, Any] 
         c = (cost or {}).get(r["candidate"].removesuffix(" (issue 19 runs)"), {})
         if c:
             fit_scale = QUIET_DEFAULT_FIT_RATIO / cost["default"]["fit_ratio"]
-        r["cost_ok"] = (not c) or (c["scoring_ratio"] >= MIN_SCORING_RATIO
-                                   and c["fit_ratio"] * fit_scale <= MAX_FIT_RATIO)
+        # without a cost file rules 1-2 alone decide; with one, an unmeasured candidate fails
+        r["cost_ok"] = cost is None or (bool(c) and (
+            c["scoring_ratio"] >= MIN_SCORING_RATIO
+            and c["fit_ratio"] * fit_scale <= MAX_FIT_RATIO))
         vs = ("| | |" if r is reference
               else f"{r['diff']:+.4f} | {r['t']:.2f} | {r['better']} of {r['datasets']} |")
         lines.append(

@@ -21,6 +21,7 @@ Run (one thread; results in ``results/dev/[unsupervised/]CANDIDATE/``)::
     PYTHONPATH=$PWD .venv/bin/python benchmarks/levers28.py cost CANDIDATE [CANDIDATE ...] \
         [--dataset 6_cardio]
     PYTHONPATH=$PWD .venv/bin/python benchmarks/levers28.py spikes
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/levers28.py pareto   # results/dev/pareto-28.png
 
 ``cost`` fits and scores each candidate on ``6_cardio`` (one-class split, seed 0) interleaved
 with the default detector and ``IsolationForest(100)`` (3 rounds, medians, one thread), prints
@@ -58,6 +59,9 @@ DEV = Path(__file__).resolve().parent / "data" / "dev"
 ADBENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "adbench"  # 6_cardio
 RESULTS = Path(__file__).resolve().parent / "results" / "dev"
 FOREST = "IsolationForest(100)"
+# The candidates of the Pareto plot (those run under a protocol are plotted in its panel).
+PARETO = ("flow-kde-0.5", "flow-kde-0.5-m256", "mix4", "student", "spectral-norm", "lr-1e-2",
+          "odim", "vsde-l1-k2", "trim-0.1", "gauss-product", "srr")
 # The development datasets with under 250 training rows, where the issue saw the spike.
 SMALL_DEV = ("14_glass", "15_Hepatitis", "18_Ionosphere", "21_Lymphography", "37_Stamps",
              "39_vertebral", "45_wine")
@@ -324,11 +328,60 @@ def spikes(data: Path, datasets: tuple[str, ...] = SMALL_DEV) -> None:
                   + " ".join(f"{r:.1f}" for r in rises) + " |", flush=True)
 
 
+def pareto(candidates: dict[str, list[str]], path: Path) -> None:
+    """Development-suite mean rank of 11 against scoring rows/s over IsolationForest's on
+    ``6_cardio`` (``results/dev/cost.json``), one panel per protocol, with the speed gate and
+    the best baseline's rank.
+
+    Arguments:
+        candidates: per protocol, the candidates to plot (the default is added).
+        path: the PNG to write.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from dev_suite import MIN_SCORING_RATIO, evidence_28, runs_28
+
+    measured = json.loads((RESULTS / "cost.json").read_text())
+    fig, axes = plt.subplots(1, len(candidates), figsize=(7 * len(candidates), 5.5))
+    for ax, (kind, names) in zip(np.atleast_1d(axes), candidates.items(), strict=True):
+        default = runs_28("default", RESULTS, kind)
+        for name in ["default", *names]:
+            if name not in measured:
+                continue
+            evidence = evidence_28(name, default, RESULTS, kind)
+            x, y = measured[name]["scoring_ratio"], evidence["rank"]
+            ax.scatter(x, y, color="tab:red" if name == "default" else "tab:blue", zorder=3)
+            fit = measured[name]["fit_ratio"] / measured["default"]["fit_ratio"]
+            ax.annotate(f"{name} (fit {fit:.1f}x default's)", (x, y),
+                        textcoords="offset points", xytext=(4, 3), fontsize=7)
+        best = evidence_28("default", default, RESULTS, kind)["best_baseline"]  # beside it
+        ax.axhline(float(best.split(" ")[1]), color="tab:gray", ls="--",
+                   label=f"best baseline beside the default: {best}")
+        ax.axvline(MIN_SCORING_RATIO, color="tab:green", ls=":", label="speed gate (1.5x)")
+        ax.invert_yaxis()
+        ax.set_xlabel("scoring rows/s / IsolationForest(100)'s, 6_cardio (one run, 3 rounds)")
+        ax.set_ylabel(f"mean rank of 11, development suite, {kind} (1 = best)")
+        ax.set_title(f"{kind} protocol")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower left")
+    fig.suptitle("issue 28 levers: development-suite rank against scoring speed (up and right "
+                 "is better)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 if __name__ == "__main__":
     command, *rest = sys.argv[1:]
     data = Path(rest[rest.index("--data") + 1]) if "--data" in rest else None
     if command == "spikes":
         spikes(data or DEV)
+    elif command == "pareto":
+        pareto({kind: [c for c in PARETO if (RESULTS / (c if kind == "one-class" else
+                                                         f"{kind}/{c}")).exists()]
+                for kind in ("one-class", "unsupervised")}, RESULTS / "pareto-28.png")
     elif command == "run":
         run(rest[0], rest[rest.index("--protocol") + 1] if "--protocol" in rest else "one-class",
             data or DEV, Path(rest[rest.index("--out") + 1]) if "--out" in rest else RESULTS)
