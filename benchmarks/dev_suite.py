@@ -268,7 +268,7 @@ def evidence_28(candidate: str, default: pd.DataFrame, out: Path, kind: str
     ap_base = baseline_runs(out, kind, "ap").groupby(level="dataset").mean()
     ranks = mean_ranks(auc, base_means)
     best_baseline = ranks.drop("candidate").idxmin()
-    return {"candidate": candidate, "datasets": len(auc), "auc": auc.mean(),
+    return {"candidate": candidate, "datasets": len(auc), "runs": len(runs), "auc": auc.mean(),
             "diff": diff.mean(), "t": t, "better": int((diff > 0).sum()),
             "rank": ranks["candidate"], "seed_ranks": seeds,
             "best_baseline": f"{best_baseline} {ranks[best_baseline]:.2f}",
@@ -305,7 +305,8 @@ def decide_28(out: Path, kind: str, candidates: list[str], cost: dict[str, Any] 
             + "/".join(f"{v:.2f}" for v in r["seed_ranks"].values())
             + f" | {'' if r is reference else wins} | {r['ap']:.4f} | {r['ap_rank']:.2f} | "
             + (f"{c['scoring_ratio']:.2f}x | {c['fit_ratio']:.1f}x |" if c else "| |"))
-    eligible = [r for r in rows[1:] if r["t"] >= T_FLOOR and r["datasets"] == 14]
+    # every dataset x seed: a run still in progress is no candidate yet
+    eligible = [r for r in rows[1:] if r["t"] >= T_FLOOR and r["runs"] == 14 * 3]
     order = sorted(eligible, key=lambda r: (round(r["rank"], 2), -r["auc"]))
     decision, note = "default", "no eligible candidate"
     if order:

@@ -24,7 +24,8 @@ Run (one thread; results in ``results/dev/[unsupervised/]CANDIDATE/``)::
     PYTHONPATH=$PWD .venv/bin/python benchmarks/levers28.py pareto   # results/dev/pareto-28.png
 
 ``cost`` fits and scores each candidate on ``6_cardio`` (one-class split, seed 0) interleaved
-with the default detector and ``IsolationForest(100)`` (3 rounds, medians, one thread), prints
+with the default detector and ``IsolationForest(100)`` (3 fits, 15 scoring rounds, medians,
+one thread), prints
 fit seconds and scoring rows/s, each also as a ratio to IsolationForest's, and adds them to
 ``results/dev/cost.json`` (what ``dev_suite.py decide28 --cost`` reads; another
 ``--dataset``: ``cost-DATASET.json``).
@@ -264,10 +265,21 @@ def run(candidate: str, kind: str, data: Path, out: Path) -> None:
          seeds=protocol.SEEDS, datasets=None, kind=kind, log=print)
 
 
-def cost(candidates: list[str], data: Path, dataset: str = "6_cardio",
-         rounds: int = 3) -> dict[str, dict[str, float]]:
+def cost(candidates: list[str], data: Path, dataset: str = "6_cardio", rounds: int = 3,
+         scoring_rounds: int = 15) -> dict[str, dict[str, float]]:
     """Fit seconds and scoring rows/s on ``dataset`` against the default and IsolationForest,
-    printed as a table; returns them per detector, with the ratios to IsolationForest's."""
+    printed as a table; returns them per detector, with the ratios to IsolationForest's.
+
+    Fits: ``rounds`` rounds, each fitting every detector once (A B C A B C ...). Scoring: the
+    last fitted detectors, ``scoring_rounds`` interleaved rounds of at least 0.5 s each, so
+    that a 10% difference stands out of a loaded machine's noise. Medians.
+
+    Arguments:
+        candidates: the candidates measured beside the default and IsolationForest(100).
+        data: the folder of ``dataset``.
+        dataset: the protocol's one-class split of it, seed 0.
+        rounds, scoring_rounds: see above.
+    """
     torch.set_num_threads(1)
     X, y = protocol.load_npz(data / f"{dataset}.npz")
     train, _, test, _ = protocol.split(y, 0)
@@ -277,22 +289,25 @@ def cost(candidates: list[str], data: Path, dataset: str = "6_cardio",
                                                    random_state=seed)}
     makers |= {c: make(c) for c in dict.fromkeys(["default", *candidates])}
     fits: dict[str, list[float]] = {name: [] for name in makers}
-    speeds: dict[str, list[float]] = {name: [] for name in makers}
+    fitted: dict[str, Any] = {}
     for _ in range(rounds):  # A B C A B C ...: load changes hit every side alike
         for name, maker in makers.items():
-            detector = maker(0)
+            fitted[name] = maker(0)
             start = time.perf_counter()
-            detector.fit(X_train)
+            fitted[name].fit(X_train)
             fits[name].append(time.perf_counter() - start)
+    speeds: dict[str, list[float]] = {name: [] for name in makers}
+    for _ in range(scoring_rounds):
+        for name, detector in fitted.items():
             score = detector.score_samples if name == FOREST else detector.decision_function
             calls, start = 0, time.perf_counter()
-            while (elapsed := time.perf_counter() - start) < 1.0 or calls == 0:
+            while (elapsed := time.perf_counter() - start) < 0.5 or calls == 0:
                 score(X_test)
                 calls += 1
             speeds[name].append(calls * len(X_test) / elapsed)
     forest_fit, forest_speed = np.median(fits[FOREST]), np.median(speeds[FOREST])
-    print(f"{dataset}, {len(X_train)} training rows, {len(X_test)} test rows, {rounds} rounds "
-          "(medians), one thread")
+    print(f"{dataset}, {len(X_train)} training rows, {len(X_test)} test rows; medians of "
+          f"{rounds} fits and {scoring_rounds} scoring rounds, interleaved; one thread")
     print("| detector | fit s | fit / IsolationForest | scoring rows/s | "
           "scoring / IsolationForest |")
     print("|---|---|---|---|---|")
