@@ -376,7 +376,8 @@ def pareto(candidates: dict[str, list[str]], path: Path) -> None:
                    label=f"best baseline beside the default: {best}")
         ax.axvline(MIN_SCORING_RATIO, color="tab:green", ls=":", label="speed gate (1.5x)")
         ax.invert_yaxis()
-        ax.set_xlabel("scoring rows/s / IsolationForest(100)'s, 6_cardio (one run, 3 rounds)")
+        ax.set_xlabel("scoring rows/s / IsolationForest(100)'s, 6_cardio (one interleaved run, "
+                      "medians of 15 rounds)")
         ax.set_ylabel(f"mean rank of 11, development suite, {kind} (1 = best)")
         ax.set_title(f"{kind} protocol")
         ax.grid(alpha=0.3)
