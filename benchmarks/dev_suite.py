@@ -28,6 +28,61 @@ Run (one thread each, ~5 min a candidate; results in ``results/dev/``)::
     PYTHONPATH=$PWD .venv/bin/python -m pipelines.cli --threads 1 benchmark --baselines \
         --data-dir benchmarks/data/dev --output OUT_DIR/baselines [--protocol unsupervised]
     PYTHONPATH=$PWD .venv/bin/python benchmarks/dev_suite.py decide OUT_DIR
+
+**The rule of issue 28, written and committed before any of its levers ran.** The rule above
+measured something other than the target (a mean ROC-AUC gain with t > 2, where the aim is the
+rank among the detectors a user would otherwise pick); it rejected the flow + KDE mixture, which
+had the best development rank of all. It is replaced by one rule, applied once per situation:
+
+* **clean training data** (the default): the one-class protocol, the ten baselines of
+  ``results/dev/baselines/baselines-one-class.csv``, against the default of ``results/dev/default``;
+* **training data known to hold anomalies** (the ``contamination`` mode): the unsupervised
+  protocol, the baselines of ``baselines-unsupervised.csv``, against the default's unsupervised
+  runs (``results/dev/unsupervised/default``).
+
+Per development dataset (all 14), a detector's ROC-AUC is its mean over seeds 0, 1, 2 (the
+protocol's; every run is deterministic given its seed, so nothing is rerun or reseeded). A
+candidate's **rank** on a dataset is its place among itself and the ten baselines by that mean
+(1 = best, ties share their mean place, a failed baseline run ranks last); its **mean rank** is
+the mean over the 14 datasets. Then:
+
+1. *No significant loss*: a candidate is eligible only if the paired t statistic of its
+   per-dataset ROC-AUC minus the current default's (mean difference over its standard error, 13
+   degrees of freedom) is at least -2.
+2. *The target*: among eligible candidates, the lowest mean rank wins; equal mean ranks (to two
+   decimals) go to the higher mean ROC-AUC, then to the cheaper fit. It replaces the current
+   default only if its mean rank is below the default's **and** it ranks better than the
+   default in at least two of the three seeds taken alone (each seed's runs ranked among the
+   baselines' runs of the same seed), a guard against one lucky split.
+3. *Cost*: the winner must keep the speed rows: on ``6_cardio``, in-process scoring rows/s at
+   least 1.5x ``IsolationForest(100)``'s and the full fit at most 30x its fit, one torch thread,
+   measured interleaved with the current default (``levers28.py cost``). A winner that fails
+   only this gate is reported on the Pareto plot with both numbers, and the next candidate by
+   rule 2 that passes it is the decision.
+
+The candidates are fixed here, with their parameters, before any ran (``CANDIDATES_28``):
+VSDE (the variance penalty ``lambda * Var(log p)`` over each training batch, lambda in
+{1, 3.3}, with K in {2, 4} flows whose random coupling masks differ, combined as the default
+combines its two: log-mean-exp of the densities), K = 4 without the penalty, spectral norm on
+every coupling layer, a Student-t base, a peak learning rate of 1e-2 instead of 2e-2, and the
+flow + encoded-space KDE mixture (w = 0.5) of issue 19 (its existing runs, judged again); under
+the unsupervised protocol also: the epoch chosen by a label-free separation of the per-row
+training NLL (ODIM: the Wasserstein distance between the two components of a two-Gaussian fit
+to the standardised NLLs, the largest wins), the flow's log-density plus a Ledoit-Wolf
+full-covariance Gaussian's, each standardised by its median and IQR on the fitted rows (the
+weight comes from the data's own score spreads, no labels), a refit without the rows that both
+out-of-fold flows of a three-fold split score in their top 10% (SRR), and trimming at 0.1
+(existing runs). Levers are pruned as they go: one worse than the default with t < -2 under a
+protocol is not combined with others there. The evaluation datasets then only *report* the
+decision (``flowad benchmark``, both protocols); choosing several times on one development
+suite favours a lucky candidate, which the evaluation suite shows or not.
+
+Addendum, written after the levers above ran and before this one did: ``flow-kde-0.5-m256``,
+the flow + KDE mixture with its centres capped at ``M = min(256, n)`` (``h`` still by validation
+NLL), because with ``M = 4096`` the mixture scored ``32_shuttle`` 25x slower than the default.
+It is defined after flow-kde-0.5's development results were seen, so it is reported as a
+post-hoc candidate: the same rule is applied to it, and a decision for it would be one made
+with more looks at the development suite than the rule above allowed for.
 """
 
 from __future__ import annotations
@@ -153,10 +208,138 @@ def decide(out: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+# ----------------------------------------------------------------------------- issue 28
+# Scoring at least 1.5x IsolationForest(100)'s rows/s and fitting within 30x its fit, 6_cardio.
+MIN_SCORING_RATIO, MAX_FIT_RATIO = 1.5, 30.0
+# The default's fit ratio on a quiet machine (results/fast_default.txt): a loaded machine
+# inflates fit ratios (the default measured 35x beside other jobs), so a candidate's fit is
+# judged against the default's in the same run, scaled to this.
+QUIET_DEFAULT_FIT_RATIO = 22.4
+T_FLOOR = -2.0
+ISSUE19_FLOW_KDE = "flow-kde-0.5 (issue 19 runs)"
+
+
+def runs_28(candidate: str, out: Path, kind: str) -> pd.DataFrame:
+    """``dataset, seed, auc, ap`` of a candidate's runs under protocol ``kind`` (AP is NaN for
+    the issue-19 flow-KDE runs, which recorded ROC-AUC only)."""
+    if candidate == ISSUE19_FLOW_KDE:
+        return per_run_auc("flow-kde-0.5", out).assign(ap=np.nan)
+    folder = out / candidate if kind == "one-class" else out / kind / candidate
+    (path,) = folder.glob("flowad-realnvp*.csv")
+    frame = pd.DataFrame(protocol.read_rows(path))
+    return frame.assign(auc=frame.roc_auc.astype(float), ap=frame.ap.astype(float),
+                        seed=frame.seed.astype(int))[["dataset", "seed", "auc", "ap"]]
+
+
+def baseline_runs(out: Path, kind: str, metric: str = "roc_auc") -> pd.DataFrame:
+    """``(dataset, seed)`` x baseline table of one metric of the ten baselines' runs."""
+    rows = pd.DataFrame(protocol.read_rows(out / "baselines" / f"baselines-{kind}.csv"))
+    rows[metric] = pd.to_numeric(rows[metric], errors="coerce")
+    return rows.groupby(["dataset", "seed", "detector"])[metric].mean().unstack()[
+        list(protocol.BASELINE_DETECTORS)]
+
+
+def mean_ranks(scores: pd.Series, baselines: pd.DataFrame) -> pd.Series:
+    """Mean rank (1 = best, ties averaged) of ``scores`` (``candidate``) and of each baseline
+    among the eleven, on the index of ``scores``; a failed baseline run (NaN) ranks last."""
+    table = baselines.loc[scores.index].fillna(-np.inf).assign(candidate=scores)
+    return table.rank(axis=1, ascending=False).mean()
+
+
+def mean_rank(scores: pd.Series, baselines: pd.DataFrame) -> float:
+    """:func:`mean_ranks` of the candidate alone."""
+    return float(mean_ranks(scores, baselines)["candidate"])
+
+
+def evidence_28(candidate: str, default: pd.DataFrame, out: Path, kind: str
+                ) -> dict[str, Any]:
+    """The numbers rule 1 and 2 read, and AP beside them, for one candidate."""
+    runs = runs_28(candidate, out, kind)
+    auc = runs.groupby("dataset").auc.mean()
+    base = baseline_runs(out, kind)
+    base_means = base.groupby(level="dataset").mean()
+    diff = auc - default.groupby("dataset").auc.mean().loc[auc.index]
+    t = diff.mean() / (diff.std(ddof=1) / np.sqrt(len(diff))) if diff.std() > 0 else 0.0
+    seeds = {}
+    for seed, per_seed in runs.groupby("seed"):
+        index = pd.MultiIndex.from_arrays([per_seed.dataset, per_seed.seed])
+        seeds[seed] = mean_rank(pd.Series(per_seed.auc.to_numpy(), index=index), base)
+    ap = runs.groupby("dataset").ap.mean()
+    ap_base = baseline_runs(out, kind, "ap").groupby(level="dataset").mean()
+    ranks = mean_ranks(auc, base_means)
+    best_baseline = ranks.drop("candidate").idxmin()
+    return {"candidate": candidate, "datasets": len(auc), "runs": len(runs), "auc": auc.mean(),
+            "diff": diff.mean(), "t": t, "better": int((diff > 0).sum()),
+            "rank": ranks["candidate"], "seed_ranks": seeds,
+            "best_baseline": f"{best_baseline} {ranks[best_baseline]:.2f}",
+            "ap": ap.mean(), "ap_rank": mean_rank(ap, ap_base) if ap.notna().all() else np.nan,
+            "per_dataset": auc}
+
+
+def decide_28(out: Path, kind: str, candidates: list[str], cost: dict[str, Any] | None
+              ) -> str:
+    """Rules 1-3 of the module docstring for protocol ``kind``: the table and the decision."""
+    default = runs_28("default", out, kind)
+    rows = [evidence_28(c, default, out, kind) for c in ["default", *candidates]]
+    reference = rows[0]
+    lines = [f"{kind} protocol, development suite (14 datasets x seeds 0-2):", "",
+             "| candidate | mean ROC-AUC | vs default | paired t | datasets better | "
+             "rank of 11 | best baseline's rank of 11 | rank per seed (0/1/2) | "
+             "seeds better than default | mean AP | AP rank of 11 | scoring / IForest | "
+             "fit / IForest |", "|---" * 13 + "|"]
+    for r in rows:
+        wins = sum(r["seed_ranks"][s] < reference["seed_ranks"][s] for s in r["seed_ranks"])
+        r["seed_wins"] = wins
+        c = (cost or {}).get(r["candidate"].removesuffix(" (issue 19 runs)"), {})
+        if c:
+            fit_scale = QUIET_DEFAULT_FIT_RATIO / cost["default"]["fit_ratio"]
+        # without a cost file rules 1-2 alone decide; with one, an unmeasured candidate fails
+        r["cost_ok"] = cost is None or (bool(c) and (
+            c["scoring_ratio"] >= MIN_SCORING_RATIO
+            and c["fit_ratio"] * fit_scale <= MAX_FIT_RATIO))
+        vs = ("| | |" if r is reference
+              else f"{r['diff']:+.4f} | {r['t']:.2f} | {r['better']} of {r['datasets']} |")
+        lines.append(
+            f"| {r['candidate']} | {r['auc']:.4f} | {vs} {r['rank']:.2f} | "
+            f"{r['best_baseline']} | "
+            + "/".join(f"{v:.2f}" for v in r["seed_ranks"].values())
+            + f" | {'' if r is reference else wins} | {r['ap']:.4f} | {r['ap_rank']:.2f} | "
+            + (f"{c['scoring_ratio']:.2f}x | {c['fit_ratio']:.1f}x |" if c else "| |"))
+    # every dataset x seed: a run still in progress is no candidate yet
+    eligible = [r for r in rows[1:] if r["t"] >= T_FLOOR and r["runs"] == 14 * 3]
+    order = sorted(eligible, key=lambda r: (round(r["rank"], 2), -r["auc"]))
+    decision, note = "default", "no eligible candidate"
+    if order:
+        winner = order[0]  # rule 2: the lowest mean rank; it must beat the default twice over
+        beats = [r for r in order if r["rank"] < reference["rank"] and r["seed_wins"] >= 2]
+        note = (f"lowest mean rank: {winner['candidate']} ({winner['rank']:.2f}; "
+                f"{winner['seed_wins']} of 3 seeds better than the default)")
+        if winner is (beats or [None])[0]:
+            # rule 3: a winner too slow goes to the Pareto plot; the next one by rule 2 that
+            # keeps the speed rows is the decision
+            passing = [r for r in beats if r["cost_ok"]]
+            if not winner["cost_ok"]:
+                note += "; it fails the speed rows (Pareto plot)"
+            decision = passing[0]["candidate"] if passing else "default"
+        else:
+            note += "; it does not beat the default on the mean and in 2 of 3 seeds"
+    lines += ["", f"eligible (t >= {T_FLOOR:g}): {', '.join(r['candidate'] for r in eligible)}",
+              note, f"decision ({kind}): {decision}", "",
+              pd.DataFrame({r["candidate"]: r["per_dataset"] for r in rows}).round(4)
+              .to_string(), ""]
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     command, *rest = sys.argv[1:]
     if command == "run":
         run(rest[0], Path(rest[1]), rest[rest.index("--protocol") + 1]
             if "--protocol" in rest else "one-class")
+    elif command == "decide28":
+        # decide28 OUT_DIR KIND CANDIDATE... [--cost COST.json]
+        costs = (json.loads(Path(rest[rest.index("--cost") + 1]).read_text())
+                 if "--cost" in rest else None)
+        names = [c for c in rest[2:] if c != "--cost" and not c.endswith(".json")]
+        print(decide_28(Path(rest[0]), rest[1], names, costs))
     else:
         print(decide(Path(rest[0])))

@@ -102,10 +102,15 @@ class AffineCoupling(nn.Module):
         log_scale_bound: the soft clamp on the log-scale.
         activation: the hidden layers' activation, a key of ``ACTIVATIONS``.
         generator: the source of the initial weights (None: the global RNG).
+        spectral_norm: divide every layer's weight by its largest singular value (Miyato et
+            al., ICLR 2018), so the conditioner is 1-Lipschitz (RobustRealNVP, Liu et al.,
+            AAAI 2022). The output layer then starts from small random weights, not zeros
+            (a zero matrix has no spectral norm to divide by).
     """
 
     def __init__(self, mask: Tensor, hidden: int, depth: int, log_scale_bound: float,
-                 activation: str = "gelu", generator: torch.Generator | None = None) -> None:
+                 activation: str = "gelu", generator: torch.Generator | None = None,
+                 spectral_norm: bool = False) -> None:
         super().__init__()
         dim = len(mask)
         self.register_buffer("mask", mask.float())
@@ -118,9 +123,14 @@ class AffineCoupling(nn.Module):
         out = linear(width, 2 * dim, generator)
         # Zero output layer: every coupling starts as the identity, so training starts from
         # the (ActNorm-standardised) Gaussian instead of a random distortion of it.
-        nn.init.zeros_(out.weight)
         nn.init.zeros_(out.bias)
-        self.net = nn.Sequential(*layers, out)
+        if not spectral_norm:
+            nn.init.zeros_(out.weight)
+        layers.append(out)
+        if spectral_norm:
+            layers = [nn.utils.parametrizations.spectral_norm(layer)
+                      if isinstance(layer, nn.Linear) else layer for layer in layers]
+        self.net = nn.Sequential(*layers)
 
     def _scale_shift(self, x_a: Tensor) -> tuple[Tensor, Tensor]:
         raw_scale, shift = self.net(x_a).chunk(2, dim=-1)
@@ -183,6 +193,7 @@ class RealNVP(Flow):
             its own learned degrees of freedom (starting at 30, close to normal).
         activation: the conditioners' activation: ``"gelu"``, ``"relu"``, ``"tanh"`` or
             ``"silu"``.
+        spectral_norm: 1-Lipschitz conditioners (:class:`AffineCoupling`).
         generator: the source of the initial weights and masks (None: the global RNG); not
             part of :meth:`config`.
     """
@@ -198,6 +209,7 @@ class RealNVP(Flow):
         actnorm: bool = True,
         base: str = "normal",
         activation: str = "gelu",
+        spectral_norm: bool = False,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(dim)
@@ -214,6 +226,8 @@ class RealNVP(Flow):
             base=base,
             activation=activation,
         )
+        if spectral_norm:  # only when on: saved configs of other flows stay as they were
+            self._config["spectral_norm"] = True
         self.log_df = None
         if base == "student":
             self.log_df = nn.Parameter(torch.full((dim,), math.log(30.0)))
@@ -222,7 +236,7 @@ class RealNVP(Flow):
             if actnorm:
                 layers.append(ActNorm(dim))
             layers.append(AffineCoupling(mask, hidden, depth, log_scale_bound, activation,
-                                         generator))
+                                         generator, spectral_norm))
         self.layers = nn.ModuleList(layers)
 
     def config(self) -> dict[str, Any]:
