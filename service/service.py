@@ -18,7 +18,8 @@ case. In tests (``FlowadService.to_asgi()``) the scorer runs in-process; under `
 it is its own process and the front's workers reach it over BentoML's internal transport.
 
 State: the decorators' arguments (:class:`~service.settings.Deployment`) are read when this
-module is imported, since ``bentoml serve`` and ``bentoml build`` read the decorators then.
+module is imported, since ``bentoml serve`` and ``bentoml build`` read the decorators then (and
+the other settings are checked then, not kept).
 Everything else belongs to the service instance BentoML creates in each worker: its settings
 (:class:`~service.settings.Settings`), model follower, metrics and drift window. The Starlette
 routes and the request checks reach it through the state of the routes' Starlette app, where
@@ -38,7 +39,6 @@ import anyio
 import bentoml
 import torch
 from anyio import to_thread
-from bentoml.exceptions import BadInput
 from pydantic import Field
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -67,6 +67,10 @@ from service.settings import Deployment, Settings
 from service.telemetry import Telemetry
 
 DEPLOYMENT = Deployment.from_env()
+# Every setting is read now too, and dropped: one that cannot be read (a number that is not one,
+# a token no client can send) then stops `bentoml serve` and `bentoml build` where they start.
+# A worker that fails to start its instance is restarted by BentoML for ever.
+Settings.from_env()
 TRAFFIC = {"timeout": 120}
 ADMIN_PATHS = ("/admin/reload",)
 
@@ -87,10 +91,10 @@ class ScoreRequest(bentoml.IODescriptor):
             try:
                 body = parse_json(await request.body())
             except (ValueError, UnicodeDecodeError) as error:
-                raise BadInput(f"malformed JSON: {error}") from None
+                raise RequestRejected(f"malformed JSON: {error}", "malformed_json") from None
             problem = shape_error(body)
             if problem:
-                raise BadInput(problem)
+                raise RequestRejected(problem, "validation")
             records = records_of(body)
         return cls.model_construct(records=records)
 

@@ -13,6 +13,7 @@ from inprocess import narrow as narrow_model
 
 from pipelines import registry
 from pipelines.store import save_detector
+from service.errors import RequestRejected
 from service.service import ScoreRequest
 
 
@@ -80,6 +81,22 @@ def test_score_input_parses_the_body_itself_when_not_behind_the_guard():
     request = Request({"type": "http", "method": "POST", "headers": []}, receive)
     parsed = asyncio.run(ScoreRequest.from_http_request(request, JSONSerde()))
     assert parsed.records == records(2)
+
+
+@pytest.mark.parametrize(("body", "reason"), [(b"[{", "malformed_json"), (b"[1]", "validation")])
+def test_score_input_not_behind_the_guard_rejects_as_the_guard_does(body, reason):
+    import asyncio
+
+    from _bentoml_impl.serde import JSONSerde
+    from starlette.requests import Request
+
+    async def receive():
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    request = Request({"type": "http", "method": "POST", "headers": []}, receive)
+    with pytest.raises(RequestRejected) as rejected:
+        asyncio.run(ScoreRequest.from_http_request(request, JSONSerde()))
+    assert (rejected.value.status, rejected.value.reason) == (400, reason)
 
 
 def test_unseen_category_is_scored_and_reported(client):
