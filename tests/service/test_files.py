@@ -228,3 +228,27 @@ def test_score_file_reads_pandas_index_columns(client):
     expected = client.detector.decision_function(frame.drop(columns=["id"]))
     assert [r["score"] for r in response.json()["results"]] == pytest.approx(expected,
                                                                                 abs=1e-9)
+
+
+def test_an_upload_streamed_past_its_byte_limit_is_one_413():
+    """No Content-Length: the guard counts the bytes as the multipart parser reads them and
+    raises past FLOWAD_MAX_FILE_BYTES; the route answers it, counted once."""
+    import httpx
+
+    data = mixed_frame(400, seed=25).to_csv(index=False).encode()
+    upload = httpx.Request("POST", "http://x/score_file", files={"file": ("big.csv", data)})
+    body = upload.read()
+    assert len(body) > 20_000
+
+    def streamed():
+        for start in range(0, len(body), 1000):
+            yield body[start : start + 1000]
+
+    with started("local", FLOWAD_MAX_FILE_BYTES="20000") as client:
+        before = rejected(client, "too_large")
+        response = client.post("/score_file", content=streamed(),
+                               headers={"content-type": upload.headers["content-type"]})
+        assert response.status_code == 413, response.text
+        assert response.json() == {"error": "request body exceeds 20000 bytes",
+                                   "reason": "too_large"}
+        assert rejected(client, "too_large") == before + 1
