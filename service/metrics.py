@@ -22,7 +22,8 @@ from pipelines.processes import alive
 # 4xx, and the 503s of a scoring that cannot happen now (retry: overloaded, model_changing).
 # The admin routes' refusals (admin_disabled, unauthorized, forbidden) are not counted.
 REJECTION_REASONS = ("malformed_json", "validation", "schema", "too_large", "empty",
-                     "unscorable", "timeout", "encoding", "overloaded", "model_changing")
+                     "unscorable", "timeout", "encoding", "content_type", "overloaded",
+                     "model_changing")
 REFERENCE_QUANTILES = (0.5, 0.9, 0.99)
 # Score histogram buckets at these calibration quantiles, so each bucket's observed share can
 # be compared with the reference share it was built from.
