@@ -1,4 +1,11 @@
-"""Explanations for ``POST /score?explain=true``, at a bounded cost.
+"""Explanations for ``POST /score?explain=true`` (optionally ``&top=k``, 1 to ``MAX_TOP``,
+default ``DEFAULT_TOP``), at a bounded cost.
+
+Each result gets its ``contributions``: the ``k`` input columns that raised its score most, with
+the record's value and the contribution in nats (:mod:`pipelines.explain`), and the body an
+``explanation`` with the reference record they are measured from and its score. The records are
+scored first, as any request (validated and counted); the model that scored them explains them,
+on the front worker's CPU copy (named in ``explanation.model``).
 
 Explaining a record costs ``(columns + 1) x samples`` flow evaluations of hybrid records as
 wide as the model (:mod:`pipelines.explain`), and each evaluation costs more the more columns
@@ -27,30 +34,49 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from http import HTTPStatus
 from typing import Any
 
 import anyio
 import pandas as pd
 from anyio import to_thread
+from starlette.requests import Request
+from starlette.responses import Response
 
 from pipelines.detector import Detector
 from pipelines.explain import N_SAMPLES, top_contributions
+from pipelines.schema import shown
+from service.errors import RequestRejected
+from service.follower import LoadedModel
+from service.scoring import RETRY_AFTER_S, json_response
+from service.settings import Settings
 
 log = logging.getLogger("flowad.service")
 EXPLAIN_CONCURRENCY = 1  # explained requests at a time per worker: more would only share a core
 CHUNK_EVALUATIONS = 4_096  # flow evaluations per chunk: ~0.1-0.4 s on one core
+DEFAULT_TOP, MAX_TOP = 5, 20  # contributions per explained record: default, most
+# ``top`` as it may be written (less leading zeros): str.isdigit() also accepts "²" and "٣",
+# which int() refuses or reads as 3, and int() of a 5,000-digit string raises.
+TOP_VALUES = {str(k): k for k in range(1, MAX_TOP + 1)}
 
-_limiter: anyio.CapacityLimiter | None = None  # created in the event loop, on first use
 
+def explain_top(query: Mapping[str, str]) -> int | None:
+    """Contributions to show per record from ``?explain=...&top=...``; None: no explanations.
 
-class ExplainRefusedError(Exception):
-    """An explained request refused or stopped: ``status`` and ``reason`` for the answer."""
-
-    def __init__(self, message: str, reason: str, status: HTTPStatus) -> None:
-        super().__init__(message)
-        self.message, self.reason, self.status = message, reason, status
+    Raises:
+        RequestRejected: ``explain`` other than true or false, ``top`` not an integer from 1 to
+            ``MAX_TOP`` (400, ``validation``).
+    """
+    explain = query.get("explain", "false").lower()
+    if explain not in ("true", "false"):
+        raise RequestRejected(f"explain must be true or false, got {shown(explain)}",
+                              "validation")
+    top = query.get("top", str(DEFAULT_TOP))
+    if top.lstrip("0") not in TOP_VALUES:
+        raise RequestRejected(f"top must be an integer from 1 to {MAX_TOP}, got {shown(top)}",
+                              "validation")
+    return TOP_VALUES[top.lstrip("0")] if explain == "true" else None
 
 
 def explain_work(n_records: int, n_columns: int, n_samples: int = N_SAMPLES) -> int:
@@ -90,60 +116,130 @@ def explain_problem(n_records: int, n_columns: int, max_records: int,
             f"the budget of {max_work} per request (FLOWAD_MAX_EXPLAIN_WORK): {advice}")
 
 
-async def explain_in_chunks(
-    detector: Detector,
-    frame: pd.DataFrame,
-    top: int,
-    *,
-    client_gone: Callable[[], Awaitable[bool]],
-    started: float,
-    seconds: float,
-) -> list[list[dict[str, Any]]] | None:
-    """Each record's ``top`` contributions (:func:`pipelines.explain.top_contributions`), or
-    None if the client went away meanwhile.
+class Explainer:
+    """Explains the ``/score?explain=true`` requests of one front-end worker, one at a time.
 
     Arguments:
-        detector: the model that scored the records.
-        frame: the validated records, in the model's input columns.
-        top: contributions per record.
-        client_gone: whether the client has disconnected.
-        started: ``time.monotonic()`` when the request arrived.
-        seconds: time allowed from ``started`` (``FLOWAD_EXPLAIN_SECONDS``).
-
-    Raises:
-        ExplainRefusedError: no turn to explain came in time (503), or the time ran out (413).
+        settings: the service's settings (the explain limits).
     """
-    global _limiter
-    if _limiter is None:
-        _limiter = anyio.CapacityLimiter(EXPLAIN_CONCURRENCY)
-    n_columns = len(detector.input_columns)
-    step = max(1, CHUNK_EVALUATIONS // explain_work(1, n_columns))
-    acquired = False
-    with anyio.move_on_after(started + seconds - time.monotonic()):
-        await _limiter.acquire()
-        acquired = True
-    if not acquired:
-        raise ExplainRefusedError(
-            f"no explanation could start within {seconds:g} s (FLOWAD_EXPLAIN_SECONDS): this "
-            "worker is explaining other requests; retry shortly", "overloaded",
-            HTTPStatus.SERVICE_UNAVAILABLE)
-    try:
-        explained: list[list[dict[str, Any]]] = []
-        for start in range(0, len(frame), step):
-            if await client_gone():
-                log.info("/score?explain=true: client disconnected after %d of %d records; "
-                         "stopped", start, len(frame))
-                return None
-            if time.monotonic() - started > seconds:
-                raise ExplainRefusedError(
-                    f"explaining took more than {seconds:g} s (FLOWAD_EXPLAIN_SECONDS; {start} "
-                    f"of {len(frame)} records done, none returned): explain fewer records",
-                    "too_large", HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
-            chunk = frame.iloc[start : start + step]
-            explained += await to_thread.run_sync(_explain, detector, chunk, top)
-        return explained
-    finally:
-        _limiter.release()
+
+    def __init__(self, settings: Settings) -> None:
+        self.max_records = settings.max_explain_records
+        self.max_work = settings.max_explain_work
+        self.seconds = settings.explain_seconds
+        self._limiter: anyio.CapacityLimiter | None = None  # created in the event loop
+
+    def check_limits(self, n_records: int, model: LoadedModel) -> None:
+        """Refuses to explain ``n_records`` records with ``model`` over the limits.
+
+        Raises:
+            RequestRejected: over ``FLOWAD_MAX_EXPLAIN_RECORDS`` or ``FLOWAD_MAX_EXPLAIN_WORK``
+                (413, ``too_large``).
+        """
+        problem = explain_problem(n_records, len(model.detector.input_columns),
+                                  self.max_records, self.max_work)
+        if problem:
+            raise RequestRejected(problem, "too_large", HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+
+    async def respond(
+        self,
+        records: list[dict[str, Any]],
+        top: int,
+        request: Request,
+        started: float,
+        *,
+        current: LoadedModel,
+        score: Callable[[list[dict[str, Any]]], Awaitable[tuple[LoadedModel, dict[str, Any]]]],
+    ) -> Response:
+        """The ``/score`` body plus each record's ``top`` contributions (a 204 if the client
+        went away meanwhile).
+
+        Arguments:
+            records: the request's records.
+            top: contributions per record.
+            request: the request (to see whether its client has gone).
+            started: ``time.monotonic()`` when the request arrived.
+            current: the model the worker serves now (limits are checked before scoring).
+            score: scores the records: the model that scored them, and the ``/score`` body.
+
+        Raises:
+            RequestRejected: over the limits, or refused by the scoring.
+        """
+        self.check_limits(len(records), current)
+        model, body = await score(records)
+        self.check_limits(len(records), model)  # a model swapped in meanwhile
+        detector = model.detector
+        frame = pd.DataFrame.from_records(records, columns=detector.input_columns)
+        explained = await self.explain_in_chunks(detector, frame, top,
+                                                 client_gone=request.is_disconnected,
+                                                 started=started)
+        if explained is None:
+            return Response(status_code=HTTPStatus.NO_CONTENT)
+        for result, contributions in zip(body["results"], explained, strict=True):
+            result["contributions"] = contributions
+        reference = detector.explanation_reference()
+        body["explanation"] = {
+            "model": model.tag,
+            "reference": reference,
+            "reference_score": float(detector.decision_function(pd.DataFrame([reference]))[0]),
+        }
+        return json_response(body)
+
+    async def explain_in_chunks(
+        self,
+        detector: Detector,
+        frame: pd.DataFrame,
+        top: int,
+        *,
+        client_gone: Callable[[], Awaitable[bool]],
+        started: float,
+    ) -> list[list[dict[str, Any]]] | None:
+        """Each record's ``top`` contributions (:func:`pipelines.explain.top_contributions`),
+        or None if the client went away meanwhile.
+
+        Arguments:
+            detector: the model that scored the records.
+            frame: the validated records, in the model's input columns.
+            top: contributions per record.
+            client_gone: whether the client has disconnected.
+            started: ``time.monotonic()`` when the request arrived; the time allowed from then
+                is ``FLOWAD_EXPLAIN_SECONDS``.
+
+        Raises:
+            RequestRejected: no turn to explain came in time (503, ``overloaded``), or the time
+                ran out (413, ``too_large``).
+        """
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(EXPLAIN_CONCURRENCY)
+        limiter, seconds = self._limiter, self.seconds
+        n_columns = len(detector.input_columns)
+        step = max(1, CHUNK_EVALUATIONS // explain_work(1, n_columns))
+        acquired = False
+        with anyio.move_on_after(started + seconds - time.monotonic()):
+            await limiter.acquire()
+            acquired = True
+        if not acquired:
+            raise RequestRejected(
+                f"no explanation could start within {seconds:g} s (FLOWAD_EXPLAIN_SECONDS): "
+                "this worker is explaining other requests; retry shortly", "overloaded",
+                HTTPStatus.SERVICE_UNAVAILABLE, RETRY_AFTER_S)
+        try:
+            explained: list[list[dict[str, Any]]] = []
+            for start in range(0, len(frame), step):
+                if await client_gone():
+                    log.info("/score?explain=true: client disconnected after %d of %d records; "
+                             "stopped", start, len(frame))
+                    return None
+                if time.monotonic() - started > seconds:
+                    raise RequestRejected(
+                        f"explaining took more than {seconds:g} s (FLOWAD_EXPLAIN_SECONDS; "
+                        f"{start} of {len(frame)} records done, none returned): explain fewer "
+                        "records", "too_large", HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+                chunk = frame.iloc[start : start + step]
+                explained += await to_thread.run_sync(_explain, detector, chunk, top)
+            return explained
+        finally:
+            limiter.release()
 
 
 def _explain(detector: Detector, chunk: pd.DataFrame, top: int) -> list[list[dict[str, Any]]]:

@@ -8,13 +8,14 @@ spec takes them from there instead of parsing the body a second time (pydantic's
 of a 1000-record request), so either shape is accepted. The body is replayed unchanged.
 
 Uploads are not buffered (a 512 MiB file would sit in memory several times over): their bytes
-pass through as they arrive, counted, and the first message past the limit raises
-:class:`BodyTooLargeError`, which becomes a 413 unless the route answered already.
+pass through as they arrive, counted, and the first message past the limit raises a 413
+:class:`~service.errors.RequestRejected` to the route reading them (answered here if the route
+lets it through).
 
 A body must also arrive in time: a JSON body within ``body_timeout`` seconds, an upload without
 a pause longer than that (it may take longer as a whole). A client that stops sending would
 otherwise hold its connection until BentoML's traffic timeout and get a 504, which counts as a
-server error; it gets a 408 instead (an upload's pause raises :class:`BodyTimeoutError`). Only
+server error; it gets a 408 instead (an upload's pause raises it to the route, as above). Only
 the identity content encoding is accepted (415 otherwise): a compressed body would reach the
 parsers as bytes they cannot read. A JSON route's body must be declared JSON
 (``Content-Type: application/json`` or a ``+json`` type, parameters such as ``charset``
@@ -27,37 +28,30 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from http import HTTPStatus
 from typing import Any
 
 import anyio
 import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pipelines.schema import shown
-
-Scope = dict[str, Any]
-Message = dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+from service.errors import RequestRejected
 
 PARSED_RECORDS = "flowad.records"  # the scope key of a checked body's record list
 
 
-class BodyTooLargeError(Exception):
-    """An upload went past its byte limit while it was being read."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"request body exceeds {limit} bytes")
-        self.limit = limit
+def body_too_large(limit: int) -> RequestRejected:
+    """A body over its byte limit (413)."""
+    return RequestRejected(f"request body exceeds {limit} bytes", "too_large",
+                           HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
 
 
-class BodyTimeoutError(Exception):
-    """A request body stopped arriving: nothing came for ``seconds``."""
-
-    def __init__(self, seconds: float, what: str = "the rest of the upload") -> None:
-        super().__init__(f"{what} did not arrive within {seconds:g} s (FLOWAD_BODY_TIMEOUT_S)")
-        self.seconds = seconds
+def body_timeout(seconds: float, what: str = "the rest of the upload") -> RequestRejected:
+    """A body that stopped arriving: nothing came for ``seconds`` (408)."""
+    return RequestRejected(f"{what} did not arrive within {seconds:g} s (FLOWAD_BODY_TIMEOUT_S)",
+                           "timeout", HTTPStatus.REQUEST_TIMEOUT)
 
 
 def parse_json(body: bytes) -> Any:
@@ -151,19 +145,20 @@ class RequestGuard:
         headers = dict(scope.get("headers", []))
         encoding = headers.get(b"content-encoding", b"").decode("latin-1")
         if encoding.strip().lower() not in ("", "identity"):
-            await self._reject(send, 415, "encoding",
-                               f"content encoding {shown(encoding)} is not supported: send the "
-                               "body uncompressed (identity)")
+            await self._reject(send, RequestRejected(
+                f"content encoding {shown(encoding)} is not supported: send the body "
+                "uncompressed (identity)", "encoding", HTTPStatus.UNSUPPORTED_MEDIA_TYPE))
             return
         content_type = headers.get(b"content-type", b"").decode("latin-1")
         if path in self.json_routes and not is_json_media_type(content_type):
-            await self._reject(send, 415, "content_type",
-                               f"content type {shown(content_type or '(none)')} is not "
-                               "supported: send the records as application/json")
+            await self._reject(send, RequestRejected(
+                f"content type {shown(content_type or '(none)')} is not supported: send the "
+                "records as application/json", "content_type",
+                HTTPStatus.UNSUPPORTED_MEDIA_TYPE))
             return
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await self._reject(send, 413, "too_large", f"request body exceeds {limit} bytes")
+            await self._reject(send, body_too_large(limit))
             return
         if path in self.upload_routes:
             await self._stream_upload(scope, receive, send, limit)
@@ -172,20 +167,20 @@ class RequestGuard:
             with anyio.fail_after(self.body_timeout):
                 body = await _read_body(receive, limit)
         except TimeoutError:
-            error = BodyTimeoutError(self.body_timeout, "the request body")
-            await self._reject(send, 408, "timeout", str(error), close=True)
+            await self._reject(send, body_timeout(self.body_timeout, "the request body"))
             return
         if body is None:
-            await self._reject(send, 413, "too_large", f"request body exceeds {limit} bytes")
+            await self._reject(send, body_too_large(limit))
             return
         try:
             parsed = parse_json(body)
         except (ValueError, UnicodeDecodeError) as error:
-            await self._reject(send, 400, "malformed_json", f"malformed JSON: {error}")
+            await self._reject(send, RequestRejected(f"malformed JSON: {error}",
+                                                     "malformed_json"))
             return
         problem = shape_error(parsed)
         if problem:
-            await self._reject(send, 400, "validation", problem)
+            await self._reject(send, RequestRejected(problem, "validation"))
             return
         scope = {**scope, PARSED_RECORDS: records_of(parsed)}
         replayed = False
@@ -202,7 +197,7 @@ class RequestGuard:
     async def _stream_upload(self, scope: Scope, receive: Receive, send: Send,
                              limit: int) -> None:
         """Passes an upload through as it arrives, counting its bytes; 413 past ``limit``,
-        408 after a pause longer than ``body_timeout``."""
+        408 after a pause longer than ``body_timeout``, raised to the route as it reads."""
         received = 0
         complete = False
         started = False
@@ -215,11 +210,11 @@ class RequestGuard:
                 with anyio.fail_after(self.body_timeout):
                     message = await receive()
             except TimeoutError:
-                raise BodyTimeoutError(self.body_timeout) from None
+                raise body_timeout(self.body_timeout) from None
             complete = not message.get("more_body", False)
             received += len(message.get("body", b""))
             if received > limit:
-                raise BodyTooLargeError(limit)
+                raise body_too_large(limit)
             return message
 
         async def watched_send(message: Message) -> None:
@@ -229,21 +224,15 @@ class RequestGuard:
 
         try:
             await self.app(scope, counted_receive, watched_send)
-        except (BodyTooLargeError, BodyTimeoutError) as error:
+        except RequestRejected as error:  # one the route let through unanswered
             if started:  # the route answered already; nothing left to say
                 raise
-            if isinstance(error, BodyTooLargeError):
-                await self._reject(send, 413, "too_large", str(error))
-            else:
-                await self._reject(send, 408, "timeout", str(error), close=True)
+            await self._reject(send, error)
 
-    async def _reject(self, send: Send, status: int, reason: str, message: str,
-                      close: bool = False) -> None:
-        """Answers ``{"error": message, "reason": reason}``; ``close``: and closes the
-        connection, rather than keep it open for the rest of a body that may never come."""
-        self.on_reject(reason)
-        headers = [(b"connection", b"close")] if close else []
-        await _respond(send, status, {"error": message, "reason": reason}, headers)
+    async def _reject(self, send: Send, error: RequestRejected) -> None:
+        """Counts and answers a rejection."""
+        self.on_reject(error.reason)
+        await error.send(send)
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes | None:
@@ -283,28 +272,17 @@ class AdminAuth:
             await self.app(scope, receive, send)
             return
         if self.token is None:
-            await _respond(send, 404, {"error": "admin endpoints are disabled: set "
-                                                "FLOWAD_ADMIN_TOKEN to enable them"})
+            await RequestRejected("admin endpoints are disabled: set FLOWAD_ADMIN_TOKEN to "
+                                  "enable them", "admin_disabled", HTTPStatus.NOT_FOUND).send(send)
             return
         header = dict(scope.get("headers", [])).get(b"authorization", b"")
         scheme, _, given = header.partition(b" ")
         if scheme.lower() != b"bearer" or not given:
-            await _respond(send, 401, {"error": "missing bearer token"},
-                           [(b"www-authenticate", b"Bearer")])
+            await RequestRejected("missing bearer token", "unauthorized",
+                                  HTTPStatus.UNAUTHORIZED).send(send)
             return
         if not hmac.compare_digest(given, self.token):
-            await _respond(send, 403, {"error": "invalid token"})
+            await RequestRejected("invalid token", "forbidden", HTTPStatus.FORBIDDEN).send(send)
             return
         await self.app(scope, receive, send)
 
-
-async def _respond(send: Send, status: int, body: dict[str, Any],
-                   headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    payload = json.dumps(body).encode()
-    await send({
-        "type": "http.response.start",
-        "status": status,
-        "headers": [(b"content-type", b"application/json"),
-                    (b"content-length", str(len(payload)).encode()), *(headers or [])],
-    })
-    await send({"type": "http.response.body", "body": payload})

@@ -10,23 +10,20 @@ and ``model_version`` (:class:`ByModel`), plus the bounded ``reason`` of rejecti
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import threading
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from pipelines.processes import alive
 
-# 4xx, and the 503s of a scoring that cannot happen now (retry: overloaded, model_changing)
+# 4xx, and the 503s of a scoring that cannot happen now (retry: overloaded, model_changing).
+# The admin routes' refusals (admin_disabled, unauthorized, forbidden) are not counted.
 REJECTION_REASONS = ("malformed_json", "validation", "schema", "too_large", "empty",
-                     "unscorable", "timeout", "encoding", "overloaded", "model_changing")
-# BentoML labels its request metrics with the raw path, so every random path a scanner tries
-# would become a new series; paths outside the service's routes share this one label value.
-UNMATCHED_ENDPOINT = "/unmatched"
-ORIGINAL_PATH = "flowad.original_path"  # scope key: the path before it was relabelled
+                     "unscorable", "timeout", "encoding", "content_type", "overloaded",
+                     "model_changing")
 REFERENCE_QUANTILES = (0.5, 0.9, 0.99)
 # Score histogram buckets at these calibration quantiles, so each bucket's observed share can
 # be compared with the reference share it was built from.
@@ -80,12 +77,29 @@ class Metrics:
                 self.window_records)
 
 
-@cache
+_created: list[Metrics] = []  # this process's metric objects, once created
+_creating = threading.Lock()
+
+
 def metrics(score_buckets: tuple[float, ...]) -> Metrics:
-    """Creates the metric objects once per process (the first model's buckets are kept)."""
+    """The metric objects of this process, created at the first call: prometheus_client
+    registers a metric name once per process, so later calls, whatever their buckets, get the
+    first model's (a second set would be refused as duplicates).
+
+    Arguments:
+        score_buckets: the score histogram's bucket bounds (:func:`score_buckets`).
+    """
+    with _creating:
+        if not _created:
+            _created.append(_create(score_buckets))
+        return _created[0]
+
+
+def _create(score_buckets: tuple[float, ...]) -> Metrics:
     from prometheus_client import Counter, Gauge, Histogram
 
-    def gauge(name: str, doc: str, mode: str = "livemostrecent") -> Any:
+    def gauge(name: str, doc: str,
+              mode: Literal["livemostrecent", "livemax"] = "livemostrecent") -> Any:
         return ByModel(Gauge(name, doc, MODEL_LABELS, multiprocess_mode=mode))
 
     return Metrics(
@@ -156,44 +170,6 @@ def score_buckets(quantile_values: np.ndarray) -> tuple[float, ...]:
     """Strictly increasing finite bucket bounds (ties between quantiles are merged)."""
     finite = [float(v) for v in np.unique(quantile_values) if np.isfinite(v)]
     return (*finite, float("inf"))
-
-
-def bound_endpoint_label(is_known: Callable[[str], bool]) -> None:
-    """Makes BentoML's request metrics label any path for which ``is_known`` is false as
-    ``UNMATCHED_ENDPOINT``. BentoML has no option for this, so its metrics middleware (the
-    outermost one) is wrapped; :class:`RestorePath` gives routing the real path back.
-    Idempotent; checked by a test against a real ``bentoml serve``."""
-    from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
-
-    middleware: Any = RunnerTrafficMetricsMiddleware
-    if getattr(middleware, "flowad_bounded", False):
-        return
-    original = middleware.__call__
-
-    async def relabelled(self: Any, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        path = scope.get("path", "")
-        if scope.get("type") == "http" and not is_known(path):
-            scope = {**scope, "path": UNMATCHED_ENDPOINT, ORIGINAL_PATH: path}
-        await original(self, scope, receive, send)
-
-    middleware.__call__ = relabelled
-    middleware.flowad_bounded = True
-
-
-class RestorePath:
-    """ASGI middleware that undoes :func:`bound_endpoint_label`'s relabelling for routing.
-
-    Arguments:
-        app: the wrapped ASGI application.
-    """
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if ORIGINAL_PATH in scope:
-            scope = {**scope, "path": scope[ORIGINAL_PATH]}
-        await self.app(scope, receive, send)
 
 
 def forget_dead_processes(directory: str | None = None) -> list[int]:

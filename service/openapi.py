@@ -2,19 +2,22 @@
 docs of the service's plain Starlette routes (``/score_file``, ``/model``).
 
 ``/docs.json`` then documents every column with its JSON type (so clients, and fuzzers such as
-schemathesis, know what a record looks like) instead of ``list[dict]``. The schema is that of
-the production model when the service module is imported; a model hot-swapped in later with
-other columns is validated as usual, only the docs describe the first one. Validation itself
-stays in :meth:`pipelines.schema.Schema.check`: the request is not parsed through this model.
+schemathesis, know what a record looks like) instead of ``list[dict]``, and the most records a
+request may hold. :class:`DocumentRoutes` writes both into BentoML's document as it is served,
+from the model the worker serves at that moment: a model hot-swapped in with other columns is
+documented from then on. Validation itself stays in :meth:`pipelines.schema.Schema.check`: the
+request is not parsed through this model.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
-from pydantic import ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pipelines.schema import BOOL_DTYPES, ColumnSpec, Schema
 
@@ -56,8 +59,8 @@ def record_model(schema: Schema) -> Any:
         fields = [_field(spec) for spec in schema.columns]
         fields += [(Any, Field(None, alias=name, title=name, description="ignored by the model"))
                    for name in schema.exclude]
-        model = create_model("Record", __config__=ConfigDict(extra="forbid"),
-                             **{f"column_{i}": field for i, field in enumerate(fields)})
+        named: dict[str, Any] = {f"column_{i}": field for i, field in enumerate(fields)}
+        model = create_model("Record", __config__=ConfigDict(extra="forbid"), **named)
         # what /docs.json will serve: strict JSON (a NaN in it is a 500 there)
         json.dumps(model.model_json_schema(), allow_nan=False)
     except Exception as error:  # the docs must never stop the service
@@ -68,22 +71,31 @@ def record_model(schema: Schema) -> Any:
     return model
 
 
-def served_schema(model: str) -> Schema | None:
-    """The training schema of the model the service will serve, from its store metadata (no
-    weights loaded), or None if there is none yet (the docs then show untyped records).
+def document_records(spec: dict[str, Any], record: Any, max_records: int) -> None:
+    """Types the ``/score`` records of BentoML's OpenAPI document ``spec`` in place: each an
+    object of ``record`` (a pydantic model, :func:`record_model`; untyped for
+    ``dict[str, Any]``), at most ``max_records`` of them.
 
     Arguments:
-        model: ``FLOWAD_MODEL``: a name (its production version) or ``name:version``.
+        spec: the document (``GET /docs.json``).
+        record: the record model.
+        max_records: ``FLOWAD_MAX_RECORDS``.
     """
-    import bentoml
-
-    from pipelines import registry
-
-    try:
-        tag = registry.resolve(model, production_only=True)
-        return Schema.from_dict(bentoml.models.get(tag).info.metadata["schema"])
-    except Exception:  # any failure here only costs the docs their column types
-        return None
+    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+    items: dict[str, Any] | None = None
+    if isinstance(record, type) and issubclass(record, BaseModel):
+        document = record.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(document.pop("$defs", {}))
+        schemas["Record"] = document
+        items = {"$ref": "#/components/schemas/Record"}
+    body = (spec.get("paths", {}).get("/score", {}).get("post", {}).get("requestBody", {})
+            .get("content", {}).get("application/json", {}).get("schema", {}))
+    for request in (body, schemas.get("ScoreRequest", {})):
+        records = request.get("properties", {}).get("records")
+        if records is not None:
+            records["maxItems"] = max_records
+            if items is not None:
+                records["items"] = items
 
 
 ERROR_BODY = {"application/json": {"schema": {"type": "object", "properties": {
@@ -130,24 +142,34 @@ ROUTE_DOCS: dict[str, Any] = {
 
 
 class DocumentRoutes:
-    """ASGI middleware that adds :data:`ROUTE_DOCS` to BentoML's ``GET /docs.json``.
+    """ASGI middleware that completes BentoML's ``GET /docs.json``: the ``/score`` records typed
+    from the served model (:func:`document_records`), and :data:`ROUTE_DOCS`.
 
     Arguments:
         app: the wrapped ASGI application.
+        served: the served model's tag and training schema, and ``FLOWAD_MAX_RECORDS``.
     """
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: ASGIApp, served: Callable[[], tuple[str, Schema, int]]) -> None:
         self.app = app
+        self.served = served
+        self._record: tuple[str, Any] = ("", None)  # the last model's tag and record model
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    def record_model(self, tag: str, schema: Schema) -> Any:
+        """:func:`record_model` of ``schema``, written once per model."""
+        if self._record[0] != tag:
+            self._record = (tag, record_model(schema))
+        return self._record[1]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not (scope["type"] == "http" and scope.get("method") == "GET"
                 and scope.get("path") == "/docs.json"):
             await self.app(scope, receive, send)
             return
-        start: dict[str, Any] = {}
+        start: Message = {}
         chunks: list[bytes] = []
 
-        async def patched(message: dict[str, Any]) -> None:
+        async def patched(message: Message) -> None:
             if message["type"] == "http.response.start":
                 start.update(message)
                 return
@@ -160,6 +182,8 @@ class DocumentRoutes:
             body = b"".join(chunks)
             if start.get("status") == 200:
                 spec = json.loads(body)
+                tag, schema, max_records = self.served()
+                document_records(spec, self.record_model(tag, schema), max_records)
                 spec.setdefault("paths", {}).update(
                     {path: doc for path, doc in ROUTE_DOCS.items() if path not in spec["paths"]})
                 body = json.dumps(spec).encode()

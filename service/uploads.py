@@ -9,16 +9,16 @@ boundary is looked for as the body passes: a body without one is malformed or tr
 
 The file is then read in chunks within :class:`~pipelines.limits.ReadLimits` (FLOWAD_MAX_COLUMNS,
 FLOWAD_MAX_HEADER_BYTES, FLOWAD_MAX_CELL_CHARS, FLOWAD_MAX_CHUNK_BYTES, FLOWAD_MAX_CHUNK_CELLS,
-read at import as the service's settings are), a Parquet file decoding to at most the bytes a
-CSV upload may have (FLOWAD_MAX_FILE_BYTES), and its header is checked against the model's
-schema, strictly, before any row is read.
+read with the service's settings), a Parquet file decoding to at most the bytes a CSV upload may
+have (FLOWAD_MAX_FILE_BYTES), and its header is checked against the model's schema, strictly,
+before any row is read. Every refusal is a :class:`~service.errors.RequestRejected`.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import PurePosixPath
 from typing import BinaryIO
@@ -29,25 +29,20 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
+from starlette.types import Message
 
 from pipelines.limits import ReadLimits, TableTooLargeError
 from pipelines.schema import Schema, SchemaError, shown
 from pipelines.tables import iter_table
-from service.guard import BodyTimeoutError, BodyTooLargeError, Message
+from service.errors import RequestRejected
 
 FIELD = "file"
 FORMATS = {".csv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet"}
 USAGE = "send a multipart/form-data body with the table as the file part 'file' (.csv or .parquet)"
-LIMITS = ReadLimits.from_env()
 
 
-class UploadError(Exception):
-    """An upload that cannot be scored; ``reason`` labels the rejection metric."""
-
-    def __init__(self, message: str, reason: str = "validation",
-                 status: HTTPStatus = HTTPStatus.BAD_REQUEST) -> None:
-        super().__init__(message)
-        self.message, self.reason, self.status = message, reason, status
+def _malformed(message: str) -> RequestRejected:
+    return RequestRejected(message, "validation")
 
 
 @dataclass(frozen=True)
@@ -66,39 +61,35 @@ async def read_upload(request: Request) -> AsyncIterator[Upload]:
     """Parses the multipart body of ``request``; the temporary file is closed on exit.
 
     Raises:
-        UploadError: not multipart, no boundary, a malformed or truncated body, a body over
-            its byte limit or too slow to arrive (``RequestGuard``'s errors, raised as the
-            parser reads), no file part ``file``, a text value instead of a file, or an
-            unsupported file type.
+        RequestRejected: not multipart, no boundary, a malformed or truncated body, no file
+            part ``file``, a text value instead of a file, or an unsupported file type (400);
+            a body over its byte limit (413) or too slow to arrive (408): ``RequestGuard``
+            raises those as the parser reads.
     """
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     boundary = options.get(b"boundary")
     if content_type != b"multipart/form-data" or not boundary:
-        raise UploadError(f"expected multipart/form-data with a boundary: {USAGE}")
+        raise _malformed(f"expected multipart/form-data with a boundary: {USAGE}")
     closing = ClosingBoundary(request.receive, boundary)
     try:
         form = await Request(request.scope, closing.receive).form(max_files=1, max_fields=16)
     except (MultiPartException, HTTPException) as error:
         detail = getattr(error, "message", None) or getattr(error, "detail", "")
-        raise UploadError(f"malformed multipart body ({detail}): {USAGE}") from None
-    except BodyTooLargeError as error:
-        raise UploadError(str(error), "too_large", HTTPStatus.REQUEST_ENTITY_TOO_LARGE) from None
-    except BodyTimeoutError as error:
-        raise UploadError(str(error), "timeout", HTTPStatus.REQUEST_TIMEOUT) from None
+        raise _malformed(f"malformed multipart body ({detail}): {USAGE}") from None
     try:
         if not closing.seen:
-            raise UploadError("malformed or truncated multipart body: it ends before its closing "
-                              f"boundary: {USAGE}")
+            raise _malformed("malformed or truncated multipart body: it ends before its closing "
+                             f"boundary: {USAGE}")
         part = form.get(FIELD)
         if part is None:
-            raise UploadError(f"no part named {FIELD!r}: {USAGE}")
+            raise _malformed(f"no part named {FIELD!r}: {USAGE}")
         if not isinstance(part, UploadFile):
-            raise UploadError(
+            raise _malformed(
                 f"part {FIELD!r} is a text value ({shown(part)}), not a file; URLs are "
                 f"never fetched: {USAGE}")
         suffix = PurePosixPath(part.filename or "").suffix.lower()
         if suffix not in FORMATS:
-            raise UploadError(f"unsupported file type {shown(suffix)}: {USAGE}")
+            raise _malformed(f"unsupported file type {shown(suffix)}: {USAGE}")
         yield Upload(part.file, FORMATS[suffix])
     finally:
         await form.close()
@@ -128,7 +119,7 @@ class ClosingBoundary:
 
 
 def upload_chunks(upload: Upload, schema: Schema, chunk_rows: int,
-                  max_file_bytes: int) -> Iterator[pd.DataFrame]:
+                  limits: ReadLimits) -> Iterator[pd.DataFrame]:
     """The rows of an upload in chunks of ``chunk_rows``, read for a model of ``schema``
     (strictly: no column it does not know), within the reading limits.
 
@@ -136,9 +127,9 @@ def upload_chunks(upload: Upload, schema: Schema, chunk_rows: int,
         upload: the parsed upload.
         schema: the schema of the model that scores it.
         chunk_rows: rows per chunk (FLOWAD_FILE_CHUNK_ROWS).
-        max_file_bytes: what a Parquet upload may decode to in all (FLOWAD_MAX_FILE_BYTES).
+        limits: the reading limits, a Parquet upload decoding to at most FLOWAD_MAX_FILE_BYTES
+            (``Settings.read_limits``).
     """
-    limits = replace(LIMITS, max_total_bytes=max_file_bytes)
     return iter_table(upload.file, chunk_rows, fmt=upload.format, schema=schema, limits=limits)
 
 
@@ -146,15 +137,15 @@ def next_chunk(chunks: Iterator[pd.DataFrame], fmt: str) -> pd.DataFrame | None:
     """The next chunk of an upload, None at its end.
 
     Raises:
-        UploadError: a header that does not match the schema (400, ``schema``), a file over a
-            reading limit (413, ``too_large``), or an unreadable one (400).
+        RequestRejected: a header that does not match the schema (400, ``schema``), a file over
+            a reading limit (413, ``too_large``), or an unreadable one (400).
     """
     try:
         return next(chunks, None)
     except SchemaError as error:
-        raise UploadError(str(error), "schema") from None
+        raise RequestRejected(str(error), "schema") from None
     except TableTooLargeError as error:
-        raise UploadError(f"the uploaded {fmt} file is too large to read: {error}", "too_large",
-                          HTTPStatus.REQUEST_ENTITY_TOO_LARGE) from None
+        raise RequestRejected(f"the uploaded {fmt} file is too large to read: {error}",
+                              "too_large", HTTPStatus.REQUEST_ENTITY_TOO_LARGE) from None
     except (ValueError, OSError, UnicodeDecodeError) as error:  # pandas' and pyarrow's
-        raise UploadError(f"could not read the uploaded {fmt} file: {str(error)[:300]}") from None
+        raise _malformed(f"could not read the uploaded {fmt} file: {str(error)[:300]}") from None

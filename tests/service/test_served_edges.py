@@ -211,11 +211,22 @@ def test_a_token_no_client_can_send_stops_the_service_at_start(tmp_path):
     assert "FLOWAD_ADMIN_TOKEN holds 'é'" in log.read_text()
 
 
+def cpu_time(worker: psutil.Process) -> float:
+    """CPU seconds the worker has used so far."""
+    return sum(worker.cpu_times()[:2])
+
+
 def cpu_seconds(worker: psutil.Process, during: float) -> float:
     """CPU seconds the worker spends over the next ``during`` seconds."""
-    before = sum(worker.cpu_times()[:2])
-    time.sleep(during)
-    return sum(worker.cpu_times()[:2]) - before
+    before = cpu_time(worker)
+    time.sleep(during)  # the window measured, not a wait for something to happen
+    return cpu_time(worker) - before
+
+
+def wait_until_busy(worker: psutil.Process, since: float, seconds: float = 0.3) -> None:
+    """Polls until the worker has used ``seconds`` of CPU since it had used ``since``: the
+    request sent meanwhile is being worked on."""
+    wait_for(lambda: cpu_time(worker) - since > seconds, 30, "the worker to be busy")
 
 
 def explain_body(n: int) -> bytes:
@@ -258,8 +269,9 @@ def test_a_plain_request_does_not_wait_behind_an_explanation_that_stops_in_time(
         finished["explain"] = time.monotonic()
 
     thread = threading.Thread(target=explain)
+    busy = cpu_time(worker)
     thread.start()
-    time.sleep(0.5)
+    wait_until_busy(worker, busy)  # scored, and explaining
     answers["plain"] = post(base, "/score", explain_body(1), JSON)
     finished["plain"] = time.monotonic()
     thread.join(timeout=120)
@@ -277,9 +289,10 @@ def test_an_explanation_stops_when_its_client_is_gone(wide):
     host, port = base.removeprefix("http://").split(":")
     body = explain_body(100)
     with socket.create_connection((host, int(port)), timeout=30) as sock:
+        busy = cpu_time(worker)
         sock.sendall(f"POST /score?explain=true HTTP/1.1\r\nHost: {host}\r\nContent-Type: "
                      f"application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
-        time.sleep(0.7)  # scored, and explaining
+        wait_until_busy(worker, busy)  # scored, and explaining
     # the line is logged only when the client's absence stops it (the time limit answers 413)
     wait_for(lambda: "client disconnected after" in log.read_text(), 30,
              "the explanation to stop")

@@ -245,7 +245,7 @@ def test_promotion_under_load_drops_no_request(servers):
     for thread in threads:
         thread.start()
     try:
-        time.sleep(1.0)
+        wait_for(lambda: len(seen) >= 3, 30, "answers from the model served first")
         promoted_at = time.monotonic()
         registry.promote(new_tag, reason="integration test")
         deadline = promoted_at + RELOAD_INTERVAL + 15
@@ -253,7 +253,10 @@ def test_promotion_under_load_drops_no_request(servers):
             time.sleep(0.1)
         # Keep sending until every front worker has had its next poll: with local scoring each
         # worker holds its own model and switches on its own (the scorer switches once).
-        time.sleep(RELOAD_INTERVAL + 3.0)
+        switched_at = next((at for at, t in seen if t == new_tag and at > promoted_at),
+                           promoted_at)
+        wait_for(lambda: seen[-1][0] > switched_at + RELOAD_INTERVAL + 3.0, RELOAD_INTERVAL + 30,
+                 "answers from after every worker's next poll")
     finally:
         stop_sending.set()
         for thread in threads:
@@ -307,7 +310,7 @@ def test_files_scored_under_load_are_never_a_server_error(servers):
     for thread in threads:
         thread.start()
     try:
-        time.sleep(1.0)
+        wait_for(lambda: len(answers) >= 6, 30, "the /score clients to be answered")
         uploads = [httpx.post(f"{base}/score_file", files={"file": ("big.csv", data)},
                               timeout=150) for _ in range(3)]
     finally:

@@ -1,6 +1,6 @@
 """The documented ``/score`` record (service/openapi.py): every column name training accepts,
 and a fallback when the docs still cannot express a schema. Served for real in
-tests/test_served_edges.py."""
+tests/service/test_served_edges.py."""
 
 import dataclasses
 import json

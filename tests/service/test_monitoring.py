@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MONITORING = REPO / "service" / "monitoring"
 PROMETHEUS_DIR = MONITORING / "prometheus"
 GRAFANA_DIR = MONITORING / "grafana"

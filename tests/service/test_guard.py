@@ -6,6 +6,7 @@ import json
 
 import anyio
 import pytest
+from starlette.testclient import TestClient
 
 from service.guard import AdminAuth, RequestGuard
 from service.settings import admin_token
@@ -160,9 +161,54 @@ def test_an_admin_token_no_client_can_send_is_refused_at_start(variable):
         admin_token(variable)
 
 
+@pytest.mark.parametrize(("token", "authorization", "status", "reason", "error"), [
+    (None, b"Bearer s3cret", 404, "admin_disabled",
+     "admin endpoints are disabled: set FLOWAD_ADMIN_TOKEN to enable them"),
+    ("s3cret", b"", 401, "unauthorized", "missing bearer token"),
+    ("s3cret", b"s3cret", 401, "unauthorized", "missing bearer token"),
+    ("s3cret", b"Bearer s3cre", 403, "forbidden", "invalid token"),
+], ids=["disabled", "missing", "no-scheme", "wrong"])
+def test_admin_refusals_have_the_body_of_every_rejection(token, authorization, status, reason,
+                                                         error):
+    sent: list[dict] = []
+
+    async def send(message):
+        sent.append(message)
+
+    async def main():
+        auth = AdminAuth(reads_body, paths=("/admin/reload",), token=token)
+        await auth({"type": "http", "method": "POST", "path": "/admin/reload",
+                    "headers": [(b"authorization", authorization)]}, None, send)
+
+    anyio.run(main)
+    start, body = sent
+    assert start["status"] == status
+    assert json.loads(body["body"]) == {"error": error, "reason": reason}
+    assert ((b"www-authenticate", b"Bearer") in start["headers"]) == (status == 401)
+
+
 def test_the_token_is_compared_as_the_bytes_that_arrived():
     """The header's bytes against the token's UTF-8 bytes, neither decoded: the UTF-8 bytes of
     "é" used to be read as Latin-1 ("Ã©") and encoded again, so "é" never matched itself."""
     assert admin_answer("é", "Bearer é".encode()) == 200
     assert admin_answer("é", "Bearer é".encode("latin-1")) == 403
     assert admin_answer("s3cret", "Bearer sécret".encode()) == 403
+
+
+def test_an_upload_streamed_past_the_byte_limit_is_a_413():
+    async def app(scope, receive, send):  # reads everything, like the multipart parser
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    wrapped = RequestGuard(app, json_routes={}, upload_routes={"/score_file": 1000},
+                           body_timeout=30)
+
+    def chunks():  # no content-length: the guard must count
+        for _ in range(20):
+            yield b"x" * 100
+
+    response = TestClient(wrapped).post("/score_file", content=chunks())
+    assert response.status_code == 413, response.text
+    assert response.json()["reason"] == "too_large"
