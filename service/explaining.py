@@ -35,8 +35,8 @@ import anyio
 import pandas as pd
 from anyio import to_thread
 
-from pipelines.detector import Detector
-from pipelines.explain import N_SAMPLES, top_contributions
+from pipelines.model.detector import Detector
+from pipelines.model.explain import N_SAMPLES, top_contributions
 
 log = logging.getLogger("flowad.service")
 EXPLAIN_CONCURRENCY = 1  # explained requests at a time per worker: more would only share a core

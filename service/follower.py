@@ -27,8 +27,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pipelines import registry
-from pipelines.detector import Detector
-from pipelines.store import ModelCheckError, load_verified
+from pipelines.errors import ModelCheckError
+from pipelines.model.detector import Detector
+from pipelines.registry.verify import load_verified
 
 log = logging.getLogger("flowad.service")
 FIRST_BACKOFF_S, MAX_BACKOFF_S = 30.0, 300.0

@@ -33,7 +33,7 @@ from typing import Any
 import anyio
 import orjson
 
-from pipelines.schema import shown
+from pipelines.errors import shown
 
 Scope = dict[str, Any]
 Message = dict[str, Any]

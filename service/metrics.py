@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.processes import alive
+from pipelines.io.processes import alive
 
 # 4xx, and the 503s of a scoring that cannot happen now (retry: overloaded, model_changing)
 REJECTION_REASONS = ("malformed_json", "validation", "schema", "too_large", "empty",

@@ -16,7 +16,8 @@ from typing import Any
 
 from pydantic import ConfigDict, Field, create_model
 
-from pipelines.schema import BOOL_DTYPES, ColumnSpec, Schema
+from pipelines.tabular.columns import BOOL_DTYPES, ColumnSpec
+from pipelines.tabular.schema import Schema
 
 log = logging.getLogger("flowad.service")
 EXAMPLE_CATEGORIES = 10  # categories listed as examples per categorical column

@@ -59,7 +59,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from pipelines import registry
-from pipelines.schema import SchemaError, UnscorableRecordError, shown
+from pipelines.errors import SchemaError, UnscorableRecordError, shown
 from service import metrics as service_metrics
 from service.bundle import bundled_tag, model_to_bundle, running_bento
 from service.drift import DriftWindow

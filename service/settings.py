@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pipelines.store import DEFAULT_NAME
+from pipelines.registry.store import DEFAULT_NAME
 from service.bundle import bundled_tag
 
 

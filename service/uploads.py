@@ -30,9 +30,10 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
-from pipelines.limits import ReadLimits, TableTooLargeError
-from pipelines.schema import Schema, SchemaError, shown
-from pipelines.tables import iter_table
+from pipelines.errors import SchemaError, TableTooLargeError, shown
+from pipelines.io.limits import ReadLimits
+from pipelines.io.tables import iter_table
+from pipelines.tabular.schema import Schema
 from service.guard import BodyTimeoutError, BodyTooLargeError, Message
 
 FIELD = "file"

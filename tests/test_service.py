@@ -15,8 +15,8 @@ from conftest import corrupt_weights, mixed_frame
 from starlette.testclient import TestClient
 
 from pipelines import Detector, registry
-from pipelines.schema import SchemaError
-from pipelines.store import save_detector
+from pipelines.errors import SchemaError
+from pipelines.registry.store import save_detector
 
 TOKEN = "s3cret-token"
 SETTINGS = {"FLOWAD_MODEL": "service-test", "FLOWAD_MAX_RECORDS": "50",
