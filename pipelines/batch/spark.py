@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
+import torch
 
 from pipelines.errors import InputError, SchemaError
 from pipelines.io.csvfiles import NUMERIC_MISSING
@@ -76,7 +77,6 @@ def export_detector(tag: str) -> Path:
 def _detector(archive_name: str) -> Detector:
     """The detector shipped as ``archive_name``, loaded once per Python worker process."""
     if archive_name not in _loaded:
-        import torch
         from pyspark import SparkFiles, TaskContext
 
         # as many torch threads as the task has cores: more than one per core on a busy

@@ -4,10 +4,9 @@ PyOD 3.6.7's IForest (``random_state=seed``), KNN, LOF, OCSVM, HBOS and PCA with
 ECOD and COPOD scored inductively against the training ECDFs (PyOD's batch
 ``decision_function`` recomputes them on train + the scored batch, so a row's score would depend
 on the rest of its batch); scikit-learn's GaussianMixture with BIC-chosen k and KernelDensity
-with Scott's bandwidth. They run through
-:func:`pipelines.evaluation.protocol.run_protocol`, so any of its
-protocols can be benchmarked: ``flowad benchmark --baselines``. PyOD is imported only here, when
-a PyOD detector is built (it is a development dependency, not a runtime one).
+with Scott's bandwidth. They run through :func:`pipelines.evaluation.protocol.run_protocol`, so
+any of its protocols can be benchmarked: ``flowad benchmark --baselines``. PyOD is imported
+only here, when a PyOD detector is built (it is a development dependency, not a runtime one).
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.evaluation import protocol
+from pipelines.evaluation.baselines import make_baseline, warm_up
 from pipelines.model.detector import Detector
 
 Log = Callable[[str], None]
@@ -100,8 +101,6 @@ def run_baselines(
     """Runs the ten baselines (:mod:`pipelines.evaluation.baselines`) through the protocol ``kind``;
     returns the paths of ``baselines-{kind}.csv`` and ``.md`` (resumable, as
     :func:`run_benchmark`)."""
-    from pipelines.evaluation.baselines import make_baseline, warm_up
-
     warm_up(detectors)
     return _run(data_dir, Path(output_dir), f"baselines-{kind}", list(detectors),
                 lambda name: lambda seed: make_baseline(name, seed),

@@ -8,9 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import mixed_frame
 
-from pipelines import Detector
 from pipelines.registry.store import save_detector
 
 NAME = "nightly-transactions-fraud-detector-eu-west"  # a long name, as real ones are
@@ -19,11 +17,9 @@ HEADER = ["tag", "production", "created", "kind", "target FPR", "threshold", "va
 
 
 @pytest.fixture(scope="module")
-def listed():
+def listed(trained):
     """A saved model with a long name, and what ``flowad models --json`` says of it."""
-    detector = Detector(exclude=["id"], train_options={"max_epochs": 1},
-                        flow_options={"members": 1}).fit(mixed_frame(600))
-    tag = save_detector(detector, NAME)
+    tag = save_detector(trained[0], NAME)
     done = subprocess.run([sys.executable, "-m", "pipelines.cli", "models", NAME, "--json"],
                           capture_output=True, text=True, check=True)
     (row,) = json.loads(done.stdout)

@@ -3,21 +3,17 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import mixed_frame
+from conftest import FAST, mixed_frame
 from scipy.stats import betabinom, norm
 
 from pipelines import Detector, SchemaError
 from pipelines.evaluation.protocol import load_npz
 from pipelines.model.defaults import default_flow_options
 
-FAST = {"max_epochs": 15, "patience": 5}
-
 
 @pytest.fixture(scope="module")
-def fitted() -> tuple[Detector, pd.DataFrame]:
-    train = mixed_frame(3000, seed=0)
-    detector = Detector(target_fpr=0.05, exclude=["id"], train_options=FAST)
-    return detector.fit(train), train
+def fitted(trained: tuple[Detector, pd.DataFrame]) -> tuple[Detector, pd.DataFrame]:
+    return trained
 
 
 def test_fit_sets_fitted_attributes_and_scores_are_finite(fitted):

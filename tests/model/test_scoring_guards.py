@@ -9,22 +9,19 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import mixed_frame
+from conftest import FAST, mixed_frame
 
 from pipelines import Detector
 from pipelines.errors import SchemaError, UnscorableRecordError
 from pipelines.tabular.encoder import RECORD_PATH_ROWS
 from pipelines.tabular.ranges import MAX_ENCODED
 
-FAST = {"max_epochs": 15, "patience": 5}
-
 
 @pytest.fixture(scope="module")
-def fitted() -> tuple[Detector, list[str], list[dict[str, object]]]:
-    """A small detector, its column names and three good records as parsed JSON."""
-    train = mixed_frame(1500, seed=0)
-    detector = Detector(target_fpr=0.05, exclude=["id"], train_options=FAST)
-    detector.fit(train)
+def fitted(trained: tuple[Detector, pd.DataFrame]
+           ) -> tuple[Detector, list[str], list[dict[str, object]]]:
+    """The shared detector, its column names and three good records as parsed JSON."""
+    detector, train = trained
     records = json.loads(mixed_frame(3, seed=1).to_json(orient="records"))
     return detector, list(train.columns), records
 

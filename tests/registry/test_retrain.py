@@ -22,6 +22,7 @@ from pipelines.registry.retrain import retrain
 from pipelines.registry.store import load_detector, save_detector
 from pipelines.tabular.support import LegacySupport
 
+# Its own budget: the gate's tests were calibrated with it.
 FAST = {"max_epochs": 12, "patience": 5}
 
 
