@@ -124,7 +124,8 @@ def score_file(detector: Detector, data: str, writer: TableWriter, *, chunk_rows
                 verdicts["p_value"].to_numpy()
                 for _, verdicts in verdict_chunks(detector, data, chunk_rows, bar.update,
                                                   strict=strict))
-            warning = unflaggable_warning(q_values, fdr, detector.calibrator_.n_)
+            warning = unflaggable_warning(q_values, fdr,
+                                          detector.describe()["calibration"]["n"])
             if warning is not None:
                 warnings.warn(warning, UnflaggableWarning, stacklevel=2)
         for chunk, verdicts in verdict_chunks(detector, data, chunk_rows, bar.update, explain,

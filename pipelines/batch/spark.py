@@ -28,7 +28,7 @@ import sys
 import tarfile
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,6 +47,7 @@ from pipelines.registry.pointer import resolve
 from pipelines.registry.verify import load_verified
 
 if TYPE_CHECKING:
+    from pyspark import TaskContext
     from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql.types import StructType
 
@@ -77,11 +78,11 @@ def export_detector(tag: str) -> Path:
 def _detector(archive_name: str) -> Detector:
     """The detector shipped as ``archive_name``, loaded once per Python worker process."""
     if archive_name not in _loaded:
-        from pyspark import SparkFiles, TaskContext
+        from pyspark import SparkFiles
 
         # as many torch threads as the task has cores: more than one per core on a busy
         # executor made OpenMP's spin-waiting collapse throughput (docs/design.md, "Measuring")
-        torch.set_num_threads(TaskContext.get().cpus())
+        torch.set_num_threads(_task().cpus())
 
         target = Path(tempfile.mkdtemp(prefix="flowad-model-"))
         with tarfile.open(SparkFiles.get(archive_name)) as tar:
@@ -117,7 +118,7 @@ def _in_partition(error: SchemaError, partition: int, start: int,
     return error.in_file(start).located(partition=partition, source=source or None)
 
 
-def _without_small_batches(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+def _without_small_batches(batches: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
     """The batches, each one of at most ``SMALL_BATCH_ROWS`` rows (a partition's last, mostly)
     joined to the one before it: the detector would score it with its NumPy fast path, within
     1e-5 nats of torch, and a row's score should not depend on where a batch ended.
@@ -147,13 +148,21 @@ def _missing_words_as_missing(batch: pd.DataFrame, detector: Detector) -> pd.Dat
     return batch
 
 
+def _task() -> TaskContext:
+    """The Spark task this executor code runs in."""
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    if context is None:
+        raise RuntimeError("not in a Spark task")
+    return context
+
+
 def _scorer(archive_name: str, explain_top: int, strict: bool
-            ) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+            ) -> Callable[[Iterable[pd.DataFrame]], Iterable[pd.DataFrame]]:
     """The ``mapInPandas`` function: each batch of a partition with its verdicts."""
 
-    def score_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        from pyspark import TaskContext
-
+    def score_partition(batches: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         detector = _detector(archive_name)
         start = 0
         for batch in _without_small_batches(batches):
@@ -166,8 +175,7 @@ def _scorer(archive_name: str, explain_top: int, strict: bool
                     top = top_columns(detector.explain(records), explain_top)
                     verdicts = pd.concat([verdicts, top], axis=1)
             except SchemaError as error:
-                raise _in_partition(error, TaskContext.get().partitionId(), start,
-                                    sources) from error
+                raise _in_partition(error, _task().partitionId(), start, sources) from error
             start += len(batch)
             yield pd.concat([batch, verdicts], axis=1)
 
@@ -260,7 +268,10 @@ def write_scored(scored: DataFrame, output: str, *, escape_formulas: bool = True
     if fmt is None:
         raise InputError("name the output .parquet or .csv", file=output)
     spark = scored.sparkSession
-    hadoop = spark.sparkContext._jvm.org.apache.hadoop.fs
+    jvm = spark.sparkContext._jvm
+    if jvm is None:
+        raise RuntimeError("the Spark session has no JVM")
+    hadoop = jvm.org.apache.hadoop.fs
     target = hadoop.Path(output)
     filesystem = target.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
     temp = hadoop.Path(target.getParent(), f".{target.getName()}.{uuid.uuid4().hex[:8]}.tmp")

@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 
 from pipelines.cli.benchmark import benchmark
-from pipelines.cli.errors import Commands
+from pipelines.cli.errors import handled
 from pipelines.cli.evaluate import evaluate
 from pipelines.cli.lifecycle import promote, recalibrate, retrain
 from pipelines.cli.models import models
@@ -24,10 +24,10 @@ from pipelines.cli.score import score
 from pipelines.cli.train import train
 
 # Plain help text: rich markup would swallow the "[default: ...]" of option help.
-app = typer.Typer(help="Anomaly detection with exact normalizing-flow likelihoods.", cls=Commands,
+app = typer.Typer(help="Anomaly detection with exact normalizing-flow likelihoods.",
                   no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None)
 for command in (train, score, evaluate, models, retrain, promote, recalibrate, benchmark):
-    app.command()(command)
+    app.command()(handled(command))
 
 
 def _version(value: bool) -> None:

@@ -41,14 +41,14 @@ def benchmark(
     check_objective(model, objective)
     from pipelines.evaluation.benchmark import run_baselines, run_benchmark
 
-    runs = {"seeds": tuple(int(s) for s in seeds.split(",")),
-            "datasets": datasets.split(",") if datasets else None, "kind": protocol.value}
+    seed_list = tuple(int(s) for s in seeds.split(","))
+    names = datasets.split(",") if datasets else None
     if baselines:
-        csv_path, md_path = run_baselines(data_dir, output, **runs)
+        csv_path, md_path = run_baselines(data_dir, output, seeds=seed_list, datasets=names,
+                                          kind=protocol.value)
     else:
         csv_path, md_path = run_benchmark(
             data_dir, output, model=model.value, objective=objective.value, members=members,
-            trim_share=trim_share, **runs,
-        )
+            trim_share=trim_share, seeds=seed_list, datasets=names, kind=protocol.value)
     typer.echo(f"wrote {csv_path} and {md_path}")
 

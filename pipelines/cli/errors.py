@@ -6,27 +6,36 @@ are one ``warning: ...`` line each.
 
 from __future__ import annotations
 
+import functools
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import ParamSpec, TypeVar
 
-import click
 import typer
-from typer.core import TyperGroup
 
 from pipelines.errors import InputError
 
+P = ParamSpec("P")
+R = TypeVar("R")
 
-class Commands(TyperGroup):
-    """The ``flowad`` command group: every command runs under :meth:`invoke`'s error mapping."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+def handled(command: Callable[P, R]) -> Callable[P, R]:
+    """``command`` with the error mapping of the module's docstring (typer reads the wrapped
+    function's parameters).
+
+    Arguments:
+        command: a command function.
+    """
+    @functools.wraps(command)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
-            return super().invoke(ctx)
+            return command(*args, **kwargs)
         except InputError as error:
             typer.echo(f"error: {error}", err=True)
             raise typer.Exit(2) from error
+
+    return run
 
 
 @contextmanager

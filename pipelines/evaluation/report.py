@@ -75,8 +75,9 @@ def _json_float(v: float) -> float | str | None:
     return v
 
 
-def _has_threshold(threshold: float | None) -> bool:
-    return threshold is not None and not math.isnan(threshold)
+def _calibrated(threshold: float | None) -> float | None:
+    """The threshold of a calibrated detector, or None (None or NaN: not calibrated)."""
+    return None if threshold is None or math.isnan(threshold) else threshold
 
 
 def evaluation_metrics(y_true: ArrayLike, scores: ArrayLike,
@@ -105,12 +106,13 @@ def evaluation_metrics(y_true: ArrayLike, scores: ArrayLike,
         "tpr": None,
         "precision": None,
     }
-    if not _has_threshold(threshold):
+    calibrated = _calibrated(threshold)
+    if calibrated is None:
         return metrics
-    flagged = s > threshold
+    flagged = s > calibrated
     fp, tp = int(flagged[y == 0].sum()), int(flagged[y == 1].sum())
     metrics.update(
-        threshold=_json_float(threshold),
+        threshold=_json_float(calibrated),
         n_flagged=fp + tp,
         false_positives=fp,
         true_positives=tp,
@@ -155,25 +157,28 @@ def score_histogram_figure(scores: ArrayLike, y_true: ArrayLike,
     """
     y, s = _inputs(y_true, scores)
     finite = np.isfinite(s)
-    draw_line = _has_threshold(threshold) and math.isfinite(threshold)
-    shown = np.r_[s[finite], [threshold] if draw_line else []]  # the whole range, unclipped
+    calibrated = _calibrated(threshold)
+    line = calibrated if calibrated is not None and math.isfinite(calibrated) else None
+    shown = np.r_[s[finite], [] if line is None else [line]]  # the whole range, unclipped
     lo, hi = (float(shown.min()), float(shown.max())) if shown.size else (0.0, 1.0)
     hi = hi if hi > lo else lo + 1.0
     fig = Figure(figsize=(8, 4.5))
     ax = fig.subplots()
     ax.set_xscale("symlog", linthresh=SYMLOG_LINEAR_NATS)
     to_axis = ax.xaxis.get_transform()  # even bins on the axis as drawn
-    bins = to_axis.inverted().transform(np.linspace(*to_axis.transform([lo, hi]), 61))
-    bins[[0, -1]] = lo, hi  # exactly: the round trip can leave the largest score outside
+    start, stop = to_axis.transform([lo, hi])
+    edges = to_axis.inverted().transform(np.linspace(start, stop, 61))
+    edges[[0, -1]] = lo, hi  # exactly: the round trip can leave the largest score outside
+    bins = [float(edge) for edge in edges]
     for label, value, color in (("normal", 0, "tab:blue"), ("anomaly", 1, "tab:red")):
         part = s[finite & (y == value)]
         if part.size:
             ax.hist(part, bins=bins, alpha=0.55, color=color, label=f"{label} (n={part.size})")
-    if draw_line:
-        ax.axvline(threshold, color="black", linestyle="--", label=f"threshold = {threshold:.4g}")
-    elif _has_threshold(threshold):
-        flags = "nothing" if threshold > 0 else "everything"
-        ax.plot([], [], " ", label=f"threshold = {threshold} ({flags} flagged)")
+    if line is not None:
+        ax.axvline(line, color="black", linestyle="--", label=f"threshold = {line:.4g}")
+    elif calibrated is not None:
+        flags = "nothing" if calibrated > 0 else "everything"
+        ax.plot([], [], " ", label=f"threshold = {calibrated} ({flags} flagged)")
     nonfinite = _nonfinite_label(s, y)
     if nonfinite:
         ax.plot([], [], " ", label=nonfinite)
@@ -221,8 +226,9 @@ def roc_pr_figure(scores: ArrayLike, y_true: ArrayLike, threshold: float | None 
     ax_pr.plot(recall, precision, color="tab:red", drawstyle="steps-post",
                label=f"AP = {average_precision_score(y, ranked):.3f}")
     ax_pr.axhline(prevalence, color="grey", linestyle=":", label=f"chance = {prevalence:.3f}")
-    if _has_threshold(threshold):
-        flagged = s > threshold
+    calibrated = _calibrated(threshold)
+    if calibrated is not None:
+        flagged = s > calibrated
         at_fpr, at_tpr = float(flagged[y == 0].mean()), float(flagged[y == 1].mean())
         where = f"FPR {at_fpr:.3g}" + (" (0: drawn at the axis edge)" if at_fpr == 0 else "")
         ax_roc.plot([max(at_fpr, fpr_min)], [at_tpr], "o", color="black", zorder=3,

@@ -33,7 +33,7 @@ from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
-from pandas._libs.parsers import STR_NA_VALUES
+from pandas._libs.parsers import STR_NA_VALUES  # type: ignore[import-not-found]  # no stubs
 
 from pipelines.errors import TableTooLargeError, UnreadableTableError, shown
 from pipelines.io.limits import MIB, ReadLimits
@@ -102,7 +102,9 @@ class _Reader(io.RawIOBase):
         return now == self.size or self.file.read(1) in (b"\n", b"\r")
 
     def tail(self) -> bytes:
-        """The bytes of that last line."""
+        """The bytes of that last line (after :attr:`cut` said there is one)."""
+        if self.end is None:
+            return b""
         if self.size - self.end > self.limits.max_chunk_bytes:
             raise TableTooLargeError(f"the last line is longer than the limit of "
                                      f"{self.limits.max_chunk_bytes / MIB:.0f} MiB a chunk "

@@ -36,8 +36,8 @@ def escape_formulas(frame: pd.DataFrame) -> pd.DataFrame:
             text = column.astype("string")
         else:
             continue
-        formula = text.str.startswith(FORMULA_STARTS) & ~text.str.fullmatch(PLAIN_NUMBER)
-        formula = formula.fillna(False).to_numpy(dtype=bool)
+        starts = text.str.startswith(FORMULA_STARTS) & ~text.str.fullmatch(PLAIN_NUMBER)
+        formula = starts.fillna(False).to_numpy(dtype=bool)
         if formula.any():
             column = column.copy()
             column[formula] = (PREFIX + text[formula]).to_numpy(dtype=object)

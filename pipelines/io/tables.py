@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import pandas as pd
 import pyarrow.dataset as ds
@@ -203,7 +203,7 @@ class TableFile:
     """
 
     def __init__(self, source: Path | BinaryIO, fmt: str, limits: ReadLimits,
-                 keys: dict[str, object] | None = None) -> None:
+                 keys: dict[str, Any] | None = None) -> None:
         self.format, self.limits, self.keys = fmt, limits, keys or {}
         self._opened = isinstance(source, Path)
         try:
@@ -284,7 +284,8 @@ def at_file_row(error: SchemaError, start: int, path: str | Path) -> SchemaError
     """
     located = error.in_file(start)
     csv = located.row is not None and table_format(path) == "csv"
-    return located.located(file=str(path), line=located.row + 2 if csv else None)
+    line = located.row + 2 if located.row is not None and csv else None
+    return located.located(file=str(path), line=line)
 
 
 @contextmanager

@@ -259,6 +259,8 @@ class ContaminationCalibrator(Calibrator):
             raise ValueError(f"contamination must be in (0, 0.5], got {self.contamination!r}")
         self.reference_scores_ = np.sort(_calibration_scores(cal_scores))
         self.n_ = int(self.reference_scores_.size)
+        if training_scores is None:
+            raise ValueError("contamination thresholds the training scores: pass them")
         training = _calibration_scores(training_scores)
         self.threshold_ = float(np.percentile(training, 100 * (1 - self.contamination)))
         return self

@@ -149,7 +149,7 @@ class CrossConformalCalibrator:
             raise ValueError(f"{int(np.isnan(s).any(axis=1).sum())} records have NaN scores")
         at_least = sum(len(ref) - np.searchsorted(ref, s[:, k], side="left")
                        for k, ref in enumerate(self.fold_scores_))
-        return (1.0 + at_least) / (self.n_ + 1.0)
+        return np.asarray((1.0 + at_least) / (self.n_ + 1.0), dtype=np.float64)
 
     def predict(self, scores: ArrayLike) -> NDArray[np.bool_]:
         """True where a record is anomalous: its p-value is at most ``target_fpr``.

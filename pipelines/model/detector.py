@@ -42,7 +42,7 @@ from pipelines.model.frames import as_frame
 from pipelines.model.pyod_api import PyODMethods
 from pipelines.model.scoring import AnyCalibrator
 from pipelines.model.training import Parallel, default_train_config
-from pipelines.tabular.encoder import TabularEncoder
+from pipelines.tabular.encoder import Scaling, TabularEncoder
 
 
 class Detector(PyODMethods, OutlierMixin, BaseEstimator):
@@ -122,7 +122,7 @@ class Detector(PyODMethods, OutlierMixin, BaseEstimator):
         target_fpr: float = DEFAULT_TARGET_FPR,
         contamination: float | None = None,
         calibration: str = "auto",
-        scaling: str = "standard",
+        scaling: Scaling = "standard",
         exclude: tuple[str, ...] | list[str] = (),
         atom_share: float | None = 0.01,
         flow_options: dict[str, Any] | None = None,
@@ -149,6 +149,15 @@ class Detector(PyODMethods, OutlierMixin, BaseEstimator):
         self.device = device
         self.progress = progress
         self.n_threads = n_threads
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The fast path's evaluator is a cache of the weights, rebuilt on demand: a pickled or
+        # deep-copied detector must not carry one that a later in-place change of the copy's
+        # weights could leave looking current.
+        state = super().__getstate__()
+        state.pop("_fast_flow", None)
+        return state
+
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()

@@ -23,7 +23,7 @@ column's own change, added exactly. Orderings are sampled (Castro, Gomez and Tej
 calculation of the Shapley value based on sampling", 2009) in antithetic pairs from a fixed seed
 (:func:`_orderings`), so a record gets the same explanation every time, whatever batch it is in.
 Cost: ``n_samples * (columns + 1)`` flow evaluations per record, forward only, all of a batch in
-one flow call. ``tests/test_explain.py`` checks the result against Captum's exact enumeration
+one flow call. ``tests/model/test_explain.py`` checks the result against Captum's exact enumeration
 (``captum.attr.ShapleyValues``). Captum's own sampler (``ShapleyValueSampling``) was not used:
 it calls the flow once per ordering (35-60 ms to explain one record, against 3 ms here), draws
 from the global torch generator, and has no antithetic pairs (10x the error at equal cost).
@@ -65,19 +65,24 @@ def reference_values(encoder: TabularEncoder) -> dict[str, Any]:
     schema = encoder.schema_
     record: dict[str, Any] = {}
     continuous = schema.of_kind("continuous")
-    if continuous:  # the imputer's statistic is the median of the observed training values
+    if continuous and encoder.cont_imputer_ is not None:
+        # the imputer's statistic is the median of the observed training values
         for spec, median in zip(continuous, encoder.cont_imputer_.statistics_, strict=True):
             record[spec.name] = float(median)
     discrete = schema.of_kind("discrete", "binary")
-    if discrete:  # the imputer's statistic is the most frequent code
+    if discrete and encoder.code_imputer_ is not None:
+        # the imputer's statistic is the most frequent code
         for spec, code in zip(discrete, encoder.code_imputer_.statistics_, strict=True):
-            value = float(spec.min + spec.step * code)
+            low, step = spec.grid
+            value = float(low + step * code)
             record[spec.name] = bool(value) if spec.dtype in BOOL_DTYPES else value
-    if encoder.onehot_ is not None:  # a one-hot slot's mean code is its level's share
+    if encoder.onehot_ is not None and encoder.code_scaler_ is not None:
+        # a one-hot slot's mean code is its level's share
         shares = encoder.code_scaler_.mean_[len(discrete) :] - 0.5
         for spec, (slot_of, _, _) in zip(schema.of_kind("categorical"), encoder.onehot_slots_,
                                          strict=True):
-            record[spec.name] = max(spec.categories, key=lambda level: shares[slot_of[level]])
+            record[spec.name] = max(spec.categories or (),
+                                    key=lambda level: shares[slot_of[level]])
     return {name: record[name] for name in schema.names}
 
 

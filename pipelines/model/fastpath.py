@@ -15,7 +15,7 @@ win (NumPy's float64 matmuls and scipy's erf cost more per row), so ``SMALL_BATC
 Exactness (the *exact likelihood* and *determinism* contracts, docs/design.md): the same
 function of the same float32 weights and float32 inputs, evaluated in float64 (so its own
 rounding is negligible). It differs from torch's float32 evaluation by torch's rounding:
-within 1e-5 nats + 1e-6 relative in tests/test_fastpath.py, far below the 1e-4 nats a record's
+within 1e-5 nats + 1e-6 relative in tests/model/test_fastpath.py, far below the 1e-4 nats a record's
 score may move between batches.
 
 Only what it replicates exactly is taken: ``RealNVP`` (normal or Student-t base, any
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -114,8 +115,8 @@ class FastRealNVP:
     """
 
     def __init__(self, flow: RealNVP | FlowMixture) -> None:
-        members: list[RealNVP] = (
-            list(flow.components) if isinstance(flow, FlowMixture) else [flow])
+        members = ([cast(RealNVP, m) for m in flow.members()] if isinstance(flow, FlowMixture)
+                   else [flow])
         config = members[0].config()
         self.flow = flow
         self.dim = flow.dim
@@ -126,18 +127,19 @@ class FastRealNVP:
         self._versions = [t._version for t in self._tensors]
         self.member_index = np.arange(self.k)[:, None]  # (k, 1): pairs with (k, n_features)
         self.couplings = [self._stack_coupling(position, members)
-                          for position, layer in enumerate(members[0].layers)
+                          for position, layer in enumerate(members[0].steps())
                           if isinstance(layer, AffineCoupling)]
         # Every ActNorm's log-determinant is a constant: their sum per member, (k, 1).
         self.actnorm_log_det = np.zeros((self.k, 1))
-        for layer_index, layer in enumerate(members[0].layers):
+        for layer_index, layer in enumerate(members[0].steps()):
             if isinstance(layer, ActNorm):
-                log_scale = _as64([m.layers[layer_index].log_scale for m in members])
+                log_scale = _as64([cast(ActNorm, m.steps()[layer_index]).log_scale
+                                   for m in members])
                 self.actnorm_log_det -= log_scale.sum(axis=1, keepdims=True)
         self.student_df: NDArray[np.float64] | None = None
         self.student_norm: NDArray[np.float64] | None = None
         if config["base"] == "student":
-            df = np.exp(_as64([m.log_df for m in members]))[:, :, None]  # (k, dim, 1)
+            df = np.exp(_as64([m.log_df for m in members if m.log_df is not None]))[:, :, None]
             self.student_df = df
             # torch.distributions.StudentT(df).log_prob's normaliser, loc 0 and scale 1
             self.student_norm = (0.5 * np.log(df) + 0.5 * math.log(math.pi)
@@ -153,10 +155,11 @@ class FastRealNVP:
         if type(flow) is FlowMixture:
             if FlowMixture.log_prob is not _MIXTURE_LOG_PROB or "log_prob" in vars(flow):
                 return False
-            members = list(flow.components)
+            candidates = list(flow.components)
         else:
-            members = [flow]
-        if not all(type(m) is RealNVP for m in members):
+            candidates = [flow]
+        members = [m for m in candidates if type(m) is RealNVP]
+        if len(members) != len(candidates):
             return False
         if any(getattr(RealNVP, name) is not function or name in vars(m)
                for m in members for name, function in _REPLICATED.items()):
@@ -191,10 +194,10 @@ class FastRealNVP:
             members: the flows (one architecture, so a coupling's masks have as many ones in
                 every member).
         """
-        couplings: list[AffineCoupling] = [m.layers[position] for m in members]
+        couplings = [cast(AffineCoupling, m.steps()[position]) for m in members]
         bias = factor = None
-        if position and isinstance(members[0].layers[position - 1], ActNorm):
-            norms = [m.layers[position - 1] for m in members]
+        if position and isinstance(members[0].steps()[position - 1], ActNorm):
+            norms = [cast(ActNorm, m.steps()[position - 1]) for m in members]
             bias = _as64([n.bias for n in norms])[:, :, None]
             factor = np.exp(-_as64([n.log_scale for n in norms]))[:, :, None]
         masks = [c.mask.detach().cpu().numpy() for c in couplings]
@@ -250,7 +253,7 @@ class FastRealNVP:
         log_det = np.broadcast_to(self.actnorm_log_det, (self.k, len(x))).copy()
         member = self.member_index
         for c in self.couplings:
-            if c.actnorm_bias is not None:
+            if c.actnorm_bias is not None and c.actnorm_factor is not None:
                 z -= c.actnorm_bias
                 z *= c.actnorm_factor
             h = z[member, c.conditioning]  # (k, n_a, n)
@@ -272,7 +275,7 @@ class FastRealNVP:
 
     def _base_log_prob(self, z: NDArray[np.float64]) -> NDArray[np.float64]:
         """The base density of ``(k, dim, n)`` points, per member and point ``(k, n)``."""
-        if self.student_df is None:
+        if self.student_df is None or self.student_norm is None:
             return -0.5 * (np.square(z).sum(axis=1) + self.dim * LOG_2PI)
         df = self.student_df
         return (-0.5 * (df + 1.0) * np.log1p(np.square(z) / df) - self.student_norm).sum(axis=1)

@@ -214,8 +214,7 @@ def train_parts(flow: Flow | FlowMixture, split: Split, data: pd.DataFrame,
         parallel: data-parallel training, or None.
         device: where the flows train.
     """
-    members: Sequence[Flow] = (list(flow.components) if isinstance(flow, FlowMixture)
-                               else [flow])
+    members = flow.members() if isinstance(flow, FlowMixture) else [flow]
     results: list[TrainResult] = []
     validation_nll = []
     for p, (train_rows, val_rows) in enumerate(split.parts):

@@ -188,14 +188,6 @@ class ScoringMethods:
         assert components is not None  # a cross-conformal flow is a mixture
         return out, fold_log_likelihoods(components, members_per_fold) + log_jacobian[:, None]
 
-    def __getstate__(self) -> dict[str, Any]:
-        # The fast path's evaluator is a cache of the weights, rebuilt on demand: a pickled or
-        # deep-copied detector must not carry one that a later in-place change of the copy's
-        # weights could leave looking current.
-        state = super().__getstate__()
-        state.pop("_fast_flow", None)
-        return state
-
     def score_samples(self, X: pd.DataFrame | ArrayLike) -> NDArray[np.float64]:
         """``log p(record)``: higher = more normal (scikit-learn's ``KernelDensity``).
 
@@ -282,11 +274,12 @@ class ScoringMethods:
     def _verdict_columns(self, log_likelihood: np.ndarray, judged: np.ndarray
                          ) -> dict[str, np.ndarray]:
         """The verdict columns of records with these log-likelihoods and :meth:`_judged`."""
+        calibrator = self._calibrator()
         return {
             "score": -log_likelihood,
             "log_likelihood": log_likelihood,
-            "p_value": self.calibrator_.p_values(judged),
-            "is_anomaly": self.calibrator_.predict(judged),
+            "p_value": calibrator.p_values(judged),
+            "is_anomaly": calibrator.predict(judged),
         }
 
     def verdicts(self, X: pd.DataFrame | ArrayLike) -> pd.DataFrame:

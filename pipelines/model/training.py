@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol, cast, runtime_checkable
 
 import numpy as np
 import torch
@@ -24,6 +24,22 @@ from flowmodels import Flow, FlowMixture
 from pipelines.errors import InputError, TrainingError
 
 OBJECTIVES = ("likelihood", "flow_matching")
+
+
+@runtime_checkable
+class FlowMatching(Protocol):
+    """A flow that can be trained by flow matching (FFJORD)."""
+
+    def flow_matching_loss(self, x: Tensor, generator: torch.Generator | None = None
+                           ) -> Tensor: ...
+
+
+@runtime_checkable
+class RegularisedFlow(Protocol):
+    """A flow whose likelihood training adds regularisers (FFJORD's RNODE terms)."""
+
+    def training_terms(self, x: Tensor, generator: torch.Generator | None = None
+                       ) -> tuple[Tensor, Tensor, Tensor]: ...
 
 
 @dataclass
@@ -185,9 +201,9 @@ def training_loss(flow: Flow, batch: Tensor, config: TrainConfig,
         trim: share of the rows with the lowest likelihood left out of every term (a trimmed
             likelihood, :func:`trimmed_share`).
     """
-    if config.objective == "flow_matching":
+    if config.objective == "flow_matching" and isinstance(flow, FlowMatching):
         return flow.flow_matching_loss(batch, generator).mean()
-    if hasattr(flow, "training_terms"):
+    if isinstance(flow, RegularisedFlow):  # RNODE's terms
         log_prob, kinetic, jacobian = flow.training_terms(batch, generator)
         keep = _best_fitting(log_prob, trim)
         return (
@@ -273,7 +289,7 @@ def train_flow(
     """
     if config.objective not in OBJECTIVES:
         raise InputError(f"unknown objective {config.objective!r}; choose one of {OBJECTIVES}")
-    if config.objective == "flow_matching" and not hasattr(flow, "flow_matching_loss"):
+    if config.objective == "flow_matching" and not isinstance(flow, FlowMatching):
         raise InputError(f"{type(flow).__name__} cannot be trained by flow matching (FFJORD can)")
     if not 0 <= config.trim_share < 1:
         raise InputError(f"trim_share must be in [0, 1), not {config.trim_share}")
@@ -352,7 +368,7 @@ def train_flow(
             epoch_batches += 1
             step += 1
 
-        evaluated = flow if average is None else average.module
+        evaluated = flow if average is None else cast(Flow, average.module)
         val_nll = parallel.mean(torch.tensor(
             estimate_nll(evaluated, val_x, val_log_jacobian,
                          trim=config.effective_validation_trim),

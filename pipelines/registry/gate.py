@@ -171,9 +171,9 @@ def schema_changes(production: Detector, candidate: Detector) -> list[str]:
             changes.append(f"column {name!r} was {was.kind}, is {now.kind} in the candidate: "
                            "production's clients send values of the other kind")
         elif on_grid.get(name) and (was.kind == "continuous"
-                                    or now.step > (was.step or 0.0) * (1 + 1e-9)):
+                                    or now.grid[1] > (was.step or 0.0) * (1 + 1e-9)):
             before = "continuous" if was.kind == "continuous" else f"on a grid of step {was.step:g}"
-            changes.append(f"column {name!r} is on a grid of step {now.step:g} in the candidate "
+            changes.append(f"column {name!r} is on a grid of step {now.grid[1]:g} in the candidate "
                            f"({before} in production): values between its points, which "
                            "production scores, would score as off the grid")
         if was.n_missing_train > 0 and now.n_missing_train == 0:

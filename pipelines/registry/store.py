@@ -214,8 +214,8 @@ def list_detectors(name: str | None = None) -> list[dict[str, Any]]:
     for model in models:
         if model.info.module != MODULE:
             continue
-        meta = model.info.metadata
-        metrics = meta.get("metrics", {})
+        meta: dict[str, Any] = dict(model.info.metadata)  # what save_detector wrote
+        metrics: dict[str, Any] = meta.get("metrics", {})
         row = {
             "tag": str(model.tag),
             "created": model.info.creation_time.isoformat(timespec="seconds"),

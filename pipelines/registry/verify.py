@@ -6,6 +6,7 @@ or shipped to Spark executors.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import torch
 
 from pipelines.errors import ModelCheckError
@@ -25,13 +26,19 @@ def _nonfinite_tensors(module: torch.nn.Module) -> list[str]:
             if t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
-def _reference_problem(detector: Detector) -> str | None:
-    """What is wrong with the scores of the reference records, or None."""
+def _reference_problem(detector: Detector, records: pd.DataFrame, expected: np.ndarray
+                       ) -> str | None:
+    """What is wrong with the scores of the reference records, or None.
+
+    Arguments:
+        detector: the loaded detector.
+        records: its reference records.
+        expected: their saved scores.
+    """
     try:
-        scores = detector.decision_function(detector.reference_records_)
+        scores = detector.decision_function(records)
     except Exception as error:  # a broken encoder or flow: any failure means "do not serve"
         return f"scoring its reference records failed: {type(error).__name__}: {error}"
-    expected = detector.reference_scores_
     nonfinite = int((~np.isfinite(scores)).sum())
     if nonfinite:
         return f"{nonfinite} of {len(scores)} reference records score non-finite"
@@ -71,8 +78,10 @@ def verify_detector(detector: Detector) -> None:
     if bad:
         shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
         raise ModelCheckError(tag, f"non-finite values in flow tensors {shown}")
-    if getattr(detector, "reference_records_", None) is not None:
-        problem = _reference_problem(detector)
+    records = getattr(detector, "reference_records_", None)
+    expected = getattr(detector, "reference_scores_", None)
+    if records is not None and expected is not None:
+        problem = _reference_problem(detector, records, expected)
     else:
         problem = _zero_batch_problem(detector)
     if problem:

@@ -103,6 +103,7 @@ def plain_values(columns: Sequence[ColumnSpec], text_folding: bool,
             column = [record[spec.name] for record in records]
         except KeyError:  # a missing value (or a rejection): the frame decides
             return None
+        checked: NDArray[Any] | None
         if spec.kind == "categorical":
             checked = _plain_text(spec, column, text_folding)
         else:

@@ -48,6 +48,13 @@ class ColumnSpec:
     n_unique: int = 0
 
     @property
+    def grid(self) -> tuple[float, float]:
+        """``(min, step)`` of a discrete or binary column: its codes are ``(x - min) / step``."""
+        if self.min is None or self.step is None:
+            raise ValueError(f"column {self.name!r} is {self.kind}: it has no codes")
+        return self.min, self.step
+
+    @property
     def dequantized(self) -> bool:
         """Whether the encoder treats this column's values as cells rather than points."""
         return self.kind != "continuous"

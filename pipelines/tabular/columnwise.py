@@ -53,7 +53,7 @@ def column_log_jacobians(encoder: TabularEncoder, frame: pd.DataFrame) -> NDArra
     n_out, n_in = encoder.n_features_out_, encoder.n_features_in_
     per_feature = np.zeros((len(frame), n_out))
     n_cont = 0
-    if encoder.cont_scaler_ is not None:
+    if encoder.cont_scaler_ is not None and encoder.cont_imputer_ is not None:
         cont = impute(encoder.continuous_values(values), encoder.cont_imputer_.statistics_)
         n_cont = cont.shape[1]
         if encoder.scaling == "quantile":

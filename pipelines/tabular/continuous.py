@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TypeAlias
 
 import numpy as np
 from numpy.typing import NDArray
@@ -28,7 +29,7 @@ from sklearn.preprocessing import QuantileTransformer, RobustScaler, StandardSca
 from pipelines.errors import SchemaError
 from pipelines.tabular.columns import ColumnSpec
 
-ContinuousScaler = StandardScaler | RobustScaler | QuantileTransformer
+ContinuousScaler: TypeAlias = StandardScaler | RobustScaler | QuantileTransformer
 N_QUANTILES = 1000
 # Smallest span of a non-constant continuous column after scaling: the flows compute in
 # float32 (7 digits on values of order 1), to which a narrower column is a constant.

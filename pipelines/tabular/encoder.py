@@ -70,7 +70,7 @@ from pipelines.tabular.columns import NUMERIC_KINDS, ColumnSpec
 from pipelines.tabular.onehot import count_unknown, one_hot, one_hot_tables, seen, slots, tokens
 from pipelines.tabular.quantile import cdf_knots, normal_scores
 from pipelines.tabular.schema import infer_schema
-from pipelines.tabular.support import Support
+from pipelines.tabular.support import LegacySupport, Support
 from pipelines.tabular.text import as_text
 
 Scaling = Literal["standard", "robust", "quantile"]
@@ -106,6 +106,8 @@ class TabularEncoder(BaseEstimator):
     numpy from these attributes, bit-identical to the scikit-learn parts' own ``transform``
     (:meth:`_transform_sklearn`, the reference).
     """
+
+    support_: Support | LegacySupport  # fitted, or read by pipelines.tabular.artifact
 
     def __init__(
         self,
@@ -317,7 +319,7 @@ class TabularEncoder(BaseEstimator):
         """
         log_jac = self.support_factors(values).sum(axis=1)
         blocks = []
-        if self.cont_scaler_ is not None:
+        if self.cont_scaler_ is not None and self.cont_imputer_ is not None:
             cont = self.continuous_values(values)
             if sklearn:
                 cont = self.cont_imputer_.transform(cont)
@@ -361,7 +363,7 @@ class TabularEncoder(BaseEstimator):
         check_is_fitted(self)
         values = self.schema_.check(df)
         widths = np.tile(self.dequantization_width_, (len(df), 1))
-        if self.cont_scaler_ is not None:
+        if self.cont_scaler_ is not None and self.cont_imputer_ is not None:
             cont = continuous.impute(self.continuous_values(values), self.cont_imputer_.statistics_)
             for j, at_atom in continuous.atom_masks(cont, self.atoms_):
                 widths[at_atom, j] = self.atom_width_[j] / self.cont_scaler_.scale_[j]
@@ -439,7 +441,7 @@ class TabularEncoder(BaseEstimator):
         """The discrete and binary columns fit put on a grid, with their steps (raw units)."""
         check_is_fitted(self)
         specs = self.schema_.of_kind("discrete", "binary")
-        return {spec.name: spec.step for spec, grid in zip(specs, self.on_grid_, strict=True)
+        return {spec.name: spec.grid[1] for spec, grid in zip(specs, self.on_grid_, strict=True)
                 if grid}
 
     def _raw_codes(self, values: dict[str, NDArray[Any]]) -> NDArray[np.float64]:
@@ -447,7 +449,7 @@ class TabularEncoder(BaseEstimator):
         specs = self.schema_.of_kind("discrete", "binary")
         if not specs:
             return np.empty((_n_rows(values), 0))
-        return np.column_stack([(values[spec.name] - spec.min) / spec.step for spec in specs])
+        return np.column_stack([(values[s.name] - s.grid[0]) / s.grid[1] for s in specs])
 
     def _discrete_codes(self, values: dict[str, NDArray[Any]]) -> NDArray[np.float64]:
         """The codes the flow sees: :meth:`_raw_codes`, a value off its column's support moved

@@ -57,7 +57,7 @@ def raw_ranges(continuous_scaler: StandardScaler | RobustScaler | QuantileTransf
         mean = code_scaler.mean_[: len(code_specs)] - 0.5
         scale = code_scaler.scale_[: len(code_specs)]
         for spec, m, sc in zip(code_specs, mean, scale, strict=True):
-            low, step = float(spec.min or 0.0), float(spec.step or 1.0)
+            low, step = spec.grid
             ranges.append((low + step * (m - MAX_ENCODED * sc),
                            low + step * (m + MAX_ENCODED * sc)))
     return np.array(ranges, dtype=np.float64).reshape(-1, 2)

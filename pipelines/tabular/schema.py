@@ -244,7 +244,7 @@ def _numeric_spec(name: str, dtype: str, x: NDArray[np.float64], max_levels: int
     observed = x[~np.isnan(x)]
     levels, counts = np.unique(observed, return_counts=True)
     n_missing = len(x) - len(observed)
-    common = dict(
+    common: dict[str, Any] = dict(
         n_missing_train=n_missing,
         missing_rate=n_missing / len(x),
         n_unique=len(levels),

@@ -69,18 +69,16 @@ def as_text(series: pd.Series, *, fold: bool) -> NDArray[np.object_]:
         SchemaError: a container (dict, list, set, tuple, array), a complex number or an
             infinite number in the column.
     """
-    text = series.to_numpy(dtype=object, na_value=None, copy=True)
+    text = series.to_numpy(dtype=object, copy=True)
     missing = pd.isna(text)
     text[missing] = None
     present = text[~missing]
     plain = all(type(value) is str for value in present)
     if not plain:
         _reject_non_scalars(series, present, np.flatnonzero(~missing))
-        present = [str(value) for value in present]
-    if fold:
-        present = [fold_text(value) for value in present]
     if fold or not plain:  # all str and not folded: nothing to write back
-        text[~missing] = present
+        strings = [str(value) for value in present]
+        text[~missing] = [fold_text(value) for value in strings] if fold else strings
     return text
 
 

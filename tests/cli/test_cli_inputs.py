@@ -1,7 +1,7 @@
 """``flowad`` on the inputs a real table brings: Namibia's "NA", pandas' index and nested
 columns in Parquet, decompression bombs, columns the model does not use, outputs behind
 symlinks, formulas, model names that are paths, and ``--fdr`` on a file too large for its
-calibration set. The real CLI (``typer``'s runner, as tests/test_cli.py), real files."""
+calibration set. The real CLI (``typer``'s runner, as tests/cli/test_cli.py), real files."""
 
 import json
 import os

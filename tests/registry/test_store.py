@@ -310,6 +310,13 @@ def test_a_damaged_model_file_is_named_not_a_traceback():
     flow.write_bytes(flow.read_bytes()[:10])
     with pytest.raises(ModelCheckError, match=f"cannot load {tag}: its files cannot be read"):
         load_detector(tag)
+    with pytest.raises(ModelCheckError) as refused:
+        promote(tag)
+    message = str(refused.value)
+    assert message.startswith(f"refusing to promote {tag}: its files cannot be read (")
+    # said once: not "could not load: ModelCheckError: cannot load ...: its files ..."
+    assert message.count(tag) == 1 and "ModelCheckError" not in message
+    assert "could not load" not in message and "cannot load" not in message
 
 
 def test_promote_removes_what_a_killed_promote_left_and_its_own_on_failure(monkeypatch):
