@@ -622,7 +622,8 @@ def test_transform_records_builds_no_frame_for_a_few_plain_records(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Up to RECORD_PATH_ROWS plain records: no DataFrame, and bit for bit what the frame
-    path gives (tests/tabular/test_schema.py and tests/model/test_scoring_guards.py cover hostile ones)."""
+    path gives (tests/tabular/test_schema.py and tests/model/test_scoring_guards.py cover
+    hostile ones)."""
     df = train_frame()
     df.loc[::10, "color"] = None  # missing text: not an unseen category
     enc = TabularEncoder(exclude=("id",)).fit(df)
