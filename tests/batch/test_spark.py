@@ -26,6 +26,8 @@ from pipelines.io.tables import read_table
 from pipelines.model.detector import Detector
 from pipelines.registry.store import load_detector, save_detector
 
+pytestmark = pytest.mark.slow  # Spark
+
 N_ROWS = 1_000_000
 DAYS, FILES_PER_DAY = 4, 2  # 8 files of 125k rows, hive-partitioned by day
 

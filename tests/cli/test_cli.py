@@ -118,6 +118,7 @@ def test_models_names_a_damaged_pointer_and_lists_the_rest(tag):
     assert f"warning: the production pointer of cli-damaged ({path}) is damaged" in result.stderr
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_saving_is_a_clear_error_and_leaves_nothing(labelled_csv, tmp_path):
     """``ulimit -f`` makes writes past 100 KiB fail with EFBIG, as a full disk fails them."""
     home = tmp_path / "home"
@@ -333,6 +334,7 @@ def _score_killed_while_writing(tag: str, tmp_path: Path, how: signal.Signals) -
     return process.returncode
 
 
+@pytest.mark.slow
 def test_a_killed_score_never_leaves_a_truncated_output(tag, tmp_path):
     out = tmp_path / "out.csv"
     assert _score_killed_while_writing(tag, tmp_path, signal.SIGKILL) == -signal.SIGKILL
@@ -345,6 +347,7 @@ def test_a_killed_score_never_leaves_a_truncated_output(tag, tmp_path):
     assert len(pd.read_csv(out)) == 80_000
 
 
+@pytest.mark.slow
 def test_a_terminated_score_removes_its_partial_output(tag, tmp_path):
     (tmp_path / "out.csv").write_text("the previous output\n")
     assert _score_killed_while_writing(tag, tmp_path, signal.SIGTERM) == 128 + signal.SIGTERM

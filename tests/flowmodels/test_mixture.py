@@ -31,6 +31,7 @@ def test_log_prob_is_the_log_of_the_mean_component_density():
     torch.testing.assert_close(mixture.log_prob(x), expected, rtol=0, atol=1e-10)
 
 
+@pytest.mark.slow
 def test_density_integrates_to_one_on_a_grid():
     assert mass_on_grid(make_mixture(2).log_prob) == pytest.approx(1.0, abs=0.01)
 

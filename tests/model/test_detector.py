@@ -77,6 +77,7 @@ BENCHMARK_DATASETS = ["2_annthyroid", "4_breastw", "5_campaign", "6_cardio", "20
                       "30_satellite", "31_satimage-2", "32_shuttle", "38_thyroid", "40_vowels"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", BENCHMARK_DATASETS)
 def test_every_dataset_kind_trains_without_nonfinite_values(adbench_dir, name):
     """The default configuration, on a short epoch budget."""

@@ -48,6 +48,7 @@ def test_the_log_jacobian_splits_by_column(mixed):
                                rtol=1e-12, atol=1e-9)
 
 
+@pytest.mark.slow
 def test_sampled_values_are_close_to_exhaustive_ones_and_batch_independent(mixed):
     data = mixed_frame(20, seed=11)
     encoder = mixed.encoder_

@@ -214,6 +214,7 @@ def test_without_trimming_training_is_bit_identical_to_plain_maximum_likelihood(
         assert torch.equal(value, states[1][key]), key
 
 
+@pytest.mark.slow
 def test_trimmed_likelihood_fits_the_inliers_of_contaminated_data():
     """2-D standard Gaussian with 10% far outliers: trimming brings the fit closer to the true
     inlier density (mean log-likelihood of clean test inliers, against the true Gaussian's) and

@@ -277,6 +277,7 @@ def transactions_production():
     return "lifecycle-transactions", tag
 
 
+@pytest.mark.slow
 def test_a_candidate_that_can_never_flag_is_not_promoted(transactions_production, tmp_path):
     """The issue's case, a nightly retrain on a short batch: 50 rows leave the candidate far
     fewer than the 99 rows any conformal threshold at target FPR 0.01 needs, so it can never

@@ -250,6 +250,7 @@ while True:
 """
 
 
+@pytest.mark.slow
 def test_saves_killed_at_random_moments_leave_a_consistent_store(tmp_path):
     source = save_detector(tiny(6), "store-killed")
     script = tmp_path / "save_loop.py"
