@@ -71,7 +71,7 @@ def process_group() -> Iterator[DataParallel]:
     duration of the block, with this rank's GPU as its default device.
 
     Raises:
-        ValueError: not started by ``torchrun``.
+        InputError: not started by ``torchrun``.
     """
     if not launched_by_torchrun():
         raise InputError("--distributed needs the RANK, WORLD_SIZE and LOCAL_RANK that "
