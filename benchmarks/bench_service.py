@@ -33,8 +33,8 @@ os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="flowad-bench-")
 os.environ["BENTOML_DO_NOT_TRACK"] = "true"
 
 from pipelines import Detector  # noqa: E402 - BENTOML_HOME must be set first
-from pipelines.store import save_detector  # noqa: E402
-from pipelines.tables import read_table  # noqa: E402
+from pipelines.io.tables import read_table  # noqa: E402
+from pipelines.registry.store import save_detector  # noqa: E402
 
 SIZES = (1, 100, 1000)
 

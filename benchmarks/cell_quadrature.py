@@ -23,9 +23,10 @@ from scipy.stats import qmc
 from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
-from pipelines import protocol
-from pipelines.benchmark import ProtocolDetector
-from pipelines.detector import Detector, as_frame
+from pipelines.evaluation import protocol
+from pipelines.evaluation.benchmark import ProtocolDetector
+from pipelines.model.detector import Detector
+from pipelines.model.frames import as_frame
 
 
 def cell_mean_scores(detector: Detector, records: pd.DataFrame, points: int) -> np.ndarray:

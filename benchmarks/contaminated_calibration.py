@@ -31,9 +31,9 @@ import torch
 from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
-from pipelines import protocol
-from pipelines.calibration import conformal_threshold
-from pipelines.detector import Detector
+from pipelines.evaluation import protocol
+from pipelines.model.calibration import conformal_threshold
+from pipelines.model.detector import Detector
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data/adbench"
 

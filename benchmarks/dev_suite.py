@@ -96,8 +96,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipelines import protocol
-from pipelines.benchmark import run_benchmark
+from pipelines.evaluation import protocol
+from pipelines.evaluation.benchmark import run_benchmark
 
 DEV = Path(__file__).resolve().parent / "data" / "dev"
 CANDIDATES: dict[str, dict[str, Any]] = {

@@ -39,8 +39,9 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="flowad-explain-")
 os.environ["BENTOML_DO_NOT_TRACK"] = "true"
 
-from pipelines import Detector, registry  # noqa: E402 - BENTOML_HOME must be set first
-from pipelines.store import save_detector  # noqa: E402
+from pipelines import Detector  # noqa: E402 - BENTOML_HOME must be set first
+from pipelines.registry.promotion import promote  # noqa: E402
+from pipelines.registry.store import save_detector  # noqa: E402
 from service.explaining import explain_work  # noqa: E402
 
 BUDGET = 50_000  # FLOWAD_MAX_EXPLAIN_WORK's default (service/settings.py)
@@ -165,7 +166,7 @@ def main() -> None:
         print(f"  {columns:4d} columns: {in_process_ms(detector, columns, args.rounds):7.1f} ms "
               f"per explained record ({explain_work(1, columns)} flow evaluations)")
     name = "explain-cost"
-    registry.promote(save_detector(detector, name))
+    promote(save_detector(detector, name))
     served(name, widths[-1], args.rounds)
 
 

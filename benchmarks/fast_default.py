@@ -72,10 +72,12 @@ WORK = Path(tempfile.mkdtemp(prefix="flowad-fast-default-"))
 os.environ["BENTOML_HOME"] = str(WORK / "bentoml")
 os.environ["BENTOML_DO_NOT_TRACK"] = "true"
 
-from pipelines import Detector, protocol, registry  # noqa: E402 - BENTOML_HOME must be set first
-from pipelines.labels import parse_labels  # noqa: E402
-from pipelines.store import save_detector  # noqa: E402
-from pipelines.tables import read_table  # noqa: E402
+from pipelines import Detector  # noqa: E402
+from pipelines.evaluation import protocol  # noqa: E402 - BENTOML_HOME must be set first
+from pipelines.io.labels import parse_labels  # noqa: E402
+from pipelines.io.tables import read_table  # noqa: E402
+from pipelines.registry.promotion import promote  # noqa: E402
+from pipelines.registry.store import save_detector  # noqa: E402
 
 ROWS = ("scoring", "fit", "http", "demo")
 EXAMPLE_DATA = REPO / "examples/data/transactions.csv"
@@ -326,7 +328,7 @@ def train_example_model(cfg: Config) -> tuple[str, pd.DataFrame]:
     detector = Detector(target_fpr=0.01, exclude=[EXAMPLE_ID, EXAMPLE_LABEL],
                         random_state=cfg.seed, **cfg.options).fit(normal)
     tag = save_detector(detector, MODEL_NAME)
-    registry.promote(tag, reason="fast_default benchmark")
+    promote(tag, reason="fast_default benchmark")
     print(f"trained and promoted {tag} in {time.perf_counter() - start:.0f} s", flush=True)
     return MODEL_NAME, frame.drop(columns=[EXAMPLE_ID, EXAMPLE_LABEL])
 

@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 from latent_base import DATA, fit_and_encode, kde, run, scores_of, summarize
 
-from pipelines import protocol
+from pipelines.evaluation import protocol
 
 GRID_M = (256, 1024, 4096)
 GRID_H = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)  # encoded units: standardised columns

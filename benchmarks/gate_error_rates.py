@@ -1,4 +1,4 @@
-"""Error rates of the retrain promotion gate (``pipelines/lifecycle.py``) on synthetic tables.
+"""Error rates of the retrain promotion gate (``pipelines/registry/gate.py``) on synthetic tables.
 
 Per seed, a production detector is trained once on rows of a fixed world (three correlated
 Gaussian blobs seen through continuous columns, a count and a categorical), then ``retrain``
@@ -39,10 +39,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines import registry
-from pipelines.detector import Detector
-from pipelines.lifecycle import Decision, retrain
-from pipelines.store import save_detector
+from pipelines.model.detector import Detector
+from pipelines.registry.gate import Decision
+from pipelines.registry.promotion import promote
+from pipelines.registry.retrain import retrain
+from pipelines.registry.store import save_detector
 
 CONTINUOUS = ("temperature", "pressure", "amount")
 SEGMENTS = np.array(["retail", "online", "wholesale"])
@@ -142,7 +143,7 @@ def run_seed(seed: int, args: argparse.Namespace) -> list[dict[str, Any]]:
     production = Detector(exclude=["id"], flow_options={"members": 1},
                           train_options={"max_epochs": args.max_epochs}, random_state=seed)
     tag = save_detector(production.fit(blobs_frame(args.production_rows, 1000 + seed)), name)
-    registry.promote(tag, reason="benchmark setup")
+    promote(tag, reason="benchmark setup")
     kind = list(CORRUPTIONS)[seed % len(CORRUPTIONS)]
     rng = np.random.default_rng(3000 + seed)
     cases = {

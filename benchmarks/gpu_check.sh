@@ -129,7 +129,7 @@ if ! $dry_run && ((${#failed[@]})); then
     exit 1
 fi
 
-run_step "CUDA tests" 150 "$PY" -m pytest tests/test_gpu.py -q -rs
+run_step "CUDA tests" 150 "$PY" -m pytest tests/model/test_gpu.py -q -rs
 
 cuda=false
 if $dry_run || timeout 120 "$PY" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'

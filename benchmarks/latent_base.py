@@ -38,9 +38,11 @@ from sklearn.metrics import roc_auc_score
 from sklearn.mixture import GaussianMixture
 from sklearn.preprocessing import StandardScaler
 
-from pipelines import protocol
-from pipelines.detector import Detector, as_frame, split_rows
-from pipelines.ranking import rankable_scores
+from pipelines.evaluation import protocol
+from pipelines.evaluation.ranking import rankable_scores
+from pipelines.model.detector import Detector
+from pipelines.model.fitting import split_rows
+from pipelines.model.frames import as_frame
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data/adbench"
 KDE_GRID = [(m, h, w) for m in (64, 256, 1024) for h in (0.3, 0.5, 0.7, 1.0, 1.5, 2.0)
@@ -59,7 +61,7 @@ FAMILIES: dict[str, Callable[[dict[str, Any]], bool]] = {
     "KDE, M <= 1024": lambda v: v["kind"] == "kde",
 }
 # The detector's own early-stopping criterion leaves out the worst 5% of validation rows
-# (pipelines.training.TrainConfig.validation_trim).
+# (pipelines.model.training.TrainConfig.validation_trim).
 VALIDATION_TRIM = 0.05
 CRITERIA = {"val": "mean validation NLL", "val_trimmed": "5%-trimmed mean validation NLL",
             "val_median": "median validation NLL"}

@@ -43,9 +43,10 @@ from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
-from pipelines import protocol
-from pipelines.benchmark import ProtocolDetector
-from pipelines.detector import as_frame, split_rows
+from pipelines.evaluation import protocol
+from pipelines.evaluation.benchmark import ProtocolDetector
+from pipelines.model.fitting import split_rows
+from pipelines.model.frames import as_frame
 
 # Named Detector options; ``flow_options``/``train_options`` override the size-scaled defaults.
 CONFIGS: dict[str, dict[str, Any]] = {

@@ -52,9 +52,10 @@ from sklearn.covariance import LedoitWolf
 from sklearn.ensemble import IsolationForest
 from sklearn.preprocessing import StandardScaler
 
-from pipelines import protocol
-from pipelines.benchmark import ProtocolDetector, _run
-from pipelines.detector import as_frame, split_rows
+from pipelines.evaluation import protocol
+from pipelines.evaluation.benchmark import ProtocolDetector, _run
+from pipelines.model.fitting import split_rows
+from pipelines.model.frames import as_frame
 
 DEV = Path(__file__).resolve().parent / "data" / "dev"
 ADBENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "adbench"  # 6_cardio

@@ -26,9 +26,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipelines import Detector, encoder
-from pipelines.labels import parse_labels
-from pipelines.tables import read_table
+from pipelines import Detector
+from pipelines.io.labels import parse_labels
+from pipelines.io.tables import read_table
+from pipelines.tabular import encoder
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_DATA = REPO / "examples" / "data" / "transactions.csv"

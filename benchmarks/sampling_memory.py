@@ -27,8 +27,8 @@ import pyarrow.parquet as pq
 PASS = """
 import json, resource, sys, time
 import pandas, pyarrow.dataset
-from pipelines.sampling import sample_rows
-from pipelines.tables import iter_table
+from pipelines.io.sampling import sample_rows
+from pipelines.io.tables import iter_table
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 start = time.perf_counter()
 sample, seen = sample_rows(iter_table(sys.argv[1]), int(sys.argv[2]))

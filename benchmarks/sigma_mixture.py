@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-import pipelines.detector as detector_module
-from pipelines.benchmark import run_benchmark
+import pipelines.model.detector as detector_module
+from pipelines.evaluation.benchmark import run_benchmark
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data/adbench"
 

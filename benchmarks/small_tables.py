@@ -31,7 +31,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipelines.detector import Detector, SmallCalibrationWarning
+from pipelines.model.calibration import SmallCalibrationWarning
+from pipelines.model.detector import Detector
 
 REPO = Path(__file__).resolve().parents[1]
 ADBENCH = REPO.parent / "shared" / "data" / "adbench"

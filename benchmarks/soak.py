@@ -50,9 +50,10 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="flowad-soak-")
 os.environ["BENTOML_DO_NOT_TRACK"] = "true"
 
-from pipelines import Detector, registry  # noqa: E402 - BENTOML_HOME must be set first
-from pipelines.store import save_detector  # noqa: E402
-from pipelines.tables import read_table  # noqa: E402
+from pipelines import Detector  # noqa: E402 - BENTOML_HOME must be set first
+from pipelines.io.tables import read_table  # noqa: E402
+from pipelines.registry.promotion import promote  # noqa: E402
+from pipelines.registry.store import save_detector  # noqa: E402
 
 DATA = REPO / "examples/data/transactions.csv"
 EXCLUDE = ["transaction_id", "is_fraud"]  # as scripts/demo.sh: an id and the label
@@ -145,7 +146,7 @@ def train_versions(cfg: Config) -> tuple[str, str, pd.DataFrame]:
                             train_options=train_options, flow_options=flow_options).fit(normal)
         tags.append(save_detector(detector, MODEL_NAME))
         print(f"trained {tags[-1]} in {time.perf_counter() - start:.0f} s")
-    registry.promote(tags[0], reason="soak: initial")
+    promote(tags[0], reason="soak: initial")
     return tags[0], tags[1], frame.drop(columns=EXCLUDE)
 
 
@@ -344,7 +345,7 @@ def run_load(cfg: Config, base: str, server: subprocess.Popen, bodies: dict[int,
     try:
         at(cfg.swap_at)
         events.promoted_at = time.monotonic() - t0
-        registry.promote(new_tag, reason="soak: mid-run swap")
+        promote(new_tag, reason="soak: mid-run swap")
         print(f"[{events.promoted_at:6.1f} s] promoted {new_tag}")
         at(cfg.kill_at)
         kill_one_worker(server.pid, events, t0)

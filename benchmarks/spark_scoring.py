@@ -35,10 +35,10 @@ import pyarrow.parquet as pq
 import torch
 from typer.testing import CliRunner
 
-from pipelines import spark
+from pipelines.batch import spark
 from pipelines.cli import app
-from pipelines.detector import Detector
-from pipelines.store import save_detector
+from pipelines.model.detector import Detector
+from pipelines.registry.store import save_detector
 
 MIB = 2**20
 

@@ -24,8 +24,8 @@ from sigma_mixture import DATA, with_second_member_sigma  # this folder: a scrip
 from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
-from pipelines import protocol
-from pipelines.benchmark import ProtocolDetector
+from pipelines.evaluation import protocol
+from pipelines.evaluation.benchmark import ProtocolDetector
 
 SIGMAS = (0.0, 0.1)
 

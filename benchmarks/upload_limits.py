@@ -40,8 +40,9 @@ from benchmarks.soak import (
     wait_ready,
 )
 from benchmarks.upload_memory import MIB, front_worker, peak_rss
-from pipelines import Detector, registry
-from pipelines.store import save_detector
+from pipelines import Detector
+from pipelines.registry.promotion import promote
+from pipelines.registry.store import save_detector
 
 BOMB_ROWS, BOMB_CHARS = 40, 20_000_000
 WIDE_COLUMNS = 300_000
@@ -69,7 +70,7 @@ def main() -> None:
     frame = pd.read_csv(DATA)
     detector = Detector(exclude=EXCLUDE, flow_options={"members": 1},
                         train_options={"max_epochs": 3}).fit(frame[frame.is_fraud == 0])
-    registry.promote(save_detector(detector, MODEL_NAME), reason="upload limits benchmark")
+    promote(save_detector(detector, MODEL_NAME), reason="upload limits benchmark")
     work = Path(tempfile.mkdtemp(prefix="flowad-upload-limits-"))
     files = write_files(work)
     print(f"{'file':>17} {'KB':>7} {'RSS before':>11} {'peak':>8} {'growth':>8} {'seconds':>8}"

@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from pipelines import protocol
+from pipelines.evaluation import protocol
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RUNS = {  # panel title -> (protocol kind, flowad CSVs by label)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Literal, Protocol
 
 import torch
@@ -49,6 +49,8 @@ class ODEField(Protocol):
     def __call__(self, t: Tensor, z: Tensor) -> Tensor: ...
 
     def forward_with_divergence(self, t: Tensor, z: Tensor) -> tuple[Tensor, Tensor]: ...
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
 
 
 class TimeMLP(nn.Module):
@@ -134,7 +136,7 @@ class _Dynamics(nn.Module):
     solve, including the adjoint's backward solve, which runs after ``training_terms`` returned.
     """
 
-    def __init__(self, field: nn.Module, probe: Tensor | None = None,
+    def __init__(self, field: ODEField, probe: Tensor | None = None,
                  estimator: TrainDivergence = "exact") -> None:
         super().__init__()
         self.field = field
@@ -232,12 +234,12 @@ class FFJORD(Flow):
         step_size: float | None = 0.125,
         adjoint: bool = False,
         train_divergence: TrainDivergence = "exact",
-        field: nn.Module | None = None,
+        field: ODEField | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(dim)
         self.hidden = hidden
-        self.field = field if field is not None else TimeMLP(dim, hidden, generator)
+        self.field: ODEField = field if field is not None else TimeMLP(dim, hidden, generator)
         self.nfe = 0
         self._set_options(
             time_length=time_length, method=method, rtol=rtol, atol=atol, step_size=step_size,
@@ -291,7 +293,7 @@ class FFJORD(Flow):
         dynamics = dynamics if dynamics is not None else _Dynamics(self.field)
         ref = state[0]
         times = torch.tensor([t0, t1], device=ref.device, dtype=ref.dtype)
-        if self.method in FIXED_STEP_METHODS:
+        if self.method in FIXED_STEP_METHODS and self.step_size is not None:  # _set_options
             options: dict[str, Any] = {"grid_constructor": _uniform_grid(self.step_size)}
         else:
             options = {"norm": _max_norm}

@@ -15,9 +15,9 @@ permuted to the state's order); activations run in place.
 Batch invariance (the *determinism* contract, docs/design.md): a row's score must not depend on
 the rows scored with it. Dense matrix products of 1 to 3 rows take other kernels than larger
 batches do and round differently, so batches smaller than :data:`MIN_ROWS` are padded with
-zero rows. Every other operation here works row by row. ``tests/test_frozen.py`` checks bit
-equality across batch sizes on the CPU; CUDA kernels give no such promise (its scores match
-the CPU's within the contract's 1e-4 nats).
+zero rows. Every other operation here works row by row. ``tests/flowmodels/test_frozen.py``
+checks bit equality across batch sizes on the CPU; CUDA kernels give no such promise (its
+scores match the CPU's within the contract's 1e-4 nats).
 
 Exactness (the *exact likelihood* contract): the same function of the same float32 weights as
 :meth:`RealNVP.log_prob <flowmodels.realnvp.RealNVP.log_prob>`; the two differ by float32
@@ -65,6 +65,10 @@ class _FrozenCoupling(nn.Module):
         order: the state's features (indices of the flow's input) before this coupling.
     """
 
+    gather: Tensor | None  # buffers
+    norm_scale: Tensor | None
+    norm_shift: Tensor | None
+
     def __init__(self, coupling: AffineCoupling, norm: ActNorm | None, order: Tensor) -> None:
         super().__init__()
         mask = coupling.mask.detach().cpu()
@@ -107,7 +111,7 @@ class _FrozenCoupling(nn.Module):
         """The state after this coupling, and the sum of its ``tanh`` (log-scale / bound)."""
         if self.gather is not None:
             z = z.index_select(1, self.gather)
-        if self.norm_scale is not None:
+        if self.norm_scale is not None and self.norm_shift is not None:
             z = torch.addcmul(self.norm_shift, z, self.norm_scale)
         conditioning, moved = z[:, : self.n_conditioning], z[:, self.n_conditioning :]
         h = conditioning

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -24,7 +25,7 @@ class FlowMixture(nn.Module):
     Not a :class:`Flow` (a mixture is not a bijection) but scores and samples like one.
 
     Arguments:
-        components: the flows, trained independently (see ``pipelines.training``).
+        components: the flows, trained independently (see ``pipelines.model.training``).
     """
 
     def __init__(self, components: Sequence[Flow]) -> None:
@@ -37,13 +38,17 @@ class FlowMixture(nn.Module):
         self.components = nn.ModuleList(components)
         self.dim = dims.pop()
 
+    def members(self) -> list[Flow]:
+        """``components``, as the flows they are."""
+        return [cast(Flow, flow) for flow in self.components]
+
     def log_prob(self, x: Tensor) -> Tensor:
         """Exact log-density of each row of ``x`` in nats, shape ``(n,)``."""
         return self.combine(self.component_log_probs(x))
 
     def component_log_probs(self, x: Tensor) -> Tensor:
         """Each component's exact log-density of each row of ``x``, shape ``(K, n)``."""
-        return torch.stack([flow.log_prob(x) for flow in self.components])
+        return torch.stack([flow.log_prob(x) for flow in self.members()])
 
     @staticmethod
     def combine(per_component: Tensor) -> Tensor:
@@ -55,7 +60,7 @@ class FlowMixture(nn.Module):
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Draws ``n`` samples: a uniformly chosen component per row, all from ``generator``
         (None: the global RNG)."""
-        samples = torch.stack([flow.sample(n, generator) for flow in self.components])
+        samples = torch.stack([flow.sample(n, generator) for flow in self.members()])
         which = torch.randint(len(self.components), (n,), device=samples.device,
                               generator=generator)
         return samples[which, torch.arange(n, device=samples.device)]

@@ -9,7 +9,7 @@ heavy-tailed base).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -63,6 +63,8 @@ class ActNorm(nn.Module):
         dim: the number of features.
     """
 
+    initialized: Tensor  # a buffer
+
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.bias = nn.Parameter(torch.zeros(dim))
@@ -107,6 +109,8 @@ class AffineCoupling(nn.Module):
             AAAI 2022). The output layer then starts from small random weights, not zeros
             (a zero matrix has no spectral norm to divide by).
     """
+
+    mask: Tensor  # a buffer
 
     def __init__(self, mask: Tensor, hidden: int, depth: int, log_scale_bound: float,
                  activation: str = "gelu", generator: torch.Generator | None = None,
@@ -228,7 +232,7 @@ class RealNVP(Flow):
         )
         if spectral_norm:  # only when on: saved configs of other flows stay as they were
             self._config["spectral_norm"] = True
-        self.log_df = None
+        self.log_df: nn.Parameter | None = None
         if base == "student":
             self.log_df = nn.Parameter(torch.full((dim,), math.log(30.0)))
         layers: list[nn.Module] = []
@@ -242,13 +246,14 @@ class RealNVP(Flow):
     def config(self) -> dict[str, Any]:
         return dict(self._config)
 
-    def _student(self) -> StudentT:
-        return StudentT(df=self.log_df.exp())
+    def steps(self) -> list[ActNorm | AffineCoupling]:
+        """``layers``, as the types they hold."""
+        return [cast(ActNorm | AffineCoupling, layer) for layer in self.layers]
 
     def base_log_prob(self, z: Tensor) -> Tensor:
         if self.log_df is None:
             return super().base_log_prob(z)
-        return self._student().log_prob(z).sum(dim=-1)
+        return StudentT(df=self.log_df.exp()).log_prob(z).sum(dim=-1)
 
     def base_sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         if self.log_df is None:
@@ -257,14 +262,14 @@ class RealNVP(Flow):
 
     def inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
         log_det = x.new_zeros(len(x))
-        for layer in self.layers:
+        for layer in self.steps():
             x, layer_log_det = layer.inverse(x)
             log_det = log_det + layer_log_det
         return x, log_det
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
         log_det = z.new_zeros(len(z))
-        for layer in reversed(self.layers):
+        for layer in reversed(self.steps()):
             z, layer_log_det = layer(z)
             log_det = log_det + layer_log_det
         return z, log_det

@@ -1,4 +1,8 @@
-"""Data in, fitted detector out: encoding, training, calibration, evaluation, model store, CLI.
+"""Data in, fitted detector out: tabular encoding, the detector (training, calibration,
+scoring), tables in and out, the model store, batch scoring, evaluation and the ``flowad`` CLI.
+
+Layers, each importing only those before it: ``errors`` < ``tabular`` < ``model`` <
+``io`` | ``evaluation`` < ``registry`` < ``batch`` < ``cli`` (docs/design.md, "Layers").
 
 The names below are imported on first use (PEP 562), so that importing a submodule, such as
 the command line's, does not import torch and scikit-learn with it.
@@ -10,15 +14,19 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pipelines.calibration import Calibrator
-    from pipelines.detector import Detector
-    from pipelines.encoder import TabularEncoder
-    from pipelines.schema import SchemaError
+    from pipelines.errors import FlowadError, InputError, SchemaError
+    from pipelines.model.calibration import Calibrator
+    from pipelines.model.detector import Detector
+    from pipelines.registry.store import load_detector, save_detector
+    from pipelines.tabular.encoder import TabularEncoder
 
-_HOMES = {"Calibrator": "pipelines.calibration", "Detector": "pipelines.detector",
-          "TabularEncoder": "pipelines.encoder", "SchemaError": "pipelines.schema"}
+_HOMES = {"Calibrator": "pipelines.model.calibration", "Detector": "pipelines.model.detector",
+          "TabularEncoder": "pipelines.tabular.encoder", "SchemaError": "pipelines.errors",
+          "FlowadError": "pipelines.errors", "InputError": "pipelines.errors",
+          "load_detector": "pipelines.registry.store", "save_detector": "pipelines.registry.store"}
 
-__all__ = ["Calibrator", "Detector", "SchemaError", "TabularEncoder"]
+__all__ = ["Calibrator", "Detector", "FlowadError", "InputError", "SchemaError",
+           "TabularEncoder", "load_detector", "save_detector"]
 
 
 def __getattr__(name: str) -> Any:

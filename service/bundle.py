@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from pipelines import registry
-from pipelines.store import MODULE
+from pipelines.registry.store import MODULE
 
 log = logging.getLogger("flowad.service")
 # service/bundle.py -> service/ -> src/ -> the Bento's root, which holds bento.yaml

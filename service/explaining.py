@@ -2,13 +2,13 @@
 default ``DEFAULT_TOP``), at a bounded cost.
 
 Each result gets its ``contributions``: the ``k`` input columns that raised its score most, with
-the record's value and the contribution in nats (:mod:`pipelines.explain`), and the body an
+the record's value and the contribution in nats (:mod:`pipelines.model.explain`), and the body an
 ``explanation`` with the reference record they are measured from and its score. The records are
 scored first, as any request (validated and counted); the model that scored them explains them,
 on the front worker's CPU copy (named in ``explanation.model``).
 
 Explaining a record costs ``(columns + 1) x samples`` flow evaluations of hybrid records as
-wide as the model (:mod:`pipelines.explain`), and each evaluation costs more the more columns
+wide as the model (:mod:`pipelines.model.explain`), and each evaluation costs more the more columns
 there are, so a request's cost grows with the square of the column count: on a 200-column model
 100 explained records took 16 s of CPU, on a 1000-column one ~580 s. Three bounds:
 
@@ -44,9 +44,9 @@ from anyio import to_thread
 from starlette.requests import Request
 from starlette.responses import Response
 
-from pipelines.detector import Detector
-from pipelines.explain import N_SAMPLES, top_contributions
-from pipelines.schema import shown
+from pipelines.errors import shown
+from pipelines.model.detector import Detector
+from pipelines.model.explain import N_SAMPLES, top_contributions
 from service.errors import RequestRejected
 from service.follower import LoadedModel
 from service.scoring import RETRY_AFTER_S, json_response
@@ -82,7 +82,7 @@ def explain_top(query: Mapping[str, str]) -> int | None:
 def explain_work(n_records: int, n_columns: int, n_samples: int = N_SAMPLES) -> int:
     """Flow evaluations that explaining ``n_records`` records of ``n_columns`` input columns
     takes: ``n_records x (n_columns + 1) x n_samples`` (n_samples rounded up to even, as
-    :func:`pipelines.explain.contributions` does).
+    :func:`pipelines.model.explain.contributions` does).
 
     Arguments:
         n_records: records to explain.
@@ -194,7 +194,7 @@ class Explainer:
         client_gone: Callable[[], Awaitable[bool]],
         started: float,
     ) -> list[list[dict[str, Any]]] | None:
-        """Each record's ``top`` contributions (:func:`pipelines.explain.top_contributions`),
+        """Each record's ``top`` contributions (:func:`pipelines.model.explain.top_contributions`),
         or None if the client went away meanwhile.
 
         Arguments:

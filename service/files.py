@@ -22,7 +22,7 @@ import pandas as pd
 from anyio import to_thread
 from starlette.requests import Request
 
-from pipelines.schema import SchemaError, UnscorableRecordError
+from pipelines.errors import SchemaError, UnscorableRecordError
 from service.errors import RequestRejected
 from service.follower import LoadedModel
 from service.scoring import ModelMismatchError, RecordScoring, Verdicts, model_changing, unscorable

@@ -3,8 +3,9 @@
 Each process (every front-end worker and the scorer) holds its own ``ModelFollower``. A request
 reads ``follower.current`` once and uses that object to the end, so requests in flight finish
 on the model they started with; the swap is a single reference assignment made only after the
-new model has loaded and proved itself (:func:`pipelines.store.verify_detector`: finite weights,
-and its saved reference records score as when it was saved; scoring them also warms it up).
+new model has loaded and proved itself (:func:`pipelines.registry.verify.verify_detector`:
+finite weights, and its saved reference records score as when it was saved; scoring them also
+warms it up).
 
 A bare model name follows its production pointer only: with no pointer the follower refuses to
 start (:class:`~pipelines.registry.NoProductionModel`) rather than serve the newest version,
@@ -27,8 +28,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pipelines import registry
-from pipelines.detector import Detector
-from pipelines.store import ModelCheckError, load_verified
+from pipelines.errors import ModelCheckError
+from pipelines.model.detector import Detector
+from pipelines.registry.verify import load_verified
 
 log = logging.getLogger("flowad.service")
 FIRST_BACKOFF_S, MAX_BACKOFF_S = 30.0, 300.0

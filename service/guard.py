@@ -36,7 +36,7 @@ import anyio
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pipelines.schema import shown
+from pipelines.errors import shown
 from service.errors import RequestRejected
 
 PARSED_RECORDS = "flowad.records"  # the scope key of a checked body's record list

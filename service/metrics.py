@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from pipelines.processes import alive
+from pipelines.io.processes import alive
 
 # 4xx, and the 503s of a scoring that cannot happen now (retry: overloaded, model_changing).
 # The admin routes' refusals (admin_disabled, unauthorized, forbidden) are not counted.

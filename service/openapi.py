@@ -5,8 +5,8 @@ docs of the service's plain Starlette routes (``/score_file``, ``/model``).
 schemathesis, know what a record looks like) instead of ``list[dict]``, and the most records a
 request may hold. :class:`DocumentRoutes` writes both into BentoML's document as it is served,
 from the model the worker serves at that moment: a model hot-swapped in with other columns is
-documented from then on. Validation itself stays in :meth:`pipelines.schema.Schema.check`: the
-request is not parsed through this model.
+documented from then on. Validation itself stays in
+:meth:`pipelines.tabular.schema.Schema.check`: the request is not parsed through this model.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pipelines.schema import BOOL_DTYPES, ColumnSpec, Schema
+from pipelines.tabular.columns import BOOL_DTYPES, ColumnSpec
+from pipelines.tabular.schema import Schema
 
 log = logging.getLogger("flowad.service")
 EXAMPLE_CATEGORIES = 10  # categories listed as examples per categorical column

@@ -31,7 +31,7 @@ import pandas as pd
 from bentoml.exceptions import ServiceUnavailable
 from starlette.responses import Response
 
-from pipelines.schema import SchemaError, UnscorableRecordError, shown
+from pipelines.errors import SchemaError, UnscorableRecordError, shown
 from service.errors import RequestRejected
 from service.follower import LoadedModel, ModelFollower
 

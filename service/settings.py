@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from pipelines.limits import ReadLimits
-from pipelines.store import DEFAULT_NAME
+from pipelines.io.limits import ReadLimits
+from pipelines.registry.store import DEFAULT_NAME
 from service.bundle import bundled_tag, model_to_bundle
 
 
@@ -127,7 +127,7 @@ class Settings:
         connection until the traffic timeout (120 s) and get a 504, counted as a server error.
     torch_threads: CPU threads per process [FLOWAD_TORCH_THREADS] (:func:`torch_threads`).
     drift_window: recent scores the drift statistics are computed over [FLOWAD_DRIFT_WINDOW].
-    read_limits: what an uploaded table may hold (:class:`~pipelines.limits.ReadLimits`:
+    read_limits: what an uploaded table may hold (:class:`~pipelines.io.limits.ReadLimits`:
         FLOWAD_MAX_COLUMNS, FLOWAD_MAX_HEADER_BYTES, FLOWAD_MAX_CELL_CHARS,
         FLOWAD_MAX_CHUNK_BYTES, FLOWAD_MAX_CHUNK_CELLS), a Parquet upload decoding to at most
         ``max_file_bytes``.

@@ -7,7 +7,7 @@ accepted: a text value in its place (which BentoML's file input would download a
 accepts a body cut short without complaint (it then holds no complete part), so the closing
 boundary is looked for as the body passes: a body without one is malformed or truncated.
 
-The file is then read in chunks within :class:`~pipelines.limits.ReadLimits` (FLOWAD_MAX_COLUMNS,
+The file is then read in chunks within :class:`~pipelines.io.limits.ReadLimits` (FLOWAD_MAX_COLUMNS,
 FLOWAD_MAX_HEADER_BYTES, FLOWAD_MAX_CELL_CHARS, FLOWAD_MAX_CHUNK_BYTES, FLOWAD_MAX_CHUNK_CELLS,
 read with the service's settings), a Parquet file decoding to at most the bytes a CSV upload may
 have (FLOWAD_MAX_FILE_BYTES), and its header is checked against the model's schema, strictly,
@@ -31,9 +31,10 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.types import Message
 
-from pipelines.limits import ReadLimits, TableTooLargeError
-from pipelines.schema import Schema, SchemaError, shown
-from pipelines.tables import iter_table
+from pipelines.errors import SchemaError, TableTooLargeError, shown
+from pipelines.io.limits import ReadLimits
+from pipelines.io.tables import iter_table
+from pipelines.tabular.schema import Schema
 from service.errors import RequestRejected
 
 FIELD = "file"

@@ -19,6 +19,8 @@ Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
 # throughput 10-45x on these 2-core machines (docs/design.md, "Measuring").
 torch.set_num_threads(1)
 
+from pipelines import Detector  # noqa: E402 - after BENTOML_HOME is set
+
 REPO = Path(__file__).resolve().parents[1]
 ADBENCH = REPO.parent / "shared" / "data" / "adbench"
 
@@ -39,6 +41,20 @@ def mixed_frame(n: int, seed: int = 0) -> pd.DataFrame:
         "age": np.where(rng.random(n) < 0.1, np.nan, rng.gamma(2.0, 10.0, n)),
     })
     return frame
+
+
+# Training options of the small detectors the tests fit: a few seconds each on these machines.
+FAST = {"max_epochs": 15, "patience": 5}
+
+
+@pytest.fixture(scope="session")
+def trained() -> tuple[Detector, pd.DataFrame]:
+    """The one small default detector (two RealNVPs, target FPR 5%, ``FAST``) fitted on 3000
+    mixed records, and those records: for every test that needs some fitted detector. Tests
+    that change it work on a copy (``copy.deepcopy``); tests that need another configuration
+    fit their own."""
+    train = mixed_frame(3000, seed=0)
+    return Detector(target_fpr=0.05, exclude=["id"], train_options=FAST).fit(train), train
 
 
 def corrupt_weights(tag: str) -> bytes:

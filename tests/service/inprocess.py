@@ -19,7 +19,7 @@ from conftest import mixed_frame
 from starlette.testclient import TestClient
 
 from pipelines import Detector, registry
-from pipelines.store import save_detector
+from pipelines.registry.store import save_detector
 from service.service import front_of, front_service
 from service.settings import Deployment
 

@@ -13,7 +13,8 @@ import pytest
 from conftest import REPO, corrupt_weights, mixed_frame
 
 from pipelines import Detector, registry
-from pipelines.store import save_detector
+from pipelines.errors import NoProductionModel
+from pipelines.registry.store import save_detector
 from service.follower import FIRST_BACKOFF_S, ModelFollower
 
 
@@ -89,11 +90,11 @@ def test_an_operators_reload_tries_a_failed_model_at_once(detectors):
 
 def test_no_production_model_refuses_to_start_instead_of_serving_the_newest(detectors):
     tag = save_detector(detectors[0], "follow-unpromoted")
-    with pytest.raises(registry.NoProductionModel) as caught:
+    with pytest.raises(NoProductionModel) as caught:
         ModelFollower("follow-unpromoted", "cpu")
     assert "no production model for follow-unpromoted" in str(caught.value)
     assert "flowad promote follow-unpromoted:VERSION" in str(caught.value)
-    with pytest.raises(registry.NoProductionModel, match="follow-unpromoted"):
+    with pytest.raises(NoProductionModel, match="follow-unpromoted"):
         ModelFollower("Follow-Unpromoted", "cpu")  # wrong case: names the near miss
     # Pinning still works without a pointer.
     assert ModelFollower(tag, "cpu").current.tag == tag

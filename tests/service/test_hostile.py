@@ -18,7 +18,7 @@ from conftest import REPO, mixed_frame
 from test_integration import free_port, http, records, stop, wait_for
 
 from pipelines import Detector, registry
-from pipelines.store import save_detector
+from pipelines.registry.store import save_detector
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent

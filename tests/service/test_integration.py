@@ -24,7 +24,7 @@ import yaml
 from conftest import REPO, mixed_frame
 
 from pipelines import Detector, registry
-from pipelines.store import save_detector
+from pipelines.registry.store import save_detector
 from service.monitoring.expressions import ALERTS, alert_expressions, dashboard_expressions
 
 pytestmark = pytest.mark.slow

@@ -28,7 +28,7 @@ from conftest import REPO, mixed_frame
 from test_integration import free_port, http, stop, wait_for
 
 from pipelines import Detector, registry
-from pipelines.store import save_detector
+from pipelines.registry.store import save_detector
 from service.bundle import bundled_tag
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")

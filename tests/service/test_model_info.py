@@ -8,7 +8,7 @@ from inprocess import narrow as narrow_model
 from inprocess import records, reload, started
 
 from pipelines import Detector, registry
-from pipelines.store import save_detector
+from pipelines.registry.store import save_detector
 
 
 # Both places records can be scored: in the front worker, and by the batching Scorer service

@@ -13,7 +13,8 @@ import pandas as pd
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from pipelines.schema import Schema, SchemaError, infer_schema
+from pipelines.errors import SchemaError
+from pipelines.tabular.schema import Schema, infer_schema
 from service.openapi import record_model
 
 # Names pydantic refuses as field names, each for another reason: leading underscores

@@ -13,8 +13,8 @@ from inprocess import narrow as narrow_model
 from inprocess import records, rejected, scored, started
 
 from pipelines import registry
-from pipelines.schema import SchemaError
-from pipelines.store import save_detector
+from pipelines.errors import SchemaError
+from pipelines.registry.store import save_detector
 from service import scoring
 from service.service import Scorer
 

@@ -22,7 +22,7 @@ from test_hostile import rejected, workers
 from test_integration import free_port, http, stop, wait_for
 
 from pipelines import Detector, registry
-from pipelines.store import save_detector
+from pipelines.registry.store import save_detector
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent

@@ -12,7 +12,7 @@ from inprocess import TOKEN, records, rejected, reload, scored, started, train
 from inprocess import narrow as narrow_model
 
 from pipelines import registry
-from pipelines.store import save_detector
+from pipelines.registry.store import save_detector
 from service.errors import RequestRejected
 from service.service import ScoreRequest
 

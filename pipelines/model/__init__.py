@@ -1,0 +1,3 @@
+"""The detector: encoder + flow + calibrator; its fitting, scoring, calibration, training,
+explanations and files.
+"""
