@@ -174,6 +174,12 @@ class Calibrator:
         if not hasattr(self, "reference_scores_"):
             raise RuntimeError("Calibrator is not fitted; call fit(cal_scores) first")
 
+    def boundaries(self) -> list[NDArray[np.float64]]:
+        """The scores at which a p-value or a verdict changes (the reference scores and the
+        threshold), sorted: one array, as :meth:`p_values` takes one score per record."""
+        self._check_fitted()
+        return [np.sort(np.append(self.reference_scores_, self.threshold_))]
+
     def p_values(self, scores: ArrayLike) -> NDArray[np.float64]:
         """Conformal p-values of ``scores`` against the reference scores."""
         self._check_fitted()

@@ -151,6 +151,11 @@ class CrossConformalCalibrator:
                        for k, ref in enumerate(self.fold_scores_))
         return np.asarray((1.0 + at_least) / (self.n_ + 1.0), dtype=np.float64)
 
+    def boundaries(self) -> list[NDArray[np.float64]]:
+        """The scores at which a p-value (and so a verdict) changes, per fold model: its
+        out-of-fold scores, sorted (:meth:`p_values` counts them)."""
+        return self.fold_scores_
+
     def predict(self, scores: ArrayLike) -> NDArray[np.bool_]:
         """True where a record is anomalous: its p-value is at most ``target_fpr``.
 

@@ -37,10 +37,11 @@ from pipelines.model.calibration import (
 from pipelines.model.crossconformal import FOLDS, CrossConformalCalibrator
 from pipelines.model.defaults import DEFAULT_TARGET_FPR
 from pipelines.model.device import resolve_device, torch_threads
+from pipelines.model.evaluators import FlowEvaluators
 from pipelines.model.explain import N_SAMPLES, contributions, reference_values
 from pipelines.model.frames import as_frame
 from pipelines.model.pyod_api import PyODMethods
-from pipelines.model.scoring import AnyCalibrator
+from pipelines.model.scoring import AnyCalibrator, reject_nan
 from pipelines.model.training import Parallel, default_train_config
 from pipelines.tabular.encoder import Scaling, TabularEncoder
 
@@ -151,12 +152,17 @@ class Detector(PyODMethods, OutlierMixin, BaseEstimator):
         self.n_threads = n_threads
 
     def __getstate__(self) -> dict[str, Any]:
-        # The fast path's evaluator is a cache of the weights, rebuilt on demand: a pickled or
-        # deep-copied detector must not carry one that a later in-place change of the copy's
-        # weights could leave looking current.
-        state = super().__getstate__()
-        state.pop("_fast_flow", None)
+        # The evaluators are built from the weights (pipelines.model.evaluators): a pickled or
+        # deep-copied detector builds its own from its own copy of them. (A copy: the parent's
+        # state may be this detector's own __dict__.)
+        state = dict(super().__getstate__())
+        state.pop("_evaluators", None)
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        if hasattr(self, "flow_"):
+            self._evaluators = FlowEvaluators(self.flow_)
 
 
     def __sklearn_tags__(self) -> Any:
@@ -246,12 +252,16 @@ class Detector(PyODMethods, OutlierMixin, BaseEstimator):
             self.flow_, split, data, self.encoder_, config, members_per_part, parallel, device)
         self.history_ = [{**epoch, "member": k}
                          for k, result in enumerate(results) for epoch in result.history]
+        self.flow_.eval()
+        # Calibration scores are the exact evaluator's: the fast path's verdicts defer to them.
+        self._evaluators = FlowEvaluators(self.flow_, fast=False)
         calibrator = self._calibrate(data, calibration, split, members_per_part,
                                      separate=calibration_data is not None)
         self.metrics_ = {
             **fitting.fit_metrics(split, len(data) if split.cross else len(calibration), results,
                           validation_nll, None if calibrator is None else calibrator.method),
             "seed": seed, "fit_seconds": time.perf_counter() - start}
+        self._evaluators = FlowEvaluators(self.flow_)
         self._warn_if_it_cannot_flag(stacklevel=4)  # user -> fit -> _fit -> here
         return self
 
@@ -270,11 +280,12 @@ class Detector(PyODMethods, OutlierMixin, BaseEstimator):
         calibrator: AnyCalibrator | None = None
         self.reference_records_ = self.reference_scores_ = None
         if split.cross and split.fold is not None:  # each row's score under its fold's model
-            log_likelihood, fold_ll = self._fold_log_likelihoods(
-                *self.encoder_.transform(data), members_per_part)
-            self.decision_scores_, evidence = -log_likelihood, -fold_ll
+            log_likelihood, fold_scores = self._judge(
+                *self.encoder_.transform(data), members_per_part, fast=False)
+            reject_nan(log_likelihood)
+            self.decision_scores_, evidence = -log_likelihood, fold_scores
             calibrator = CrossConformalCalibrator(self.target_fpr, members_per_part).fit(
-                [-fold_ll[split.fold == k, k] for k in range(FOLDS)])
+                [fold_scores[split.fold == k, k] for k in range(FOLDS)])
             self.reference_records_, self.reference_scores_ = fitting.reference_sample(
                 self.schema, data, self.decision_scores_)
         else:
@@ -467,6 +478,7 @@ class Detector(PyODMethods, OutlierMixin, BaseEstimator):
                                     **detector.flow_options_)
         detector.flow_.load_state_dict(saved.weights)
         detector.flow_.to(detector.device_).eval()
+        detector._evaluators = FlowEvaluators(detector.flow_)
         detector._set_calibrator(saved.calibrator)
         detector.train_config_, detector.history_ = state["train_config"], state["history"]
         detector.metrics_ = state["metrics"]

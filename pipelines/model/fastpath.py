@@ -287,29 +287,3 @@ def _logsumexp(a: NDArray[np.float64]) -> NDArray[np.float64]:
     safe = np.where(np.isfinite(top), top, 0.0)
     with np.errstate(divide="ignore"):
         return np.log(np.exp(a - safe).sum(axis=0)) + safe
-
-
-def fast_log_prob(flow: torch.nn.Module, x: NDArray[np.float64],
-                  cached: FastRealNVP | None, *, per_component: bool = False
-                  ) -> tuple[NDArray[np.float64] | None, FastRealNVP | None]:
-    """``flow.log_prob`` of a small batch by :class:`FastRealNVP`, if it supports the flow.
-
-    Arguments:
-        flow: the detector's flow, in eval mode.
-        x: ``(n, dim)`` encoded records, ``n <= SMALL_BATCH_ROWS``.
-        cached: the evaluator this returned last time (None at first).
-        per_component: give each member's log-density, ``(members, n)``, instead.
-
-    Returns:
-        ``(log_prob, evaluator)``: log_prob is None where the flow is not supported (use
-        torch); keep the evaluator for the next call.
-    """
-    evaluator = cached if cached is not None and cached.is_current(flow) else None
-    if evaluator is None:
-        evaluator = FastRealNVP.build(flow)
-        if evaluator is None:
-            return None, None
-    x32 = x.astype(np.float32)
-    if per_component:
-        return evaluator.component_log_probs(x32), evaluator
-    return evaluator.log_prob(x32), evaluator

@@ -1,7 +1,7 @@
-"""Scoring: the flow's log-density of encoded records (in batches through torch, a small batch
-through the NumPy evaluator of :mod:`pipelines.model.fastpath`; NaN never leaves), and the
-scoring methods of a fitted detector (:class:`ScoringMethods`): log-likelihoods, anomaly scores,
-p-values and verdicts.
+"""The scoring methods of a fitted detector (:class:`ScoringMethods`): log-likelihoods,
+anomaly scores, p-values and verdicts, from the flow's evaluators
+(:mod:`pipelines.model.evaluators`: a record's verdict is the same in any batch); NaN never
+leaves.
 """
 
 from __future__ import annotations
@@ -19,55 +19,12 @@ from flowmodels import Flow, FlowMixture
 from pipelines.errors import InputError, UnscorableRecordError
 from pipelines.model.calibration import Calibrator, ContaminationCalibrator
 from pipelines.model.crossconformal import CrossConformalCalibrator, fold_log_likelihoods
-from pipelines.model.fastpath import SMALL_BATCH_ROWS, FastRealNVP, fast_log_prob
+from pipelines.model.evaluators import FlowEvaluators, mixture_log_prob, near_a_boundary
 from pipelines.model.frames import fitted_frame
 from pipelines.tabular.encoder import TabularEncoder
 from pipelines.tabular.schema import Schema
 
 AnyCalibrator = Calibrator | ContaminationCalibrator | CrossConformalCalibrator
-
-# Rows per flow call: the default flow's activations of 4096 rows (4096 x 128 floats) stay in
-# cache (rows/s by batch size: benchmarks/README.md).
-SCORE_BATCH_ROWS = 4096
-
-
-def flow_log_prob(flow: Flow | FlowMixture, x: np.ndarray, device: torch.device,
-                  fast: FastRealNVP | None, per_component: bool = False
-                  ) -> tuple[np.ndarray, np.ndarray | None, FastRealNVP | None]:
-    """The flow's log-density of encoded records, with ``per_component`` its mixture
-    components' ``(K, n)`` too (the mixture's from them, as its ``log_prob`` computes it), and
-    the fast path's evaluator to keep for the next call.
-
-    Arguments:
-        flow: the detector's flow.
-        x: the encoded records.
-        device: where the flow runs.
-        fast: the evaluator this returned last time, or None.
-        per_component: also give each component's log-density.
-    """
-    if flow.training:  # eval() walks every submodule: 0.2 ms a call, so only when needed
-        flow.eval()
-    if len(x) <= SMALL_BATCH_ROWS:
-        small, fast = fast_log_prob(flow, x, fast, per_component=per_component)
-        if small is not None:
-            if per_component:
-                return FastRealNVP.mixture(small), small, fast
-            return small, None, fast
-    out = np.empty(len(x), dtype=np.float64)
-    mixture = flow if per_component and isinstance(flow, FlowMixture) else None
-    components = None if mixture is None else np.empty((len(mixture.components), len(x)))
-    with torch.inference_mode():
-        for start in range(0, len(x), SCORE_BATCH_ROWS):
-            batch = torch.as_tensor(x[start : start + SCORE_BATCH_ROWS], dtype=torch.float32,
-                                    device=device)
-            rows = slice(start, start + len(batch))
-            if mixture is not None and components is not None:
-                each = mixture.component_log_probs(batch)
-                components[:, rows] = each.double().cpu().numpy()
-                out[rows] = FlowMixture.combine(each).double().cpu().numpy()
-            else:
-                out[rows] = flow.log_prob(batch).double().cpu().numpy()
-    return out, components, fast
 
 
 def reject_nan(log_likelihood: np.ndarray) -> None:
@@ -93,7 +50,7 @@ class ScoringMethods:
     calibrator_: AnyCalibrator | None
     feature_names_in_: NDArray[np.object_]
     device_: torch.device
-    _fast_flow: FastRealNVP | None
+    _evaluators: FlowEvaluators
 
     # ------------------------------------------------------------------ the records it takes
     @property
@@ -158,35 +115,39 @@ class ScoringMethods:
         return fitted_frame(X, list(self.feature_names_in_), self.encoder_.schema_.names)
 
     def _log_likelihood(self, x: np.ndarray, log_jacobian: np.ndarray) -> np.ndarray:
-        """:meth:`log_likelihood` of encoded records.
+        """:meth:`log_likelihood` of encoded records (a few through the fast path: within
+        the contract's 1e-4 nats of any other batch's).
 
         Arguments:
             x: the encoded records.
             log_jacobian: their encoding's log-Jacobian.
         """
-        flow, _, self._fast_flow = flow_log_prob(self.flow_, x, self.device_,
-                                                 getattr(self, "_fast_flow", None))
-        out = flow + log_jacobian
+        fast = self._evaluators.uses_fast_path(self.flow_, len(x))
+        per_component = self._evaluators.log_probs(self.flow_, x, self.device_, fast=fast,
+                                                   components=False)
+        out = mixture_log_prob(per_component) + log_jacobian
         reject_nan(out)
         return out
 
-    def _fold_log_likelihoods(self, x: np.ndarray, log_jacobian: np.ndarray,
-                              members_per_fold: int) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`_log_likelihood` of encoded records, bit for bit, and ``(n, K)`` each fold
-        model's log-likelihood (:func:`~pipelines.model.crossconformal.fold_log_likelihoods`),
-        from one evaluation of the mixture's components.
+    def _judge(self, x: np.ndarray, log_jacobian: np.ndarray, members_per_fold: int | None,
+               *, fast: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Encoded records' log-likelihoods (NaN not yet rejected), and what the calibrator
+        judges them by: their anomaly scores, or under cross-conformal calibration each fold
+        model's ``(n, K)`` (:func:`~pipelines.model.crossconformal.fold_log_likelihoods`).
 
         Arguments:
             x: the encoded records.
             log_jacobian: their encoding's log-Jacobian.
-            members_per_fold: the flows of each fold model.
+            members_per_fold: the flows of each fold model; None: not cross-conformal.
+            fast: take the fast path (``_evaluators.uses_fast_path`` said so).
         """
-        mixture, components, self._fast_flow = flow_log_prob(
-            self.flow_, x, self.device_, getattr(self, "_fast_flow", None), per_component=True)
-        out = mixture + log_jacobian
-        reject_nan(out)
-        assert components is not None  # a cross-conformal flow is a mixture
-        return out, fold_log_likelihoods(components, members_per_fold) + log_jacobian[:, None]
+        per_component = self._evaluators.log_probs(
+            self.flow_, x, self.device_, fast=fast, components=members_per_fold is not None)
+        log_likelihood = mixture_log_prob(per_component) + log_jacobian
+        if members_per_fold is not None:
+            fold_ll = fold_log_likelihoods(per_component, members_per_fold)
+            return log_likelihood, -(fold_ll + log_jacobian[:, None])
+        return log_likelihood, -log_likelihood
 
     def score_samples(self, X: pd.DataFrame | ArrayLike) -> NDArray[np.float64]:
         """``log p(record)``: higher = more normal (scikit-learn's ``KernelDensity``).
@@ -213,20 +174,26 @@ class ScoringMethods:
 
     def _judged(self, x: np.ndarray, log_jacobian: np.ndarray
                 ) -> tuple[np.ndarray, np.ndarray]:
-        """Encoded records' log-likelihoods, and what the calibrator judges them by: their
-        anomaly scores, or under cross-conformal calibration each fold model's ``(n, K)``.
+        """:meth:`_judge` by the calibrator, each verdict and p-value the exact evaluator's:
+        a record the fast path scored within its tolerance of a decision boundary is scored
+        again exactly (:func:`~pipelines.model.evaluators.near_a_boundary`).
 
         Arguments:
             x: the encoded records.
             log_jacobian: their encoding's log-Jacobian.
         """
         calibrator = self._calibrator()
-        if isinstance(calibrator, CrossConformalCalibrator):
-            log_likelihood, fold_ll = self._fold_log_likelihoods(
-                x, log_jacobian, calibrator.members_per_fold)
-            return log_likelihood, -fold_ll
-        log_likelihood = self._log_likelihood(x, log_jacobian)
-        return log_likelihood, -log_likelihood
+        members_per_fold = (calibrator.members_per_fold
+                            if isinstance(calibrator, CrossConformalCalibrator) else None)
+        fast = self._evaluators.uses_fast_path(self.flow_, len(x))
+        log_likelihood, judged = self._judge(x, log_jacobian, members_per_fold, fast=fast)
+        if fast:
+            near = near_a_boundary(judged, calibrator.boundaries())
+            if near.any():
+                log_likelihood[near], judged[near] = self._judge(
+                    x[near], log_jacobian[near], members_per_fold, fast=False)
+        reject_nan(log_likelihood)
+        return log_likelihood, judged
 
     def _judged_frame(self, X: pd.DataFrame | ArrayLike) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`_judged` of records as :meth:`log_likelihood` takes them."""

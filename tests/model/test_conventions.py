@@ -43,12 +43,6 @@ NOT_APPLICABLE = {
                             "of scikit-learn's",
     "check_fit2d_1feature": "fits on 10 rows, too few to train, validate and calibrate: the "
                             "error names the rows (n_samples = 10), not the feature count",
-    "check_methods_subset_invariance": "re-scores the calibration rows themselves in batches "
-                                       "of other sizes: a score equal to a calibration score "
-                                       "moves by up to 1e-5 nats between the NumPy path (<= 16 "
-                                       "rows) and torch (the determinism contract), enough to "
-                                       "flip that exact tie and so predict (it passes when no "
-                                       "re-scored row lands on the threshold)",
     "check_dtype_object": "object columns are categorical text: a dict in one is rejected as a "
                           "container with a SchemaError (a ValueError naming the column and row), "
                           "not with the TypeError the check expects",

@@ -1,5 +1,5 @@
-"""pipelines.model.fastpath: the NumPy RealNVP evaluator matches torch, and the detector uses it
-only while it is current and supported."""
+"""pipelines.model.fastpath: the NumPy RealNVP evaluator matches torch, and is built only for
+the flows it mirrors (how the detector uses it: tests/model/test_evaluators.py)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,8 @@ import copy
 import numpy as np
 import pytest
 import torch
-from conftest import mixed_frame
 
 from flowmodels import FFJORD, FlowMixture, RealNVP
-from pipelines import Detector
 from pipelines.model.fastpath import SMALL_BATCH_ROWS, FastRealNVP
 
 # float64 NumPy against torch's float32: torch's own rounding (its output alone is quantised
@@ -80,45 +78,3 @@ def test_unsupported_flows_are_left_to_torch() -> None:
         pass
 
     assert FastRealNVP.build(Subclass(3)) is None
-
-
-@pytest.fixture(scope="module")
-def detector() -> Detector:
-    return Detector(exclude=["id"], flow_options={"members": 2, "hidden": 32},
-                    train_options={"max_epochs": 2}).fit(mixed_frame(800))
-
-
-def test_a_record_scores_the_same_alone_and_in_a_large_batch(detector: Detector) -> None:
-    """The *determinism* contract across the two paths: within 1e-4 nats."""
-    frame = mixed_frame(500, seed=7)
-    batch = detector.log_likelihood(frame)  # torch
-    alone = np.concatenate([detector.log_likelihood(frame.iloc[[i]]) for i in range(40)])
-    small = detector.log_likelihood(frame.iloc[:SMALL_BATCH_ROWS])
-    assert detector._fast_flow is not None  # the NumPy path did score them
-    np.testing.assert_allclose(alone, batch[:40], rtol=0, atol=1e-4)
-    np.testing.assert_allclose(small, batch[:SMALL_BATCH_ROWS], rtol=0, atol=1e-4)
-
-
-def test_changed_weights_rebuild_the_evaluator(detector: Detector) -> None:
-    detector = copy.deepcopy(detector)
-    assert getattr(detector, "_fast_flow", None) is None  # never copied
-    record = mixed_frame(3, seed=8).iloc[[0]]
-    before = detector.log_likelihood(record)
-    with torch.no_grad():
-        next(detector.flow_.parameters()).add_(0.5)
-    moved = detector.log_likelihood(record)
-    x, log_jacobian = detector.encoder_.transform(record)
-    expected = torch_log_prob(detector.flow_, x.astype(np.float32)) + log_jacobian
-    assert abs(moved[0] - before[0]) > 1e-3
-    np.testing.assert_allclose(moved, expected, rtol=RTOL, atol=ATOL)
-    state = copy.deepcopy(detector.flow_.state_dict())
-    with torch.no_grad():
-        next(detector.flow_.parameters()).sub_(0.5)
-    # (float32 x + 0.5 - 0.5 need not be x)
-    np.testing.assert_allclose(detector.log_likelihood(record), before, rtol=0, atol=1e-5)
-    detector.flow_.load_state_dict(state)
-    np.testing.assert_allclose(detector.log_likelihood(record), moved, rtol=0, atol=1e-12)
-    with torch.no_grad():
-        next(detector.flow_.parameters()).fill_(float("nan"))
-    with pytest.raises(ValueError, match="NaN"):
-        detector.log_likelihood(record)
