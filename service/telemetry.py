@@ -55,7 +55,8 @@ class Telemetry:
         reference = detector.calibration_scores_  # the drift reference: calibration scores
         if reference is None:
             raise ValueError(f"{new.tag} has no calibration scores: it was never fitted")
-        if self._metrics is None:  # histogram buckets come from the first model (see README)
+        # Histogram buckets come from the first model (docs/operations.md, "Monitoring").
+        if self._metrics is None:
             self._metrics = service_metrics.metrics(service_metrics.score_buckets(
                 np.quantile(reference, service_metrics.SCORE_BUCKET_QUANTILES)
             ))
