@@ -191,7 +191,7 @@ class TabularEncoder(BaseEstimator):
             )
 
         self.code_scaler_ = None
-        codes = self._codes_sklearn(values)
+        codes = self._codes_sklearn(values, discrete)
         if codes.shape[1]:
             self.code_scaler_ = StandardScaler().fit(codes + 0.5)
             # The flow sees c + U(0, 1): mean c + 1/2 and variance var(c) + 1/12.
@@ -317,7 +317,8 @@ class TabularEncoder(BaseEstimator):
             offset: position inside each code cell (see :meth:`transform`).
             sklearn: go through the scikit-learn transformers (the reference path).
         """
-        log_jac = self.support_factors(values).sum(axis=1)
+        discrete, factors = self._snapped(values)
+        log_jac = factors.sum(axis=1)
         blocks = []
         if self.cont_scaler_ is not None and self.cont_imputer_ is not None:
             cont = self.continuous_values(values)
@@ -342,7 +343,8 @@ class TabularEncoder(BaseEstimator):
                 log_jac -= np.log(self.cont_scaler_.scale_).sum()
             blocks.append(z)
         if self.code_scaler_ is not None:
-            codes = (self._codes_sklearn(values) if sklearn else self._codes(values)) + offset
+            codes = (self._codes_sklearn(values, discrete) if sklearn
+                     else self._codes(values, discrete)) + offset
             if sklearn:
                 blocks.append(self.code_scaler_.transform(codes))
             else:
@@ -434,7 +436,12 @@ class TabularEncoder(BaseEstimator):
         Arguments:
             values: checked values (:meth:`Schema.check`).
         """
-        return self.support_.snap(self._raw_codes(values))[1]
+        return self._snapped(values)[1]
+
+    def _snapped(self, values: dict[str, NDArray[Any]]
+                 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """:meth:`_discrete_codes` and :meth:`support_factors`, from one pass."""
+        return self.support_.snap(self._raw_codes(values))
 
     @property
     def grid_columns(self) -> dict[str, float]:
@@ -459,16 +466,20 @@ class TabularEncoder(BaseEstimator):
             return raw
         return self.support_.snap(raw)[0]
 
-    def _codes(self, values: dict[str, NDArray[Any]]) -> NDArray[np.float64]:
+    def _codes(self, values: dict[str, NDArray[Any]], discrete: NDArray[np.float64]
+               ) -> NDArray[np.float64]:
         """All integer codes (cell lower corners): discrete, one-hot, missing indicators.
 
         Plain numpy from the fitted parts; :meth:`_codes_sklearn` is the reference it equals.
+
+        Arguments:
+            values: the checked values per column.
+            discrete: their :meth:`_discrete_codes`.
         """
         n = _n_rows(values)
         blocks = [np.empty((n, 0))]
         if self.code_imputer_ is not None:
-            codes = self._discrete_codes(values)
-            blocks.append(continuous.impute(codes, self.code_imputer_.statistics_))
+            blocks.append(continuous.impute(discrete, self.code_imputer_.statistics_))
         if self.onehot_ is not None:
             blocks.append(one_hot(values, self.schema_.of_kind("categorical"), self.onehot_slots_,
                                   self.onehot_width_, n))
@@ -477,11 +488,12 @@ class TabularEncoder(BaseEstimator):
             blocks.append(np.isnan(present).astype(np.float64))
         return np.hstack(blocks)
 
-    def _codes_sklearn(self, values: dict[str, NDArray[Any]]) -> NDArray[np.float64]:
+    def _codes_sklearn(self, values: dict[str, NDArray[Any]], discrete: NDArray[np.float64]
+                       ) -> NDArray[np.float64]:
         """:meth:`_codes` through the scikit-learn transformers (fit, and the reference)."""
         blocks = [np.empty((_n_rows(values), 0))]
         if self.code_imputer_ is not None:
-            blocks.append(self.code_imputer_.transform(self._discrete_codes(values)))
+            blocks.append(self.code_imputer_.transform(discrete))
         if self.onehot_ is not None:
             categorical = self.schema_.of_kind("categorical")
             blocks.append(self.onehot_.transform(tokens(values, categorical)))

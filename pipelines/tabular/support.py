@@ -177,14 +177,14 @@ class Support:
             codes: the columns' codes (NaN where missing).
         """
         snapped = codes.copy()
-        factors = np.zeros_like(codes)
+        on_support = np.array([math.log1p(-mass) for mass in self.mass])
+        factors = np.where(np.isnan(codes), 0.0, on_support)  # a missing value: no factor
         for j in range(codes.shape[1]):  # column by column: ~5 us each per call
             column = codes[:, j]
             nearest, index = nearest_support(column, self.on_grid[j], self.levels[j])
             offset = column - nearest
             with np.errstate(invalid="ignore"):  # NaN (missing) compares False
                 off = np.abs(offset) > GRID_TOL
-            factors[~np.isnan(column), j] = math.log1p(-self.mass[j])
             if off.any():
                 decay_below, decay_above, log_z = self.cells[j]
                 u, at = offset[off], index[off]
