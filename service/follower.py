@@ -48,16 +48,30 @@ def show_info_logs() -> None:
 
 @dataclass(frozen=True)
 class LoadedModel:
+    """A loaded detector, and what the service reports of it with every verdict.
+
+    Arguments:
+        target_fpr: the target FPR its threshold was calibrated at; None for a threshold
+            fitted by ``contamination``.
+        flag_rate: the share of normal records it is expected to flag: ``target_fpr``, or the
+            contamination (``flowad_target_fpr``, which the flag-rate alert compares with).
+    """
+
     detector: Detector
     tag: str
     load_seconds: float
+    target_fpr: float | None
+    flag_rate: float
 
 
 def load_and_warm(tag: str, device: str) -> LoadedModel:
     """Loads ``tag`` and verifies it (which warms it up); raises ModelCheckError if it fails."""
     start = time.perf_counter()
     detector = load_verified(tag, device=device)
-    return LoadedModel(detector, detector.tag_, time.perf_counter() - start)
+    about = detector.describe()
+    rate = about["target_fpr"] if about["target_fpr"] is not None else about["contamination"]
+    return LoadedModel(detector, detector.tag_, time.perf_counter() - start,
+                       about["target_fpr"], float(rate))
 
 
 @dataclass

@@ -130,7 +130,8 @@ def _create(score_buckets: tuple[float, ...]) -> Metrics:
         ks_statistic=gauge("flowad_drift_ks_statistic", "Two-sample KS statistic."),
         ks_pvalue=gauge("flowad_drift_ks_pvalue", "Two-sample KS p-value."),
         window_anomaly_rate=gauge("flowad_window_anomaly_rate", "Anomaly rate in the window."),
-        target_fpr=gauge("flowad_target_fpr", "The calibrated target false-positive rate.",
+        target_fpr=gauge("flowad_target_fpr", "The share of normal records the model flags: "
+                         "its target false-positive rate, or its contamination.",
                          "livemax"),
         window_records=gauge("flowad_drift_window_records", "Records in the drift window."),
         model_info=gauge("flowad_model_info", "1 for the model being served.", "livemax"),

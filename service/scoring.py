@@ -63,7 +63,7 @@ class Verdicts:
     is_anomaly: np.ndarray
     tag: str
     threshold: float
-    target_fpr: float
+    target_fpr: float | None
 
     @classmethod
     def of(cls, model: LoadedModel, frame: pd.DataFrame) -> Verdicts:
@@ -71,7 +71,7 @@ class Verdicts:
         detector = model.detector
         out = detector.verdict_columns(frame)
         return cls(out["score"], out["log_likelihood"], out["p_value"], out["is_anomaly"],
-                   model.tag, detector.threshold_, detector.target_fpr)
+                   model.tag, detector.threshold_, model.target_fpr)
 
     @classmethod
     def of_records(cls, model: LoadedModel,
@@ -81,7 +81,7 @@ class Verdicts:
         detector = model.detector
         out, unknown = detector.record_verdicts(records)
         return cls(out["score"], out["log_likelihood"], out["p_value"], out["is_anomaly"],
-                   model.tag, detector.threshold_, detector.target_fpr), unknown
+                   model.tag, detector.threshold_, model.target_fpr), unknown
 
     @classmethod
     def of_each(cls, model: LoadedModel, frame: pd.DataFrame) -> Verdicts:
@@ -95,7 +95,7 @@ class Verdicts:
             except UnscorableRecordError:
                 nan = np.array([np.nan])
                 parts.append(cls(nan, nan, nan, np.array([False]), model.tag,
-                                 model.detector.threshold_, model.detector.target_fpr))
+                                 model.detector.threshold_, model.target_fpr))
         return cls.concat(parts)
 
     @classmethod

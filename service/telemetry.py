@@ -78,7 +78,7 @@ class Telemetry:
             m.model_info.labels(old.tag).set(0)
         m.model_info.labels(new.tag).set(1)
         m.load_seconds.labels(new.tag).set(new.load_seconds)
-        m.target_fpr.labels(new.tag).set(detector.target_fpr)
+        m.target_fpr.labels(new.tag).set(new.flag_rate)
         for q, value in zip(
             service_metrics.REFERENCE_QUANTILES,
             np.quantile(reference, service_metrics.REFERENCE_QUANTILES),

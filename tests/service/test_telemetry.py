@@ -109,3 +109,28 @@ def test_an_infinite_score_is_counted_but_leaves_the_sum_finite():
     samples = {(s.name, s.labels.get("le")): s.value for s in next(registry.collect()).samples}
     assert samples[("scores_count", None)] == 3 and samples[("scores_bucket", "+Inf")] == 3
     assert samples[("scores_bucket", "1.0")] == 1 and samples[("scores_sum", None)] == 2.5
+
+
+def test_a_contamination_models_expected_flag_rate_is_its_contamination(client):
+    """Its threshold was not calibrated at a target FPR: the responses say so (null) and the
+    flag-rate alert compares with its contamination, the share of training rows it flags."""
+    from conftest import mixed_frame
+
+    from pipelines import Detector
+    from pipelines.registry.store import save_detector
+
+    detector = Detector(exclude=["id"], contamination=0.08, train_options={"max_epochs": 2},
+                        random_state=3).fit(mixed_frame(600, seed=3))
+    tag = save_detector(detector, "service-test")
+    registry.promote(tag)
+    try:
+        reload(client)
+        response = client.post("/score", json=records(3))
+        assert response.status_code == 200, response.text
+        assert response.json()["target_fpr"] is None
+        gauge = [line for line in client.get("/metrics").text.splitlines()
+                 if line.startswith("flowad_target_fpr{") and f'model="{tag}"' in line]
+        assert gauge and float(gauge[0].rsplit(" ", 1)[1]) == 0.08
+    finally:
+        registry.promote(client.tag)
+        reload(client)
