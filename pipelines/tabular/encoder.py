@@ -5,9 +5,9 @@ codes of categorical columns; missing indicators of numeric columns that had mis
 training (names in ``feature_names_out_``).
 
 Scores stay exact densities (the *score* and *discrete columns* contracts, docs/design.md).
-``transform`` returns ``(X, log_jac)``
-with ``log_jac = log|det d(encoded)/d(raw)|`` per record, so ``-(flow.log_prob(X) + log_jac)``
-is ``-log p`` of the record in raw units, where for discrete parts the "raw unit" is one cell:
+``transform`` returns ``(X, log_jac)`` with ``log_jac = log|det d(encoded)/d(raw)|`` per
+record, so ``-(flow.log_prob(X) + log_jac)`` is ``-log p`` of the record in raw units, where
+for discrete parts the "raw unit" is one cell:
 
 * Continuous columns: ``standard`` (StandardScaler), ``robust`` (RobustScaler: median / IQR,
   an IQR of 0 counts as 1) or ``quantile`` (see below). Standard and robust contribute the
@@ -74,10 +74,9 @@ from pipelines.tabular.support import LegacySupport, Support
 from pipelines.tabular.text import as_text
 
 Scaling = Literal["standard", "robust", "quantile"]
-# Most records TabularEncoder.transform_records checks without a frame. Scoring on the example
-# model (benchmarks/record_path.py): faster than through a frame up to about this many records
-# (its per-value Python work grows with the rows; the frame's mostly fixed cost does not;
-# numbers in benchmarks/README.md).
+# Most records TabularEncoder.transform_records checks without a frame: faster than through a
+# frame up to about this many (its per-value Python work grows with the rows; the frame's
+# mostly fixed cost does not; benchmarks/record_path.py, numbers in benchmarks/README.md).
 RECORD_PATH_ROWS = 1024
 
 
@@ -169,7 +168,7 @@ class TabularEncoder(BaseEstimator):
             schema.of_kind("discrete", "binary"),
             self._raw_codes(values if schema_rows is None else schema.check(schema_rows)))
         self.on_grid_ = self.support_.on_grid
-        discrete = self._discrete_codes(values)
+        discrete, _ = self._snapped(values)
         self.code_imputer_ = None
         if discrete.shape[1]:
             self.code_imputer_ = SimpleImputer(strategy="most_frequent").fit(discrete)
@@ -306,11 +305,9 @@ class TabularEncoder(BaseEstimator):
                 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         """The encoded matrix and log-Jacobian of checked values (:meth:`Schema.check`).
 
-        Plain numpy on the fitted attributes by default: the scikit-learn transformers' own
-        ``transform`` costs ~0.1 ms a call in input checks and output wrappers whatever the
-        rows (~0.7 ms of a 1-row ``transform``), and the numpy path was as fast or faster at
-        every size measured (1 to 4096 rows). Same operations in the same order, so the
-        result is bit-identical to ``sklearn=True``, the reference.
+        Plain numpy on the fitted attributes by default: the scikit-learn transformers'
+        per-call input checks and output wrappers cost most of a few records' encoding. Same
+        operations in the same order: bit-identical to ``sklearn=True``, the reference.
 
         Arguments:
             values: the checked values per column.
@@ -440,16 +437,15 @@ class TabularEncoder(BaseEstimator):
 
     def _snapped(self, values: dict[str, NDArray[Any]]
                  ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        """:meth:`_discrete_codes` and :meth:`support_factors`, from one pass."""
+        """The flow's codes (off-support ones at their nearest point) and support factors."""
         return self.support_.snap(self._raw_codes(values))
 
     @property
     def grid_columns(self) -> dict[str, float]:
         """The discrete and binary columns fit put on a grid, with their steps (raw units)."""
         check_is_fitted(self)
-        specs = self.schema_.of_kind("discrete", "binary")
-        return {spec.name: spec.grid[1] for spec, grid in zip(specs, self.on_grid_, strict=True)
-                if grid}
+        specs = zip(self.schema_.of_kind("discrete", "binary"), self.on_grid_, strict=True)
+        return {spec.name: spec.grid[1] for spec, grid in specs if grid}
 
     def _raw_codes(self, values: dict[str, NDArray[Any]]) -> NDArray[np.float64]:
         """Codes ``(x - min) / step`` of discrete and binary columns (NaN where missing)."""
@@ -457,14 +453,6 @@ class TabularEncoder(BaseEstimator):
         if not specs:
             return np.empty((_n_rows(values), 0))
         return np.column_stack([(values[s.name] - s.grid[0]) / s.grid[1] for s in specs])
-
-    def _discrete_codes(self, values: dict[str, NDArray[Any]]) -> NDArray[np.float64]:
-        """The codes the flow sees: :meth:`_raw_codes`, a value off its column's support moved
-        to its nearest support point (its penalty is in :meth:`support_factors`)."""
-        raw = self._raw_codes(values)
-        if not raw.shape[1]:
-            return raw
-        return self.support_.snap(raw)[0]
 
     def _codes(self, values: dict[str, NDArray[Any]], discrete: NDArray[np.float64]
                ) -> NDArray[np.float64]:
@@ -474,7 +462,7 @@ class TabularEncoder(BaseEstimator):
 
         Arguments:
             values: the checked values per column.
-            discrete: their :meth:`_discrete_codes`.
+            discrete: their snapped discrete codes (:meth:`_snapped`).
         """
         n = _n_rows(values)
         blocks = [np.empty((n, 0))]
