@@ -6,8 +6,8 @@ leaves.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -16,7 +16,7 @@ from numpy.typing import ArrayLike, NDArray
 from sklearn.utils.validation import check_is_fitted
 
 from flowmodels import Flow, FlowMixture
-from pipelines.errors import InputError, UnscorableRecordError
+from pipelines.errors import InputError, SchemaError, UnscorableRecordError
 from pipelines.model.calibration import Calibrator, ContaminationCalibrator
 from pipelines.model.crossconformal import CrossConformalCalibrator, fold_log_likelihoods
 from pipelines.model.evaluators import FlowEvaluators, mixture_log_prob, near_a_boundary
@@ -25,6 +25,31 @@ from pipelines.tabular.encoder import TabularEncoder
 from pipelines.tabular.schema import Schema
 
 AnyCalibrator = Calibrator | ContaminationCalibrator | CrossConformalCalibrator
+# Records checked, encoded and scored at a time in a large call: the encoder's arrays of a
+# piece stay in cache (1M records in one piece scored at 0.7-0.8x the rate: benchmarks/README.md).
+LARGE_CALL_ROWS = 65_536
+T = TypeVar("T")
+
+
+def in_pieces(frame: pd.DataFrame, score: Callable[[pd.DataFrame], T]) -> list[T]:
+    """``score`` of a large call's records in pieces of :data:`LARGE_CALL_ROWS` (each checked,
+    encoded and scored before the next); a rejected record is named by its row in ``frame``.
+
+    Arguments:
+        frame: the records.
+        score: what to compute of a piece.
+    """
+    if len(frame) <= LARGE_CALL_ROWS:
+        return [score(frame)]
+    out = []
+    for start in range(0, len(frame), LARGE_CALL_ROWS):
+        try:
+            out.append(score(frame.iloc[start : start + LARGE_CALL_ROWS]))
+        except SchemaError as error:
+            if error.row is None:
+                raise
+            raise error.located(row=start + error.row) from error
+    return out
 
 
 def reject_nan(log_likelihood: np.ndarray) -> None:
@@ -107,7 +132,8 @@ class ScoringMethods:
                 density, is).
         """
         frame = self._frame(X)  # first: it checks that the detector is fitted
-        return self._log_likelihood(*self.encoder_.transform(frame))
+        return np.concatenate(in_pieces(
+            frame, lambda piece: self._log_likelihood(*self.encoder_.transform(piece))))
 
     def _frame(self, X: pd.DataFrame | ArrayLike) -> pd.DataFrame:
         """``X`` as the encoder takes it (:func:`~pipelines.model.frames.fitted_frame`)."""
@@ -198,7 +224,12 @@ class ScoringMethods:
     def _judged_frame(self, X: pd.DataFrame | ArrayLike) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`_judged` of records as :meth:`log_likelihood` takes them."""
         self._calibrator()  # first: a detector without calibration says so
-        return self._judged(*self.encoder_.transform(self._frame(X)))
+        judged = in_pieces(self._frame(X),
+                           lambda piece: self._judged(*self.encoder_.transform(piece)))
+        if len(judged) == 1:
+            return judged[0]
+        return (np.concatenate([log_likelihood for log_likelihood, _ in judged]),
+                np.concatenate([scores for _, scores in judged]))
 
     def p_values(self, X: pd.DataFrame | ArrayLike) -> NDArray[np.float64]:
         """Conformal p-values, in (0, 1]: the share of normal records at least as anomalous
