@@ -3,7 +3,8 @@ rows, fit seconds by table size, and ``flowad score`` end to end on a large Parq
 
 Run: ``PYTHONPATH=$PWD .venv/bin/python benchmarks/scoring_scale.py [--parts scoring,fit,e2e]
 [--datasets 6_cardio,32_shuttle] [--sizes 1000,10000,100000,1000000] [--rounds 3]
-[--e2e-rows 10000000] [--data-dir DIR] [--output FILE.json]``.
+[--e2e-rows 10000000] [--data-dir DIR] [--output FILE.json]`` (the parts run replace
+theirs in an existing FILE).
 
 - **scoring**: in-process rows/s of the default ``Detector`` (seed 0, trained on all of the
   dataset's normals, standardised as the protocol standardises them), of
@@ -128,7 +129,8 @@ def fit_table(args: argparse.Namespace, name: str) -> list[dict[str, Any]]:
         IsolationForest(n_estimators=100, n_jobs=1, random_state=SEED).fit(drawn)
         forest = time.perf_counter() - start
         rows.append({"dataset": name, "rows": n, "flowad_s": flowad, "iforest_s": forest,
-                     "ratio": flowad / forest, "steps": len(detector.history_)})
+                     "ratio": flowad / forest,
+                     "epochs": len(detector.history_) // detector.metrics_["members"]})
         print(f"  fit {name} {n:>9,} rows: flowad {flowad:.1f} s, IsolationForest "
               f"{forest:.2f} s ({flowad / forest:.0f}x)", flush=True)
     return rows
@@ -282,8 +284,9 @@ def main() -> None:
         tables["e2e"] = end_to_end(args)
     for part, rows in tables.items():
         print(f"\n## {part}\n\n{markdown(rows)}")
-    if args.output:
-        args.output.write_text(json.dumps(tables, indent=2) + "\n")
+    if args.output:  # the parts of this run replace theirs in an earlier run's file
+        earlier = json.loads(args.output.read_text()) if args.output.exists() else {}
+        args.output.write_text(json.dumps({**earlier, **tables}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
