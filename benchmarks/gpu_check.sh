@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU, in one short run (a session that is lent a device runs this):
 # the CUDA tests, then scoring throughput on the GPU (the default detector, exact FFJORD, the
-# service through its GPU Scorer, then the RealNVP and FFJORD benches as time allows).
+# service through its GPU Scorer, then issue 29's scoring table and the RealNVP and FFJORD
+# benches as time allows).
 #
 # Usage:
 #   bash benchmarks/gpu_check.sh              sets up .venv/ first (needs a package registry)
@@ -159,6 +160,11 @@ bench_service.main()
 ' "$BENTOML_SITE"
     # The lower-level benches, as time allows.
     optional=true
+    # Issue 29's table (rows per call against IsolationForest on the CPU) with the detector on
+    # the GPU; development-suite datasets of 10 and 27 features, as the repository carries them.
+    run_step "scoring by rows per call (scoring_scale.py)" 150 "$PY" benchmarks/scoring_scale.py \
+        --parts scoring --data-dir benchmarks/data/dev --datasets 22_magic.gamma,12_fault \
+        --rounds 1 --min-seconds 0.5
     run_step "RealNVP rows/s" 60 "$PY" benchmarks/bench_realnvp.py --device cuda --dims 8 32 \
         --batch "$BATCH" --steps 100
     run_step "FFJORD rows/s and errors" 120 "$PY" benchmarks/bench_ffjord.py --device cuda \
