@@ -106,9 +106,8 @@ def _as64(tensors: list[torch.Tensor]) -> NDArray[np.float64]:
 class FastRealNVP:
     """``log_prob`` of a RealNVP or a mixture of RealNVPs in float64 NumPy.
 
-    Built once from the weights (:meth:`build`); :meth:`is_current` says whether it still
-    matches them (in-place changes of any parameter or buffer, e.g. an optimizer step, a
-    ``load_state_dict`` or a ``fill_``, bump torch's version counters, which it compares).
+    Built once from the weights (:meth:`build`), a copy of them: whether it still matches the
+    flow is :class:`~pipelines.model.evaluators.FlowEvaluators`' question.
 
     Arguments:
         flow: the RealNVP, or the FlowMixture of RealNVPs (see :meth:`supports`).
@@ -118,13 +117,10 @@ class FastRealNVP:
         members = ([cast(RealNVP, m) for m in flow.members()] if isinstance(flow, FlowMixture)
                    else [flow])
         config = members[0].config()
-        self.flow = flow
         self.dim = flow.dim
         self.activation = config["activation"]
         self.bound = float(config["log_scale_bound"])
         self.k = len(members)
-        self._tensors = [t for m in members for t in (*m.parameters(), *m.buffers())]
-        self._versions = [t._version for t in self._tensors]
         self.member_index = np.arange(self.k)[:, None]  # (k, 1): pairs with (k, n_features)
         self.couplings = [self._stack_coupling(position, members)
                           for position, layer in enumerate(members[0].steps())
@@ -176,15 +172,6 @@ class FastRealNVP:
             flow: the detector's flow.
         """
         return cls(flow) if cls.supports(flow) else None  # type: ignore[arg-type]
-
-    def is_current(self, flow: torch.nn.Module) -> bool:
-        """Whether this evaluator was built from ``flow`` as its weights are now.
-
-        Arguments:
-            flow: the detector's flow.
-        """
-        return (flow is self.flow and self.supports(flow)
-                and [t._version for t in self._tensors] == self._versions)
 
     def _stack_coupling(self, position: int, members: list[RealNVP]) -> _Coupling:
         """The members' coupling at ``position`` of their layers, with the ActNorm before it.
