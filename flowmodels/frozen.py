@@ -16,8 +16,11 @@ Batch invariance (the *determinism* contract, docs/design.md): a row's score mus
 the rows scored with it. Dense matrix products of 1 to 3 rows take other kernels than larger
 batches do and round differently, so batches smaller than :data:`MIN_ROWS` are padded with
 zero rows. Every other operation here works row by row. ``tests/flowmodels/test_frozen.py``
-checks bit equality across batch sizes on the CPU; CUDA kernels give no such promise (its
-scores match the CPU's within the contract's 1e-4 nats).
+checks bit equality across batch sizes on the CPU for ReLU flows with a normal base (the
+default). Elementwise transcendental functions have vectorised and scalar kernels that can
+round differently, and which one an entry meets depends on the tensor's shape: one SiLU flow
+with a Student-t base was seen to differ in the last bit in 1 of ~100 batches. CUDA kernels give
+no bitwise promise (its scores match the CPU's within the contract's 1e-4 nats).
 
 Exactness (the *exact likelihood* contract): the same function of the same float32 weights as
 :meth:`RealNVP.log_prob <flowmodels.realnvp.RealNVP.log_prob>`; the two differ by float32
