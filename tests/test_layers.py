@@ -100,6 +100,14 @@ def test_flowmodels_imports_only_torch_torchdiffeq_and_the_standard_library(path
         assert top in FLOWMODELS_MAY_IMPORT or top in STDLIB, f"{path}:{line} imports {module}"
 
 
+@pytest.mark.parametrize("path", sources("flowad"), ids=lambda p: str(p.relative_to(REPO)))
+def test_flowad_imports_only_pipelines_and_the_standard_library(path):
+    """``flowad`` is the public API's second name: nothing of its own below it."""
+    for line, module in imports(path):
+        top = module.split(".")[0]
+        assert top == "pipelines" or top in STDLIB, f"{path}:{line} imports {module}"
+
+
 def test_no_import_circle_between_modules():
     """Every import statement counts, a function's too: none may close a circle."""
     graph = {module_name(path): {m for _, m in imports(path) if m.startswith("pipelines.")}
